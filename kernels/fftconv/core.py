@@ -1,0 +1,121 @@
+"""The convolution, forward and backward, written once on a backend's rfft/irfft.
+
+Notation (shapes): u, pregate, postgate, y ``[B, H, L]``; kc ``[H, m]`` the filter in
+circular order (lag s at index s mod n, m <= n); bias ``[H]``; kf ``[H, n//2+1]``.
+
+    v = u * pregate
+    z = window(irfft(rfft(v) * kf))          window: first L samples, or fold for circular
+    y = postgate * z + bias * v
+
+Backward recomputes the spectra instead of storing them (the memory of a long convolution
+is its input, not its spectrum):
+
+    dz = dy * postgate          dpostgate = dy * z          dbias = sum_{b,t} dy * v
+    dlin = window^T(dz)         DL = rfft(dlin)
+    dv = irfft(DL * conj(kf))[:L] + bias * dy               (correlation with the filter)
+    dkc = irfft(sum_b DL * conj(rfft(v)))[:m]               (correlation with the input)
+    du = dv * pregate           dpregate = dv * u
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from .plan import ConvPlan
+
+
+def compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def filter_spectrum(kc: Tensor, plan: ConvPlan, backend: ModuleType, dtype: torch.dtype) -> Tensor:
+    return backend.rfft(kc.to(dtype), plan.fft_size, plan.keep_bins)
+
+
+def _window(z_lin: Tensor, plan: ConvPlan) -> Tensor:
+    if not plan.fold:
+        return z_lin
+    L = plan.seq_len
+    head, tail = z_lin[..., :L], z_lin[..., L:]
+    return torch.cat([head[..., : L - 1] + tail, head[..., L - 1 :]], dim=-1)
+
+
+def _window_adjoint(dz: Tensor, plan: ConvPlan) -> Tensor:
+    if not plan.fold:
+        return dz
+    return torch.cat([dz, dz[..., : plan.seq_len - 1]], dim=-1)
+
+
+def _gated_input(u: Tensor, pregate: Tensor | None, dtype: torch.dtype) -> Tensor:
+    v = u.to(dtype)
+    return v * pregate.to(dtype) if pregate is not None else v
+
+
+def forward(
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor | None,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+    backend: ModuleType,
+) -> Tensor:
+    dtype = compute_dtype(u)
+    n, keep = plan.fft_size, plan.keep_bins
+    v = _gated_input(u, pregate, dtype)
+    if kf is None:
+        kf = filter_spectrum(kc, plan, backend, dtype)
+    z = _window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
+    y = z * postgate.to(dtype) if postgate is not None else z
+    if bias is not None:
+        y = y + bias.to(dtype)[:, None] * v
+    return y.to(u.dtype)
+
+
+def backward(
+    dy: Tensor,
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor | None,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+    backend: ModuleType,
+    needs: tuple[bool, bool, bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients for (u, kc, pregate, postgate, bias); None where ``needs`` says not wanted."""
+    need_u, need_k, need_pre, need_post, need_bias = needs
+    dtype = compute_dtype(u)
+    n, keep, L = plan.fft_size, plan.keep_bins, plan.seq_len
+    dy = dy.to(dtype)
+    v = _gated_input(u, pregate, dtype)
+    if kf is None:
+        kf = filter_spectrum(kc, plan, backend, dtype)
+    V = backend.rfft(v, n, keep) if (need_k or need_post) else None
+
+    d_post = None
+    if need_post:
+        z = _window(backend.irfft(V * kf, n, plan.out_len, keep), plan)
+        d_post = (dy * z).to(postgate.dtype)
+    dz = dy * postgate.to(dtype) if postgate is not None else dy
+    d_bias = (dy * v).sum(dim=(0, 2)).to(bias.dtype) if need_bias else None
+
+    d_u = d_pre = d_k = None
+    if need_u or need_pre or need_k:
+        DL = backend.rfft(_window_adjoint(dz, plan), n, keep)
+        if need_k:
+            d_k = backend.irfft((DL * V.conj()).sum(dim=0), n, kc.shape[-1], keep).to(kc.dtype)
+        if need_u or need_pre:
+            dv = backend.irfft(DL * kf.conj(), n, L, keep)
+            if bias is not None:
+                dv = dv + bias.to(dtype)[:, None] * dy
+            if need_pre:
+                d_pre = (dv * u.to(dtype)).to(pregate.dtype)
+            if need_u:
+                d_u = (dv * pregate.to(dtype) if pregate is not None else dv).to(u.dtype)
+    return d_u, d_k, d_pre, d_post, d_bias

@@ -1,0 +1,416 @@
+"""Public entry points: ``fftconv``, ``FFTConv``, ``FilterSpectrum``.
+
+Three tiers, as in the rest of ``kernels``: the public function validates and documents shapes;
+a ``torch.library`` custom op (with a fake implementation and a registered backward) makes the
+convolution one opaque node for autograd and ``torch.compile``; the backends do the math.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from . import core
+from .plan import MODES, ConvPlan, make_plan
+
+BACKENDS = ("auto", "torch", "monarch", "triton")
+_BACKEND_MODULES = {"torch": "kernels.fftconv.reference", "monarch": "kernels.fftconv.monarch"}
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _backend_module(name: str) -> ModuleType:
+    return importlib.import_module(_BACKEND_MODULES[name])
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "triton":
+        raise ValueError(
+            "backend='triton' is not available in this build of longconv (the fused Triton "
+            "kernels are not installed); use backend='auto', 'torch' or 'monarch'"
+        )
+    if backend == "auto":
+        return "torch"
+    return backend
+
+
+class FilterSpectrum(NamedTuple):
+    """A filter prepared once for a sequence length and reused across calls.
+
+    ``kc`` is the filter in circular order and carries the gradient; ``kf`` is its spectrum,
+    computed without gradient, so the forward and the backward skip the filter's FFT.
+    Valid for any sequence length up to ``plan.seq_len`` (exactly that length in circular mode).
+    """
+
+    kc: Tensor  # [H, m]
+    kf: Tensor  # [H, n // 2 + 1] complex
+    plan: ConvPlan
+    backend: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_tensor(name: str, x: object, *, ndim: int | None = None) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions; got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_same_device(name: str, x: Tensor, u: Tensor) -> None:
+    if x.device != u.device:
+        raise ValueError(f"{name} must be on the same device as u ({u.device}); got {x.device}")
+
+
+def _check_u(u: object) -> Tensor:
+    u = _check_tensor("u", u)
+    if u.dim() != 3:
+        raise ValueError(f"u must have shape (B, H, L); got shape {tuple(u.shape)}")
+    B, H, L = u.shape
+    if L < 1:
+        raise ValueError(f"u must have a sequence length L >= 1; got L={L}")
+    if H < 1:
+        raise ValueError(f"u must have H >= 1 channels; got H={H}")
+    return u
+
+
+def _check_gates(u: Tensor, pregate: Tensor | None, postgate: Tensor | None, bias: Tensor | None):
+    for name, g in (("pregate", pregate), ("postgate", postgate)):
+        if g is None:
+            continue
+        _check_tensor(name, g)
+        if g.shape != u.shape:
+            raise ValueError(f"{name} must have the shape of u {tuple(u.shape)}; got {tuple(g.shape)}")
+        _check_same_device(name, g, u)
+    if bias is not None:
+        _check_tensor("bias", bias)
+        if bias.shape != (u.shape[1],):
+            raise ValueError(f"bias must have shape (H,) = ({u.shape[1]},); got {tuple(bias.shape)}")
+        _check_same_device("bias", bias, u)
+
+
+def _check_freq_keep(freq_keep: float) -> None:
+    if not isinstance(freq_keep, (int, float)) or not 0.0 < freq_keep <= 1.0:
+        raise ValueError(f"freq_keep must be a number in (0, 1]; got {freq_keep!r}")
+
+
+def _filter_taps(k: Tensor, mode: str, H: int, L: int) -> int:
+    """Validates the filter against the mode; returns the user's filter length."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if mode == "bidirectional" and k.dim() == 3:
+        if k.shape[0] != 2 or k.shape[1] != H:
+            raise ValueError(
+                f"a bidirectional filter pair must have shape (2, H, M) = (2, {H}, M); "
+                f"got {tuple(k.shape)}"
+            )
+        if k.shape[2] < 1:
+            raise ValueError(f"k must have at least one tap; got shape {tuple(k.shape)}")
+        return 2 * k.shape[2] - 1
+    if k.dim() != 2:
+        raise ValueError(f"k must have shape (H, Lk) = ({H}, Lk); got shape {tuple(k.shape)}")
+    if k.shape[0] != H:
+        raise ValueError(f"k must have H={H} rows to match u; got k of shape {tuple(k.shape)}")
+    Lk = k.shape[1]
+    if Lk < 1:
+        raise ValueError(f"k must have at least one tap; got shape {tuple(k.shape)}")
+    if mode == "circular" and Lk != L:
+        raise ValueError(f"mode='circular' needs a filter of length L={L}; got Lk={Lk}")
+    if mode == "bidirectional" and Lk % 2 == 0:
+        raise ValueError(
+            f"mode='bidirectional' needs a centred filter of odd length 2M-1 (lag 0 at index "
+            f"M-1) or a (2, H, M) forward/reverse pair; got Lk={Lk}"
+        )
+    return Lk
+
+
+# ---------------------------------------------------------------------------------------------
+# Filter layout: the user's filter -> circular order (differentiable torch ops)
+
+
+def circular_filter(k: Tensor, plan: ConvPlan) -> Tensor:
+    """The filter as the length-n circular convolution sees it: lag s at index s mod n."""
+    taps = plan.filter_len
+    if plan.mode != "bidirectional":
+        return k[:, :taps]
+    if k.dim() == 3:  # (2, H, M): forward lags 0..M-1, reverse lags 0..-(M-1); lag 0 summed
+        fwd, rev = k[0], k[1]
+        k = torch.cat([rev[:, 1:].flip(-1), fwd[:, :1] + rev[:, :1], fwd[:, 1:]], dim=-1)
+    centre = (k.shape[-1] - 1) // 2
+    pos = k[:, centre : centre + taps]  # lags 0 .. taps-1
+    neg = k[:, centre - taps + 1 : centre]  # lags -(taps-1) .. -1
+    gap = k.new_zeros(k.shape[0], plan.fft_size - pos.shape[-1] - neg.shape[-1])
+    return torch.cat([pos, gap, neg], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+
+
+def _plan_from_args(mode, seq_len, filter_len, fft_size, fold, keep_bins) -> ConvPlan:
+    return ConvPlan(mode, seq_len, filter_len, fft_size, fold, keep_bins)
+
+
+@torch.library.custom_op("longconv::fftconv", mutates_args=())
+def _fftconv_op(
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor | None,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    mode: str,
+    filter_len: int,
+    fft_size: int,
+    fold: bool,
+    keep_bins: int,
+    backend: str,
+) -> Tensor:
+    plan = _plan_from_args(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    with torch.autocast(u.device.type, enabled=False):
+        return core.forward(
+            u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend)
+        ).contiguous()
+
+
+@_fftconv_op.register_fake
+def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins, backend):
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("longconv::fftconv_backward", mutates_args=())
+def _fftconv_backward_op(
+    dy: Tensor,
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor | None,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    mode: str,
+    filter_len: int,
+    fft_size: int,
+    fold: bool,
+    keep_bins: int,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
+    plan = _plan_from_args(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    with torch.autocast(u.device.type, enabled=False):
+        grads = core.backward(
+            dy, u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend), tuple(needs)
+        )
+    # custom ops return tensors only: an unneeded gradient travels as an empty tensor
+    return [g.contiguous() if g is not None else dy.new_empty(0) for g in grads]
+
+
+@_fftconv_backward_op.register_fake
+def _(dy, u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins,
+      backend, needs):
+    like = (u, kc, pregate, postgate, bias)
+    return [
+        torch.empty_like(x) if (need and x is not None) else dy.new_empty(0)
+        for need, x in zip(needs, like, strict=True)
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    u, kc, kf, pregate, postgate, bias, *static = inputs
+    ctx.save_for_backward(u, kc, kf, pregate, postgate, bias)
+    ctx.static = static
+
+
+def _backward(ctx, dy):
+    u, kc, kf, pregate, postgate, bias = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    needs = [n[0], n[1], n[3] and pregate is not None, n[4] and postgate is not None,
+             n[5] and bias is not None]
+    d_u, d_k, d_pre, d_post, d_bias = torch.ops.longconv.fftconv_backward(
+        dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs
+    )
+    grads = [g if need else None for g, need in zip((d_u, d_k, d_pre, d_post, d_bias), needs,
+                                                     strict=True)]
+    d_u, d_k, d_pre, d_post, d_bias = grads
+    return d_u, d_k, None, d_pre, d_post, d_bias, *([None] * len(ctx.static))
+
+
+_fftconv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def filter_spectrum(
+    k: Tensor,
+    seq_len: int,
+    *,
+    mode: str = "causal",
+    freq_keep: float = 1.0,
+    backend: str = "auto",
+) -> FilterSpectrum:
+    """Prepares ``k`` ([H, Lk], or [2, H, M] for a bidirectional pair) for ``fftconv``.
+
+    Compute it once per step and pass it as ``k`` to every call that uses the same filter.
+    """
+    k = _check_tensor("k", k)
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be an int >= 1; got {seq_len!r}")
+    H = k.shape[1] if k.dim() == 3 else k.shape[0]
+    _check_freq_keep(freq_keep)
+    Lk = _filter_taps(k, mode, H, seq_len)
+    plan = make_plan(mode, seq_len, Lk, freq_keep)
+    name = resolve_backend(backend, k.device)
+    kc = circular_filter(k, plan)
+    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    with torch.no_grad(), torch.autocast(k.device.type, enabled=False):
+        kf = core.filter_spectrum(kc.detach(), plan, _backend_module(name), dtype)
+    return FilterSpectrum(kc, kf, plan, name)
+
+
+def fftconv(
+    u: Tensor,
+    k: Tensor | FilterSpectrum,
+    *,
+    pregate: Tensor | None = None,
+    postgate: Tensor | None = None,
+    bias: Tensor | None = None,
+    mode: str = "causal",
+    freq_keep: float = 1.0,
+    backend: str = "auto",
+) -> Tensor:
+    """Long convolution of every channel of ``u`` with its own filter, gated.
+
+    ``y = postgate * conv(u * pregate, k) + bias[:, None] * (u * pregate)``
+
+    Args:
+        u: ``[B, H, L]`` fp32/fp16/bf16 (fp64 accepted, computed in fp64).
+        k: ``[H, Lk]`` filter (any float dtype), or a ``FilterSpectrum`` from
+            ``filter_spectrum``. Causal: lag s at ``k[:, s]``; ``Lk < L`` is a partial
+            convolution, ``Lk > L`` is truncated. Circular: ``Lk == L``. Bidirectional:
+            ``[H, 2M-1]`` centred (lag 0 at index M-1) or a ``[2, H, M]`` forward/reverse pair
+            (lag 0 taken from both).
+        pregate, postgate: ``[B, H, L]`` or None. bias: ``[H]`` (Hyena's D skip) or None.
+        mode: "causal", "circular" or "bidirectional".
+        freq_keep: fraction of the filter spectrum kept (low frequencies), in steps of 1/16;
+            1.0 keeps all. Backends skip the work of the dropped blocks.
+        backend: "auto", "torch", "monarch" or "triton".
+
+    Returns:
+        ``[B, H, L]`` in ``u.dtype``, accumulated in fp32. Under ``torch.autocast`` fp32 inputs
+        and gates are first cast to the autocast dtype, like a convolution layer's.
+    """
+    u = _check_u(u)
+    B, H, L = u.shape
+    _check_gates(u, pregate, postgate, bias)
+    if torch.is_autocast_enabled(u.device.type):
+        low = torch.get_autocast_dtype(u.device.type)
+        u, pregate, postgate = (
+            x.to(low) if x is not None and x.dtype == torch.float32 else x
+            for x in (u, pregate, postgate)
+        )
+
+    if isinstance(k, FilterSpectrum):
+        spec = k
+        if mode != spec.plan.mode:
+            raise ValueError(f"mode={mode!r} does not match the spectrum's mode={spec.plan.mode!r}")
+        if backend not in ("auto", spec.backend):
+            raise ValueError(f"backend={backend!r} does not match the spectrum's {spec.backend!r}")
+        if spec.kc.shape[0] != H:
+            raise ValueError(f"the spectrum has H={spec.kc.shape[0]} filters; u has H={H}")
+        limit_ok = L == spec.plan.seq_len if mode == "circular" else L <= spec.plan.seq_len
+        if not limit_ok:
+            raise ValueError(
+                f"sequence length L={L} does not fit a spectrum prepared for "
+                f"seq_len={spec.plan.seq_len} (mode={mode!r}); prepare it for the longer length"
+            )
+        _check_same_device("k", spec.kc, u)
+        kc, kf, plan, name = spec.kc, spec.kf, spec.plan, spec.backend
+    else:
+        k = _check_tensor("k", k)
+        _check_same_device("k", k, u)
+        _check_freq_keep(freq_keep)
+        Lk = _filter_taps(k, mode, H, L)
+        plan = make_plan(mode, L, Lk, freq_keep)
+        name = resolve_backend(backend, u.device)
+        kc, kf = circular_filter(k, plan), None
+
+    return _fftconv_op(
+        u.contiguous(),
+        kc.contiguous(),
+        kf,
+        pregate.contiguous() if pregate is not None else None,
+        postgate.contiguous() if postgate is not None else None,
+        bias,
+        plan.mode,
+        plan.filter_len,
+        plan.fft_size,
+        plan.fold,
+        plan.keep_bins,
+        name,
+    )
+
+
+class FFTConv(nn.Module):
+    """A long-convolution layer's convolution: fixed mode, maximum length and backend.
+
+    The DFT matrices and twiddles of the Monarch backends are built once per (size, device,
+    dtype) and shared by every layer (one copy for a whole model, not one per layer);
+    ``prepare`` builds them ahead of the first step.
+    """
+
+    def __init__(
+        self, l_max: int, *, mode: str = "causal", freq_keep: float = 1.0, backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        if not isinstance(l_max, int) or l_max < 1:
+            raise ValueError(f"l_max must be an int >= 1; got {l_max!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        _check_freq_keep(freq_keep)
+        self.l_max, self.mode, self.freq_keep, self.backend = l_max, mode, freq_keep, backend
+
+    def extra_repr(self) -> str:
+        return (
+            f"l_max={self.l_max}, mode={self.mode!r}, freq_keep={self.freq_keep}, "
+            f"backend={self.backend!r}"
+        )
+
+    def prepare(self, filter_len: int, device: torch.device | str, dtype=torch.float32) -> None:
+        device = torch.device(device)
+        plan = make_plan(self.mode, self.l_max, filter_len, self.freq_keep)
+        _backend_module(resolve_backend(self.backend, device)).prepare(plan.fft_size, device, dtype)
+
+    def filter_spectrum(self, k: Tensor, seq_len: int | None = None) -> FilterSpectrum:
+        return filter_spectrum(
+            k, seq_len or self.l_max, mode=self.mode, freq_keep=self.freq_keep, backend=self.backend
+        )
+
+    def forward(
+        self,
+        u: Tensor,
+        k: Tensor | FilterSpectrum,
+        pregate: Tensor | None = None,
+        postgate: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        return fftconv(
+            u, k, pregate=pregate, postgate=postgate, bias=bias, mode=self.mode,
+            freq_keep=self.freq_keep, backend=self.backend,
+        )
+
+
+__all__ = ["FFTConv", "FilterSpectrum", "fftconv", "filter_spectrum", "resolve_backend"]
+
