@@ -7,6 +7,10 @@ circular order (lag s at index s mod n, m <= n); bias ``[H]``; kf ``[H, n//2+1]`
     z = window(irfft(rfft(v) * kf))          window: first L samples, or fold for circular
     y = postgate * z + bias * v
 
+A backend may also provide ``fused_forward(u, kf, pregate, postgate, bias, plan)`` and
+``fused_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)``: whole-convolution
+kernels that return None for plans they do not cover, which then fall back to the primitives.
+
 Backward recomputes the spectra instead of storing them (the memory of a long convolution
 is its input, not its spectrum):
 
@@ -66,9 +70,14 @@ def forward(
 ) -> Tensor:
     dtype = compute_dtype(u)
     n, keep = plan.fft_size, plan.keep_bins
-    v = _gated_input(u, pregate, dtype)
     if kf is None:
         kf = filter_spectrum(kc, plan, backend, dtype)
+    fused = getattr(backend, "fused_forward", None)
+    if fused is not None:  # a backend with a fused kernel for this plan takes the whole forward
+        y = fused(u, kf, pregate, postgate, bias, plan)
+        if y is not None:
+            return y
+    v = _gated_input(u, pregate, dtype)
     z = _window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
     y = z * postgate.to(dtype) if postgate is not None else z
     if bias is not None:
@@ -92,10 +101,15 @@ def backward(
     need_u, need_k, need_pre, need_post, need_bias = needs
     dtype = compute_dtype(u)
     n, keep, L = plan.fft_size, plan.keep_bins, plan.seq_len
-    dy = dy.to(dtype)
-    v = _gated_input(u, pregate, dtype)
     if kf is None:
         kf = filter_spectrum(kc, plan, backend, dtype)
+    fused = getattr(backend, "fused_backward", None)
+    if fused is not None:
+        grads = fused(dy, u, kc, kf, pregate, postgate, bias, plan, needs)
+        if grads is not None:
+            return grads
+    dy = dy.to(dtype)
+    v = _gated_input(u, pregate, dtype)
     V = backend.rfft(v, n, keep) if (need_k or need_post) else None
 
     d_post = None

@@ -8,6 +8,7 @@ convolution one opaque node for autograd and ``torch.compile``; the backends do 
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 from typing import NamedTuple
 
@@ -18,7 +19,11 @@ from . import core
 from .plan import MODES, ConvPlan, make_plan
 
 BACKENDS = ("auto", "torch", "monarch", "triton")
-_BACKEND_MODULES = {"torch": "kernels.fftconv.reference", "monarch": "kernels.fftconv.monarch"}
+_BACKEND_MODULES = {
+    "torch": "kernels.fftconv.reference",
+    "monarch": "kernels.fftconv.monarch",
+    "triton": "kernels.fftconv.triton",
+}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -26,16 +31,26 @@ def _backend_module(name: str) -> ModuleType:
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
+def _triton_usable(device: torch.device) -> str | None:
+    """None when the Triton backend can run on ``device``, else the reason it cannot."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device}"
+    try:
+        _backend_module("triton")
+    except ImportError as err:
+        return f"it could not be imported ({err})"
+    return None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if backend == "triton":
-        raise ValueError(
-            "backend='triton' is not available in this build of longconv (the fused Triton "
-            "kernels are not installed); use backend='auto', 'torch' or 'monarch'"
-        )
+        reason = _triton_usable(device)
+        if reason is not None:
+            raise ValueError(f"backend='triton' is not usable here: {reason}")
     if backend == "auto":
-        return "torch"
+        return "triton" if device.type == "cuda" and _triton_usable(device) is None else "torch"
     return backend
 
 
@@ -224,6 +239,20 @@ def _(dy, u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, 
     ]
 
 
+@torch.library.custom_op("longconv::filter_spectrum", mutates_args=())
+def _spectrum_op(kc: Tensor, fft_size: int, keep_bins: int, backend: str) -> Tensor:
+    """The filter's spectrum: a cache without gradient (the gradient flows through ``kc``)."""
+    dtype = torch.float64 if kc.dtype == torch.float64 else torch.float32
+    with torch.no_grad(), torch.autocast(kc.device.type, enabled=False):
+        return _backend_module(backend).rfft(kc.to(dtype), fft_size, keep_bins).contiguous()
+
+
+@_spectrum_op.register_fake
+def _(kc, fft_size, keep_bins, backend):
+    dtype = torch.complex128 if kc.dtype == torch.float64 else torch.complex64
+    return kc.new_empty((*kc.shape[:-1], fft_size // 2 + 1), dtype=dtype)
+
+
 def _setup_context(ctx, inputs, output):
     u, kc, kf, pregate, postgate, bias, *static = inputs
     ctx.save_for_backward(u, kc, kf, pregate, postgate, bias)
@@ -272,9 +301,7 @@ def filter_spectrum(
     plan = make_plan(mode, seq_len, Lk, freq_keep)
     name = resolve_backend(backend, k.device)
     kc = circular_filter(k, plan)
-    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
-    with torch.no_grad(), torch.autocast(k.device.type, enabled=False):
-        kf = core.filter_spectrum(kc.detach(), plan, _backend_module(name), dtype)
+    kf = _spectrum_op(kc.detach().contiguous(), plan.fft_size, plan.keep_bins, name)
     return FilterSpectrum(kc, kf, plan, name)
 
 

@@ -1,0 +1,78 @@
+"""Float64 references for the FFT convolution, written without any FFT (except freq-sparse)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kernels.fftconv.plan import make_plan
+
+
+def centred(k: np.ndarray) -> np.ndarray:
+    """A (2, H, M) forward/reverse pair -> (H, 2M-1) centred filter (lag 0 from both)."""
+    if k.ndim == 2:
+        return k
+    fwd, rev = k[0], k[1]
+    return np.concatenate([rev[:, 1:][:, ::-1], fwd[:, :1] + rev[:, :1], fwd[:, 1:]], axis=-1)
+
+
+def conv_numpy(u, k, pregate=None, postgate=None, bias=None, mode="causal", freq_keep=1.0):
+    """y = postgate * conv(u * pregate, k) + bias * (u * pregate), by direct summation."""
+    u = np.asarray(u, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    B, H, L = u.shape
+    v = u * pregate if pregate is not None else u.copy()
+    z = np.empty_like(v)
+    if freq_keep < 1.0:
+        plan = make_plan(mode, L, k.shape[-1] if k.ndim == 2 else 2 * k.shape[-1] - 1, freq_keep)
+        assert mode == "causal", "the numpy reference covers freq_keep for causal filters"
+        n = plan.fft_size
+        kf = np.fft.rfft(k[:, : plan.filter_len], n=n)
+        kf[:, plan.keep_bins :] = 0
+        z = np.fft.irfft(np.fft.rfft(v, n=n) * kf, n=n)[..., :L]
+    else:
+        kk = centred(k)
+        for b in range(B):
+            for h in range(H):
+                full = np.convolve(v[b, h], kk[h])
+                if mode == "causal":
+                    z[b, h] = full[:L]
+                elif mode == "circular":
+                    out = full[:L].copy()
+                    out[: L - 1] += full[L:]
+                    z[b, h] = out
+                else:
+                    m = (kk.shape[-1] - 1) // 2
+                    z[b, h] = full[m : m + L]
+    y = z * postgate if postgate is not None else z
+    if bias is not None:
+        y = y + bias[None, :, None] * v
+    return y
+
+
+def conv_torch64(u, k, pregate=None, postgate=None, bias=None, mode="causal"):
+    """The same function with torch ops in float64 (conv1d, no FFT), for reference gradients."""
+    v = u * pregate if pregate is not None else u
+    H, L = u.shape[1], u.shape[2]
+    if mode == "bidirectional" and k.dim() == 3:
+        fwd, rev = k[0], k[1]
+        k = torch.cat([rev[:, 1:].flip(-1), fwd[:, :1] + rev[:, :1], fwd[:, 1:]], dim=-1)
+    w = k.flip(-1)[:, None, :]
+    if mode == "causal":
+        z = F.conv1d(F.pad(v, (k.shape[-1] - 1, 0)), w, groups=H)[..., :L]
+    elif mode == "circular":
+        z = F.conv1d(torch.cat([v[..., 1:], v], dim=-1), w, groups=H)
+    else:
+        m = (k.shape[-1] - 1) // 2
+        z = F.conv1d(F.pad(v, (m, m)), w, groups=H)
+    y = z * postgate if postgate is not None else z
+    if bias is not None:
+        y = y + bias[:, None] * v
+    return y
+
+
+def rel_err(out, ref) -> float:
+    out = torch.as_tensor(out).double().cpu()
+    ref = torch.as_tensor(ref).double().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()

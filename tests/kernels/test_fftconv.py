@@ -1,0 +1,309 @@
+"""fftconv against float64 references: every mode, gates, bias, dtype, backend, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import FFTConv, fftconv, filter_spectrum
+from kernels.fftconv.plan import make_plan
+
+from .fftconv_reference import conv_numpy, conv_torch64, rel_err
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+BACKENDS = ["torch", "monarch"]
+
+
+def _filter(H, Lk, mode, pair=False, dtype=torch.float32, gen=None):
+    shape = (2, H, Lk) if pair else (H, Lk)
+    # decaying filters, as trained long-conv filters are: keeps the output well-conditioned
+    k = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return (k / (1.0 + torch.arange(Lk, dtype=torch.float64)) ** 0.5).to(dtype)
+
+
+def _inputs(B, H, L, Lk, mode, dtype, gated, pair=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, H, L, generator=g).to(dtype)
+    k = _filter(H, Lk, mode, pair=pair, gen=g)
+    pre = torch.randn(B, H, L, generator=g).to(dtype) if gated else None
+    post = torch.randn(B, H, L, generator=g).to(dtype) if gated else None
+    bias = torch.randn(H, generator=g) if gated else None
+    return u, k, pre, post, bias
+
+
+def _np(x):
+    return None if x is None else x.double().numpy()
+
+
+# (B, H, L, Lk, mode) with awkward sizes; Lk shorter, equal and longer than L
+CASES = [
+    pytest.param(1, 1, 1, 1, "causal", id="B1-H1-L1-K1-causal"),
+    pytest.param(2, 3, 2, 5, "causal", id="B2-H3-L2-K5-causal"),
+    pytest.param(2, 3, 7, 7, "causal", id="B2-H3-L7-K7-causal"),
+    pytest.param(3, 16, 97, 31, "causal", id="B3-H16-L97-K31-causal"),
+    pytest.param(2, 3, 256, 256, "causal", id="B2-H3-L256-K256-causal"),
+    pytest.param(1, 3, 1000, 1500, "causal", id="B1-H3-L1000-K1500-causal"),
+    pytest.param(1, 1, 4097, 129, "causal", id="B1-H1-L4097-K129-causal"),
+    pytest.param(1, 1, 1, 1, "circular", id="B1-H1-L1-circular"),
+    pytest.param(2, 3, 7, 7, "circular", id="B2-H3-L7-circular"),
+    pytest.param(2, 16, 256, 256, "circular", id="B2-H16-L256-circular"),
+    pytest.param(1, 3, 1000, 1000, "circular", id="B1-H3-L1000-circular"),
+    pytest.param(1, 1, 1, 1, "bidirectional", id="B1-H1-L1-K1-bidir"),
+    pytest.param(2, 3, 7, 13, "bidirectional", id="B2-H3-L7-K13-bidir"),
+    pytest.param(2, 3, 97, 41, "bidirectional", id="B2-H3-L97-K41-bidir"),
+    pytest.param(1, 16, 256, 511, "bidirectional", id="B1-H16-L256-K511-bidir"),
+    pytest.param(1, 3, 1000, 2501, "bidirectional", id="B1-H3-L1000-K2501-bidir"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize(("B", "H", "L", "Lk", "mode"), CASES)
+def test_forward_fp32(B, H, L, Lk, mode, gated, backend):
+    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, torch.float32, gated)
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
+    assert y.dtype == torch.float32 and y.shape == u.shape
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode)
+    assert rel_err(y, ref) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    ("B", "H", "L", "Lk", "mode"),
+    [
+        pytest.param(2, 3, 97, 50, "causal", id="B2-H3-L97-K50-causal"),
+        pytest.param(1, 16, 1000, 1000, "causal", id="B1-H16-L1000-K1000-causal"),
+        pytest.param(2, 3, 97, 97, "circular", id="B2-H3-L97-circular"),
+        pytest.param(2, 3, 256, 101, "bidirectional", id="B2-H3-L256-K101-bidir"),
+    ],
+)
+def test_forward_half(B, H, L, Lk, mode, dtype, backend):
+    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, dtype, gated=True)
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
+    assert y.dtype == dtype
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode)
+    assert rel_err(y, ref) < TOL[dtype]
+
+
+def test_bidirectional_pair_matches_centred():
+    u, k, _, _, _ = _inputs(2, 3, 50, 20, "bidirectional", torch.float32, False, pair=True)
+    y = fftconv(u, k, mode="bidirectional")
+    ref = conv_numpy(_np(u), _np(k), mode="bidirectional")
+    assert rel_err(y, ref) < 1e-5
+
+
+GRAD_CASES = [
+    pytest.param(2, 3, 97, 31, "causal", False, id="B2-H3-L97-K31-causal"),
+    pytest.param(1, 3, 64, 200, "causal", False, id="B1-H3-L64-K200-causal"),
+    pytest.param(2, 5, 33, 33, "circular", False, id="B2-H5-L33-circular"),
+    pytest.param(2, 3, 64, 64, "circular", False, id="B2-H3-L64-circular"),
+    pytest.param(2, 3, 45, 21, "bidirectional", False, id="B2-H3-L45-K21-bidir"),
+    pytest.param(2, 3, 45, 12, "bidirectional", True, id="B2-H3-L45-M12-bidir-pair"),
+]
+
+
+def _grads(fn, tensors, dy):
+    for t in tensors:
+        t.grad = None
+    fn().backward(dy)
+    return [t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(("B", "H", "L", "Lk", "mode", "pair"), GRAD_CASES)
+def test_backward(B, H, L, Lk, mode, pair, dtype, backend):
+    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, dtype, gated=True, pair=pair)
+    leaves = [x.detach().clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.detach().double().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(1))
+    got = _grads(
+        lambda: fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3],
+                        bias=leaves[4], mode=mode, backend=backend),
+        leaves, dy.to(dtype),
+    )
+    want = _grads(
+        lambda: conv_torch64(refs[0], refs[1], refs[2], refs[3], refs[4], mode=mode),
+        refs, dy.to(dtype).double(),
+    )
+    names = ["u", "k", "pregate", "postgate", "bias"]
+    for name, g, w, leaf in zip(names, got, want, leaves, strict=True):
+        assert g is not None and g.dtype == leaf.dtype, name
+        # half-precision gradients of the filter sum over B*L products: fp32-like tolerance
+        # does not apply, the dtype's does
+        assert rel_err(g, w) < TOL[dtype], (name, rel_err(g, w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["causal", "circular", "bidirectional"])
+def test_gradcheck_float64(mode, backend):
+    L = 12
+    Lk = {"causal": 5, "circular": 12, "bidirectional": 9}[mode]
+    u, k, pre, post, bias = (
+        x.double().requires_grad_() for x in _inputs(2, 2, L, Lk, mode, torch.float32, True)
+    )
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
+
+    assert torch.autograd.gradcheck(f, (u, k, pre, post, bias))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partial_grads_only_where_asked(backend):
+    u, k, _, _, _ = _inputs(2, 3, 40, 10, "causal", torch.float32, False)
+    k.requires_grad_()
+    fftconv(u, k, backend=backend).square().sum().backward()
+    assert u.grad is None and k.grad is not None and k.grad.shape == k.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("freq_keep", [0.25, 0.5, 0.9])
+def test_frequency_sparse(freq_keep, backend):
+    u, k, pre, post, bias = _inputs(2, 3, 200, 60, "causal", torch.float32, True)
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep,
+                backend=backend)
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), freq_keep=freq_keep)
+    assert rel_err(y, ref) < 1e-5
+    dense = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    assert rel_err(y, dense) > 1e-3  # the sparsity changed the result: it was applied
+
+
+def test_keep_bins_steps():
+    plan = make_plan("causal", 1024, 1024, 0.25)
+    assert plan.fft_size == 2048 and plan.keep_bins == 256
+    assert make_plan("causal", 1024, 1024, 1.0).keep_bins == 1025
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("mode", "Lk"), [("causal", 40), ("bidirectional", 41), ("circular", 64)]
+)
+def test_filter_spectrum_reuse(mode, Lk, backend):
+    """A prepared spectrum gives the same output and gradients as the time-domain filter."""
+    u, k, pre, post, bias = _inputs(2, 3, 64, Lk, mode, torch.float32, True)
+    k1, k2 = k.clone().requires_grad_(), k.clone().requires_grad_()
+    spec = filter_spectrum(k2, 64, mode=mode, backend=backend)
+    y1 = fftconv(u, k1, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
+    y2 = fftconv(u, spec, pregate=pre, postgate=post, bias=bias, mode=mode)
+    assert rel_err(y2, y1) < 1e-6
+    dy = torch.randn_like(y1)
+    y1.backward(dy)
+    y2.backward(dy)
+    assert rel_err(k2.grad, k1.grad) < 1e-6
+    if mode != "circular":  # a spectrum serves every shorter sequence
+        y3 = fftconv(u[..., :50], spec, mode=mode)
+        ref = conv_numpy(_np(u[..., :50]), _np(k), mode=mode)
+        assert rel_err(y3, ref) < 1e-5
+
+
+def test_module():
+    conv = FFTConv(128, mode="causal", backend="monarch")
+    conv.prepare(32, "cpu")
+    u, k, pre, post, bias = _inputs(2, 4, 128, 32, "causal", torch.float32, True)
+    y = conv(u, conv.filter_spectrum(k), pre, post, bias)
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    assert rel_err(y, ref) < 1e-5
+    assert "l_max=128" in repr(conv)
+
+
+def test_autocast_casts_fp32_input():
+    u, k, pre, post, bias = _inputs(2, 3, 64, 16, "causal", torch.float32, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fftconv(u, k, pregate=pre, postgate=post, bias=bias)
+    assert y.dtype == torch.bfloat16
+    ref = conv_numpy(*(_np(x.bfloat16()) for x in (u,)), _np(k), _np(pre.bfloat16()),
+                     _np(post.bfloat16()), _np(bias))
+    assert rel_err(y, ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    u, k, pre, post, bias = _inputs(2, 3, 50, 20, "causal", torch.float32, True)
+    k = k.requires_grad_()
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u * 2.0, k, pregate=pre, postgate=post, bias=bias, backend=backend).sin()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y = compiled(u, k, pre, post, bias)
+    y_eager = f(u, k, pre, post, bias)
+    assert rel_err(y, y_eager) < 1e-6
+    (gc,) = torch.autograd.grad(y.sum(), k)
+    (ge,) = torch.autograd.grad(y_eager.sum(), k)
+    assert rel_err(gc, ge) < 1e-6
+
+
+def test_torch_compile_inductor_with_spectrum():
+    u, k, _, _, bias = _inputs(2, 3, 50, 20, "causal", torch.float32, True)
+
+    def f(u, k, bias):
+        spec = filter_spectrum(k, 50)
+        return fftconv(u, spec, bias=bias) + fftconv(u.flip(-1), spec)
+
+    y = torch.compile(f, fullgraph=True)(u, k, bias)
+    assert rel_err(y, f(u, k, bias)) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, expected and actual values
+
+
+def _ok():
+    return torch.randn(2, 3, 16), torch.randn(3, 8)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        pytest.param(lambda u, k: fftconv(u[0], k), ValueError, r"u must have shape \(B, H, L\); "
+                     r"got shape \(3, 16\)", id="u-rank"),
+        pytest.param(lambda u, k: fftconv(u, k[:2]), ValueError, r"k must have H=3 rows.*\(2, 8\)",
+                     id="H-mismatch"),
+        pytest.param(lambda u, k: fftconv(u, k[0]), ValueError, r"k must have shape \(H, Lk\)",
+                     id="k-rank"),
+        pytest.param(lambda u, k: fftconv(u.long(), k), TypeError, r"u must be a floating.*int64",
+                     id="u-int"),
+        pytest.param(lambda u, k: fftconv(u, k.int()), TypeError, r"k must be a floating.*int32",
+                     id="k-int"),
+        pytest.param(lambda u, k: fftconv(u.numpy(), k), TypeError, r"u must be a torch.Tensor",
+                     id="u-numpy"),
+        pytest.param(lambda u, k: fftconv(u, k.to("meta")), ValueError,
+                     r"k must be on the same device as u \(cpu\); got meta", id="k-device"),
+        pytest.param(lambda u, k: fftconv(u[..., :0], k), ValueError, r"L >= 1; got L=0",
+                     id="L0"),
+        pytest.param(lambda u, k: fftconv(u, k[:, :0]), ValueError, r"at least one tap",
+                     id="Lk0"),
+        pytest.param(lambda u, k: fftconv(u, k, mode="circular"), ValueError,
+                     r"circular' needs a filter of length L=16; got Lk=8", id="circular-len"),
+        pytest.param(lambda u, k: fftconv(u, k, mode="bidirectional"), ValueError,
+                     r"odd length 2M-1.*got Lk=8", id="bidir-even"),
+        pytest.param(lambda u, k: fftconv(u, torch.randn(2, 4, 5), mode="bidirectional"),
+                     ValueError, r"\(2, 3, M\).*\(2, 4, 5\)", id="bidir-pair-H"),
+        pytest.param(lambda u, k: fftconv(u, k, mode="acausal"), ValueError,
+                     r"mode must be one of .*'acausal'", id="mode"),
+        pytest.param(lambda u, k: fftconv(u, k, backend="cuda"), ValueError,
+                     r"backend must be one of .*'cuda'", id="backend"),
+        pytest.param(lambda u, k: fftconv(u, k, pregate=u[:, :2]), ValueError,
+                     r"pregate must have the shape of u \(2, 3, 16\); got \(2, 2, 16\)",
+                     id="pregate-shape"),
+        pytest.param(lambda u, k: fftconv(u, k, postgate=u[..., :5]), ValueError,
+                     r"postgate must have the shape of u", id="postgate-shape"),
+        pytest.param(lambda u, k: fftconv(u, k, postgate=u.long()), TypeError,
+                     r"postgate must be a floating", id="postgate-int"),
+        pytest.param(lambda u, k: fftconv(u, k, bias=torch.randn(4)), ValueError,
+                     r"bias must have shape \(H,\) = \(3,\); got \(4,\)", id="bias-shape"),
+        pytest.param(lambda u, k: fftconv(u, k, freq_keep=0.0), ValueError,
+                     r"freq_keep must be a number in \(0, 1\]; got 0.0", id="freq-keep"),
+        pytest.param(lambda u, k: fftconv(u, filter_spectrum(k, 8)), ValueError,
+                     r"L=16 does not fit a spectrum prepared for seq_len=8", id="spectrum-len"),
+        pytest.param(lambda u, k: FFTConv(0), ValueError, r"l_max must be an int >= 1; got 0",
+                     id="module-lmax"),
+    ],
+)
+def test_bad_input(make, exc, match):
+    u, k = _ok()
+    with pytest.raises(exc, match=match):
+        make(u, k)
