@@ -1,0 +1,218 @@
+"""Public entry point: ``short_conv``.
+
+Three tiers, as in the rest of ``kernels``: the public function validates and documents shapes;
+a ``torch.library`` custom op (with a fake implementation and a registered backward) makes the
+convolution one opaque node for autograd and ``torch.compile``; the backend does the math.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .reference import LAYOUTS, PADDINGS
+
+BACKENDS = ("auto", "torch", "triton")
+_BACKEND_MODULES: dict[str, ModuleType] = {"torch": reference}
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "triton":
+        raise ValueError(
+            "backend='triton' is not available in this build of longconv (the Triton short_conv "
+            "kernel is not installed); use backend='auto' or 'torch'"
+        )
+    return "torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}"
+        )
+    return x
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def _check_x(x: Tensor, layout: str) -> tuple[int, int, int]:
+    """Returns (B, D, L) whatever the layout."""
+    shape_name = "(B, D, L)" if layout == "bdl" else "(B, L, D)"
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must have shape {shape_name} for layout={layout!r}; got shape {tuple(x.shape)}"
+        )
+    B, D, L = x.shape if layout == "bdl" else (x.shape[0], x.shape[2], x.shape[1])
+    if L < 1:
+        raise ValueError(
+            f"x must have a sequence length L >= 1; got L={L} (shape {tuple(x.shape)})"
+        )
+    if D < 1:
+        raise ValueError(f"x must have D >= 1 channels; got D={D} (shape {tuple(x.shape)})")
+    return B, D, L
+
+
+def _check_w(w: Tensor, D: int) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"w must have shape (D, K) = ({D}, K); got shape {tuple(w.shape)}")
+    if w.shape[0] != D:
+        raise ValueError(
+            f"w must have D={D} rows to match x's channels; got w of shape {tuple(w.shape)}"
+        )
+    if w.shape[1] < 1:
+        raise ValueError(f"w must have at least one tap (K >= 1); got shape {tuple(w.shape)}")
+
+
+def _check_bias(bias: Tensor, D: int) -> None:
+    if bias.shape != (D,):
+        raise ValueError(f"bias must have shape (D,) = ({D},); got {tuple(bias.shape)}")
+
+
+def _check_same_device(name: str, t: Tensor, x: Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the same device as x ({x.device}); got {t.device}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+
+
+@torch.library.custom_op("longconv::short_conv", mutates_args=())
+def _short_conv_op(
+    x: Tensor, w: Tensor, bias: Tensor | None, padding: str, layout: str, backend: str
+) -> Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        y = _BACKEND_MODULES[backend].forward(x, w, bias, padding, layout)
+    return y.to(x.dtype).contiguous()
+
+
+@_short_conv_op.register_fake
+def _(x, w, bias, padding, layout, backend):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("longconv::short_conv_backward", mutates_args=())
+def _short_conv_backward_op(
+    dy: Tensor,
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    padding: str,
+    layout: str,
+    backend: str,
+    needs: list[bool],
+) -> list[Tensor]:
+    with torch.autocast(x.device.type, enabled=False):
+        grads = _BACKEND_MODULES[backend].backward(dy, x, w, padding, layout, tuple(needs))
+    # custom ops return tensors only: an unneeded gradient travels as an empty tensor
+    return [
+        g.to(like.dtype).contiguous() if g is not None else dy.new_empty(0)
+        for g, like in zip(grads, (x, w, bias), strict=True)
+    ]
+
+
+@_short_conv_backward_op.register_fake
+def _(dy, x, w, bias, padding, layout, backend, needs):
+    return [
+        t.new_empty(t.shape) if (need and t is not None) else dy.new_empty(0)
+        for need, t in zip(needs, (x, w, bias), strict=True)
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, bias, *static = inputs
+    ctx.save_for_backward(x, w, bias)
+    ctx.static = static
+
+
+def _backward(ctx, dy):
+    x, w, bias = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    needs = [n[0], n[1], n[2] and bias is not None]
+    grads = torch.ops.longconv.short_conv_backward(dy.contiguous(), x, w, bias, *ctx.static, needs)
+    dx, dw, dbias = (g if need else None for g, need in zip(grads, needs, strict=True))
+    return dx, dw, dbias, *([None] * len(ctx.static))
+
+
+_short_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def short_conv(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    *,
+    padding: str = "causal",
+    layout: str = "bdl",
+    backend: str = "auto",
+) -> Tensor:
+    """Short depthwise convolution: every channel of ``x`` with its own K-tap filter.
+
+    Convention (PyTorch's and Hyena's: cross-correlation, no filter flip), with zeros outside
+    the sequence and ``P`` zeros of padding before it:
+
+        y[b, d, t] = bias[d] + sum_{j=0}^{K-1} w[d, j] * x[b, d, t - P + j]
+
+    - ``padding="causal"``: ``P = K - 1``, so ``w[d, K-1]`` multiplies the current sample and
+      ``w[d, 0]`` the one K-1 steps back; exactly
+      ``F.conv1d(x, w[:, None], bias, padding=K-1, groups=D)[..., :L]``.
+    - ``padding="same"``: ``P = (K - 1) // 2``, centred; exactly
+      ``F.conv1d(x, w[:, None], bias, padding="same", groups=D)``: ``padding=K//2`` for odd K,
+      and for even K the extra zero goes after the sequence (``w[d, K//2 - 1]`` is the
+      current sample's tap).
+
+    ``K > L`` is allowed: taps that fall outside the sequence see zeros.
+
+    Args:
+        x: ``[B, D, L]`` (``layout="bdl"``) or ``[B, L, D]`` (``layout="bld"``), fp32/fp16/bf16
+            (fp64 accepted, computed in fp64). ``L >= 1``.
+        w: ``[D, K]`` depthwise filter, ``K >= 1`` (Hyena: 3), any float dtype.
+        bias: ``[D]`` (any float dtype) or None.
+        padding: "causal" or "same".
+        layout: "bdl" or "bld"; the output has the layout of ``x``.
+        backend: "auto" or "torch" ("triton" is not in this build yet); "auto" picks torch.
+
+    Returns:
+        The layout and shape of ``x``, in ``x.dtype``, accumulated in fp32. Gradients come back
+        in each input's dtype. Under ``torch.autocast`` an fp32 ``x`` is first cast to the
+        autocast dtype, like a convolution layer's input.
+    """
+    x = _check_tensor("x", x)
+    w = _check_tensor("w", w)
+    if bias is not None:
+        bias = _check_tensor("bias", bias)
+    _check_choice("padding", padding, PADDINGS)
+    _check_choice("layout", layout, LAYOUTS)
+    name = resolve_backend(backend)
+    _, D, _ = _check_x(x, layout)
+    _check_w(w, D)
+    _check_same_device("w", w, x)
+    if bias is not None:
+        _check_bias(bias, D)
+        _check_same_device("bias", bias, x)
+
+    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return _short_conv_op(x.contiguous(), w, bias, padding, layout, name)
+
+
+__all__ = ["short_conv", "resolve_backend"]
