@@ -11,6 +11,9 @@ A backend may also provide ``fused_forward(u, kf, pregate, postgate, bias, plan)
 ``fused_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)``: whole-convolution
 kernels that return None for plans they do not cover, which then fall back to the primitives.
 
+Conjugates are taken with ``torch.conj_physical``: inside a compiled graph the custom op runs
+with the Conjugate dispatch key off, where a lazy ``.conj()`` is silently dropped.
+
 Backward recomputes the spectra instead of storing them (the memory of a long convolution
 is its input, not its spectrum):
 
@@ -37,6 +40,11 @@ def compute_dtype(u: Tensor) -> torch.dtype:
 
 def filter_spectrum(kc: Tensor, plan: ConvPlan, backend: ModuleType, dtype: torch.dtype) -> Tensor:
     return backend.rfft(kc.to(dtype), plan.fft_size, plan.keep_bins)
+
+
+def _as_compute(kf: Tensor, dtype: torch.dtype) -> Tensor:
+    """A prepared spectrum in the call's precision (fp64 calls get complex128)."""
+    return kf.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
 def _window(z_lin: Tensor, plan: ConvPlan) -> Tensor:
@@ -70,8 +78,7 @@ def forward(
 ) -> Tensor:
     dtype = compute_dtype(u)
     n, keep = plan.fft_size, plan.keep_bins
-    if kf is None:
-        kf = filter_spectrum(kc, plan, backend, dtype)
+    kf = filter_spectrum(kc, plan, backend, dtype) if kf is None else _as_compute(kf, dtype)
     fused = getattr(backend, "fused_forward", None)
     if fused is not None:  # a backend with a fused kernel for this plan takes the whole forward
         y = fused(u, kf, pregate, postgate, bias, plan)
@@ -101,8 +108,7 @@ def backward(
     need_u, need_k, need_pre, need_post, need_bias = needs
     dtype = compute_dtype(u)
     n, keep, L = plan.fft_size, plan.keep_bins, plan.seq_len
-    if kf is None:
-        kf = filter_spectrum(kc, plan, backend, dtype)
+    kf = filter_spectrum(kc, plan, backend, dtype) if kf is None else _as_compute(kf, dtype)
     fused = getattr(backend, "fused_backward", None)
     if fused is not None:
         grads = fused(dy, u, kc, kf, pregate, postgate, bias, plan, needs)
@@ -123,9 +129,11 @@ def backward(
     if need_u or need_pre or need_k:
         DL = backend.rfft(_window_adjoint(dz, plan), n, keep)
         if need_k:
-            d_k = backend.irfft((DL * V.conj()).sum(dim=0), n, kc.shape[-1], keep).to(kc.dtype)
+            d_k = backend.irfft((DL * torch.conj_physical(V)).sum(dim=0), n, kc.shape[-1], keep).to(
+                kc.dtype
+            )
         if need_u or need_pre:
-            dv = backend.irfft(DL * kf.conj(), n, L, keep)
+            dv = backend.irfft(DL * torch.conj_physical(kf), n, L, keep)
             if bias is not None:
                 dv = dv + bias.to(dtype)[:, None] * dy
             if need_pre:

@@ -76,7 +76,9 @@ def _check_tensor(name: str, x: object, *, ndim: int | None = None) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}"
+        )
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions; got shape {tuple(x.shape)}")
     return x
@@ -105,12 +107,16 @@ def _check_gates(u: Tensor, pregate: Tensor | None, postgate: Tensor | None, bia
             continue
         _check_tensor(name, g)
         if g.shape != u.shape:
-            raise ValueError(f"{name} must have the shape of u {tuple(u.shape)}; got {tuple(g.shape)}")
+            raise ValueError(
+                f"{name} must have the shape of u {tuple(u.shape)}; got {tuple(g.shape)}"
+            )
         _check_same_device(name, g, u)
     if bias is not None:
         _check_tensor("bias", bias)
         if bias.shape != (u.shape[1],):
-            raise ValueError(f"bias must have shape (H,) = ({u.shape[1]},); got {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must have shape (H,) = ({u.shape[1]},); got {tuple(bias.shape)}"
+            )
         _check_same_device("bias", bias, u)
 
 
@@ -230,8 +236,22 @@ def _fftconv_backward_op(
 
 
 @_fftconv_backward_op.register_fake
-def _(dy, u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins,
-      backend, needs):
+def _(
+    dy,
+    u,
+    kc,
+    kf,
+    pregate,
+    postgate,
+    bias,
+    mode,
+    filter_len,
+    fft_size,
+    fold,
+    keep_bins,
+    backend,
+    needs,
+):
     like = (u, kc, pregate, postgate, bias)
     return [
         torch.empty_like(x) if (need and x is not None) else dy.new_empty(0)
@@ -262,13 +282,20 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy):
     u, kc, kf, pregate, postgate, bias = ctx.saved_tensors
     n = ctx.needs_input_grad
-    needs = [n[0], n[1], n[3] and pregate is not None, n[4] and postgate is not None,
-             n[5] and bias is not None]
+    needs = [
+        n[0],
+        n[1],
+        n[3] and pregate is not None,
+        n[4] and postgate is not None,
+        n[5] and bias is not None,
+    ]
     d_u, d_k, d_pre, d_post, d_bias = torch.ops.longconv.fftconv_backward(
         dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs
     )
-    grads = [g if need else None for g, need in zip((d_u, d_k, d_pre, d_post, d_bias), needs,
-                                                     strict=True)]
+    grads = [
+        g if need else None
+        for g, need in zip((d_u, d_k, d_pre, d_post, d_bias), needs, strict=True)
+    ]
     d_u, d_k, d_pre, d_post, d_bias = grads
     return d_u, d_k, None, d_pre, d_post, d_bias, *([None] * len(ctx.static))
 
@@ -434,10 +461,15 @@ class FFTConv(nn.Module):
         bias: Tensor | None = None,
     ) -> Tensor:
         return fftconv(
-            u, k, pregate=pregate, postgate=postgate, bias=bias, mode=self.mode,
-            freq_keep=self.freq_keep, backend=self.backend,
+            u,
+            k,
+            pregate=pregate,
+            postgate=postgate,
+            bias=bias,
+            mode=self.mode,
+            freq_keep=self.freq_keep,
+            backend=self.backend,
         )
 
 
 __all__ = ["FFTConv", "FilterSpectrum", "fftconv", "filter_spectrum", "resolve_backend"]
-

@@ -111,8 +111,9 @@ def _grads(fn, tensors, dy):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
-                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"]
+)
 @pytest.mark.parametrize(("B", "H", "L", "Lk", "mode", "pair"), GRAD_CASES)
 def test_backward(B, H, L, Lk, mode, pair, dtype, backend):
     u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, dtype, gated=True, pair=pair)
@@ -120,13 +121,22 @@ def test_backward(B, H, L, Lk, mode, pair, dtype, backend):
     refs = [x.detach().double().requires_grad_() for x in (u, k, pre, post, bias)]
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(1))
     got = _grads(
-        lambda: fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3],
-                        bias=leaves[4], mode=mode, backend=backend),
-        leaves, dy.to(dtype),
+        lambda: fftconv(
+            leaves[0],
+            leaves[1],
+            pregate=leaves[2],
+            postgate=leaves[3],
+            bias=leaves[4],
+            mode=mode,
+            backend=backend,
+        ),
+        leaves,
+        dy.to(dtype),
     )
     want = _grads(
         lambda: conv_torch64(refs[0], refs[1], refs[2], refs[3], refs[4], mode=mode),
-        refs, dy.to(dtype).double(),
+        refs,
+        dy.to(dtype).double(),
     )
     names = ["u", "k", "pregate", "postgate", "bias"]
     for name, g, w, leaf in zip(names, got, want, leaves, strict=True):
@@ -163,8 +173,7 @@ def test_partial_grads_only_where_asked(backend):
 @pytest.mark.parametrize("freq_keep", [0.25, 0.5, 0.9])
 def test_frequency_sparse(freq_keep, backend):
     u, k, pre, post, bias = _inputs(2, 3, 200, 60, "causal", torch.float32, True)
-    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep,
-                backend=backend)
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep, backend=backend)
     ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), freq_keep=freq_keep)
     assert rel_err(y, ref) < 1e-5
     dense = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
@@ -178,9 +187,7 @@ def test_keep_bins_steps():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    ("mode", "Lk"), [("causal", 40), ("bidirectional", 41), ("circular", 64)]
-)
+@pytest.mark.parametrize(("mode", "Lk"), [("causal", 40), ("bidirectional", 41), ("circular", 64)])
 def test_filter_spectrum_reuse(mode, Lk, backend):
     """A prepared spectrum gives the same output and gradients as the time-domain filter."""
     u, k, pre, post, bias = _inputs(2, 3, 64, Lk, mode, torch.float32, True)
@@ -214,8 +221,13 @@ def test_autocast_casts_fp32_input():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fftconv(u, k, pregate=pre, postgate=post, bias=bias)
     assert y.dtype == torch.bfloat16
-    ref = conv_numpy(*(_np(x.bfloat16()) for x in (u,)), _np(k), _np(pre.bfloat16()),
-                     _np(post.bfloat16()), _np(bias))
+    ref = conv_numpy(
+        *(_np(x.bfloat16()) for x in (u,)),
+        _np(k),
+        _np(pre.bfloat16()),
+        _np(post.bfloat16()),
+        _np(bias),
+    )
     assert rel_err(y, ref) < TOL[torch.bfloat16]
 
 
@@ -258,49 +270,111 @@ def _ok():
 @pytest.mark.parametrize(
     ("make", "exc", "match"),
     [
-        pytest.param(lambda u, k: fftconv(u[0], k), ValueError, r"u must have shape \(B, H, L\); "
-                     r"got shape \(3, 16\)", id="u-rank"),
-        pytest.param(lambda u, k: fftconv(u, k[:2]), ValueError, r"k must have H=3 rows.*\(2, 8\)",
-                     id="H-mismatch"),
-        pytest.param(lambda u, k: fftconv(u, k[0]), ValueError, r"k must have shape \(H, Lk\)",
-                     id="k-rank"),
-        pytest.param(lambda u, k: fftconv(u.long(), k), TypeError, r"u must be a floating.*int64",
-                     id="u-int"),
-        pytest.param(lambda u, k: fftconv(u, k.int()), TypeError, r"k must be a floating.*int32",
-                     id="k-int"),
-        pytest.param(lambda u, k: fftconv(u.numpy(), k), TypeError, r"u must be a torch.Tensor",
-                     id="u-numpy"),
-        pytest.param(lambda u, k: fftconv(u, k.to("meta")), ValueError,
-                     r"k must be on the same device as u \(cpu\); got meta", id="k-device"),
-        pytest.param(lambda u, k: fftconv(u[..., :0], k), ValueError, r"L >= 1; got L=0",
-                     id="L0"),
-        pytest.param(lambda u, k: fftconv(u, k[:, :0]), ValueError, r"at least one tap",
-                     id="Lk0"),
-        pytest.param(lambda u, k: fftconv(u, k, mode="circular"), ValueError,
-                     r"circular' needs a filter of length L=16; got Lk=8", id="circular-len"),
-        pytest.param(lambda u, k: fftconv(u, k, mode="bidirectional"), ValueError,
-                     r"odd length 2M-1.*got Lk=8", id="bidir-even"),
-        pytest.param(lambda u, k: fftconv(u, torch.randn(2, 4, 5), mode="bidirectional"),
-                     ValueError, r"\(2, 3, M\).*\(2, 4, 5\)", id="bidir-pair-H"),
-        pytest.param(lambda u, k: fftconv(u, k, mode="acausal"), ValueError,
-                     r"mode must be one of .*'acausal'", id="mode"),
-        pytest.param(lambda u, k: fftconv(u, k, backend="cuda"), ValueError,
-                     r"backend must be one of .*'cuda'", id="backend"),
-        pytest.param(lambda u, k: fftconv(u, k, pregate=u[:, :2]), ValueError,
-                     r"pregate must have the shape of u \(2, 3, 16\); got \(2, 2, 16\)",
-                     id="pregate-shape"),
-        pytest.param(lambda u, k: fftconv(u, k, postgate=u[..., :5]), ValueError,
-                     r"postgate must have the shape of u", id="postgate-shape"),
-        pytest.param(lambda u, k: fftconv(u, k, postgate=u.long()), TypeError,
-                     r"postgate must be a floating", id="postgate-int"),
-        pytest.param(lambda u, k: fftconv(u, k, bias=torch.randn(4)), ValueError,
-                     r"bias must have shape \(H,\) = \(3,\); got \(4,\)", id="bias-shape"),
-        pytest.param(lambda u, k: fftconv(u, k, freq_keep=0.0), ValueError,
-                     r"freq_keep must be a number in \(0, 1\]; got 0.0", id="freq-keep"),
-        pytest.param(lambda u, k: fftconv(u, filter_spectrum(k, 8)), ValueError,
-                     r"L=16 does not fit a spectrum prepared for seq_len=8", id="spectrum-len"),
-        pytest.param(lambda u, k: FFTConv(0), ValueError, r"l_max must be an int >= 1; got 0",
-                     id="module-lmax"),
+        pytest.param(
+            lambda u, k: fftconv(u[0], k),
+            ValueError,
+            r"u must have shape \(B, H, L\); "
+            r"got shape \(3, 16\)",
+            id="u-rank",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k[:2]),
+            ValueError,
+            r"k must have H=3 rows.*\(2, 8\)",
+            id="H-mismatch",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k[0]), ValueError, r"k must have shape \(H, Lk\)", id="k-rank"
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u.long(), k), TypeError, r"u must be a floating.*int64", id="u-int"
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k.int()), TypeError, r"k must be a floating.*int32", id="k-int"
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u.numpy(), k), TypeError, r"u must be a torch.Tensor", id="u-numpy"
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k.to("meta")),
+            ValueError,
+            r"k must be on the same device as u \(cpu\); got meta",
+            id="k-device",
+        ),
+        pytest.param(lambda u, k: fftconv(u[..., :0], k), ValueError, r"L >= 1; got L=0", id="L0"),
+        pytest.param(lambda u, k: fftconv(u, k[:, :0]), ValueError, r"at least one tap", id="Lk0"),
+        pytest.param(
+            lambda u, k: fftconv(u, k, mode="circular"),
+            ValueError,
+            r"circular' needs a filter of length L=16; got Lk=8",
+            id="circular-len",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, mode="bidirectional"),
+            ValueError,
+            r"odd length 2M-1.*got Lk=8",
+            id="bidir-even",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, torch.randn(2, 4, 5), mode="bidirectional"),
+            ValueError,
+            r"\(2, 3, M\).*\(2, 4, 5\)",
+            id="bidir-pair-H",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, mode="acausal"),
+            ValueError,
+            r"mode must be one of .*'acausal'",
+            id="mode",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, backend="cuda"),
+            ValueError,
+            r"backend must be one of .*'cuda'",
+            id="backend",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, pregate=u[:, :2]),
+            ValueError,
+            r"pregate must have the shape of u \(2, 3, 16\); got \(2, 2, 16\)",
+            id="pregate-shape",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, postgate=u[..., :5]),
+            ValueError,
+            r"postgate must have the shape of u",
+            id="postgate-shape",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, postgate=u.long()),
+            TypeError,
+            r"postgate must be a floating",
+            id="postgate-int",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, bias=torch.randn(4)),
+            ValueError,
+            r"bias must have shape \(H,\) = \(3,\); got \(4,\)",
+            id="bias-shape",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, k, freq_keep=0.0),
+            ValueError,
+            r"freq_keep must be a number in \(0, 1\]; got 0.0",
+            id="freq-keep",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u, filter_spectrum(k, 8)),
+            ValueError,
+            r"L=16 does not fit a spectrum prepared for seq_len=8",
+            id="spectrum-len",
+        ),
+        pytest.param(
+            lambda u, k: FFTConv(0),
+            ValueError,
+            r"l_max must be an int >= 1; got 0",
+            id="module-lmax",
+        ),
     ],
 )
 def test_bad_input(make, exc, match):
