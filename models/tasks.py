@@ -1,0 +1,185 @@
+"""Lightning tasks: the only place that knows about losses, metrics and optimizers.
+
+A task gets its network injected (``net``) and its optimizer and scheduler as partials
+(``hydra.utils.instantiate`` of a ``_partial_: true`` config), as in lightning-hydra-template.
+
+Parameter groups: a parameter that carries ``_optim`` (a dict of optimizer settings, e.g. the
+Hyena filter MLP's ``{"weight_decay": 0.0, "lr": ...}``) goes to a group with those settings;
+biases, norm weights and embeddings get no weight decay; everything else gets the optimizer's
+weight decay.
+
+Checkpoints hold only plain data (loadable with ``torch.load(weights_only=True)``): the
+optimizer and scheduler partials are stored as their Hydra configs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric
+
+NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
+
+
+def param_groups(module: nn.Module) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: ``_optim``-flagged, no weight decay, default."""
+    seen: set[int] = set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    special: dict[tuple, list[nn.Parameter]] = {}
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue  # tied weights appear once
+            seen.add(id(p))
+            if hasattr(p, "_optim"):
+                special.setdefault(tuple(sorted(p._optim.items())), []).append(p)
+            elif isinstance(mod, NO_DECAY_MODULES) or p.ndim < 2 or name.endswith("bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, **dict(settings)} for settings, ps in special.items()]
+    return [g for g in groups if g["params"]]
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup to 1, cosine decay to ``min_ratio`` at ``total_steps``.
+
+    A plain object (not a closure) so that ``LambdaLR.state_dict`` saves its settings.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> None:
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Scheduler factory for configs (``_partial_: true``); step it every optimizer step."""
+    if total_steps is None or total_steps < 1:
+        raise ValueError(
+            f"warmup_cosine needs total_steps >= 1 (set trainer.max_steps); got {total_steps}"
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio)
+    )
+
+
+def to_plain(obj: Any) -> Any:
+    """Plain-data version of a hyperparameter: partials become their Hydra config."""
+    if isinstance(obj, functools.partial):
+        func = obj.func
+        target = f"{func.__module__}.{func.__qualname__}"
+        return {"_target_": target, "_partial_": True, **to_plain(dict(obj.keywords))}
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [to_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
+
+
+def as_factory(spec: Callable[..., Any] | Mapping[str, Any]) -> Callable[..., Any]:
+    """A partial, or its stored Hydra config (what ``to_plain`` made of it in a checkpoint, so
+    ``load_from_checkpoint(path, net=...)`` rebuilds the optimizer and scheduler)."""
+    if isinstance(spec, Mapping):
+        return hydra.utils.instantiate(dict(spec) | {"_partial_": True})
+    return spec
+
+
+class LanguageModelTask(L.LightningModule):
+    """Next-token prediction: batches of (inputs [B, L], targets [B, L]) token ids.
+
+    Logs ``train/loss``, ``val/loss``, ``val/ppl``, ``val/acc`` and the same for ``test/``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[[Optimizer], Any] | None = None,
+        scheduler_interval: str = "step",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.train_loss = MeanMetric()
+        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
+        self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.net(idx)
+
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
+        inputs, targets = batch
+        logits = self(inputs)  # [B, L, V]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        correct = (logits.argmax(-1) == targets).float().mean()
+        return loss, correct, targets.numel()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch)
+        self.train_loss(loss)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], split: str) -> None:
+        loss, acc, n = self._step(batch)
+        getattr(self, f"{split}_loss").update(loss, weight=n)
+        getattr(self, f"{split}_acc").update(acc, weight=n)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
+        if loss_metric.update_count == 0:
+            return
+        # compute() already reduces across processes; sync_dist only silences Lightning's check
+        loss = loss_metric.compute()
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{split}/ppl", torch.exp(loss), prog_bar=split == "test", sync_dist=True)
+        self.log(f"{split}/acc", acc_metric.compute(), sync_dist=True)
+        loss_metric.reset()
+        acc_metric.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = as_factory(self.hparams.optimizer)(params=param_groups(self.net))
+        if self.hparams.scheduler is None:
+            return optimizer
+        scheduler = as_factory(self.hparams.scheduler)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = to_plain(checkpoint["hyper_parameters"])
