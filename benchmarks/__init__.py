@@ -1,0 +1,1 @@
+"""Scripts that time kernels and models; ``results/`` holds committed runs."""

@@ -1,0 +1,349 @@
+"""Times ``fftconv`` per backend on a GPU: causal, bf16, B*H*L = 2^27, plain and gated.
+
+    python -m benchmarks.fftconv --out benchmarks/results/<gpu>-<date>.json [--compile]
+
+For each length: correctness first (each backend's bf16 output against the torch.fft path in
+fp32 on the same inputs; a backend over tolerance gets no time), then
+``triton.testing.do_bench`` medians (inputs built outside the timed region) of the public call
+``fftconv(u, k, backend=...)`` forward and forward+backward, and of the bare fused kernel
+(spectrum already laid out) in a few launch variants. Reports ms, speedup over torch, the
+multiple of the HBM floor (bytes that must move at 2 bytes per element, over 4.2e12 B/s), and
+the kernel's matrix-product TFLOP/s. Writes JSON (and a PNG when matplotlib is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from kernels import fftconv
+from kernels.fftconv import triton_fwd
+from kernels.fftconv.plan import make_plan
+
+HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (shared/device/README.md)
+MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
+TOTAL = 2**27  # B * H * L
+H = 1024
+LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+TOL_BF16 = 1e-2
+# bare-kernel launch variants: name -> (pair, num_warps, which n)
+KERNEL_VARIANTS = {
+    "pair-w2": (True, 2, lambda n: n <= 1024),
+    "pair-w4": (True, 4, lambda n: n <= 4096),
+    "pair-w8": (True, 8, lambda n: n >= 4096),
+    "single-w4": (False, 4, lambda n: n == 4096),
+}
+
+
+def kernel_variants(n: int, gated: bool) -> list[tuple[str, bool, int]]:
+    """The variants worth timing at size n (8 warps only where 4 spill; unpaired only plain,
+    to measure the pairing)."""
+    return [
+        (name, pair, warps)
+        for name, (pair, warps, sizes) in KERNEL_VARIANTS.items()
+        if sizes(n) and (pair or not gated)
+    ]
+
+
+def _median_ms(fn) -> float:
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def measure_copy_bandwidth() -> float:
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = _median_ms(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def measure_matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = _median_ms(lambda: a @ b)
+    return 2 * 8192**3 / (ms * 1e-3)
+
+
+def rel_err(out, ref) -> float:
+    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    return ((out.to(dtype) - ref).norm() / ref.norm()).item()
+
+
+def torch_path_fp32(u, k, pre, post, bias):
+    """The same convolution, torch.fft in fp32: the correctness reference at this size."""
+    L = u.shape[-1]
+    n = 2 * L
+    v = u.float() * pre.float() if pre is not None else u.float()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
+    y = z * post.float() if post is not None else z
+    return y + bias.float()[:, None] * v if bias is not None else y
+
+
+def floor_ms(L: int, gated: bool, backward: bool) -> float:
+    """Bytes that must move at 2 bytes per element: forward u, y (+ pregate, postgate);
+    backward dy, u, du (+ pregate, postgate, dpregate, dpostgate)."""
+    tensors = (4 if gated else 2) + ((7 if gated else 3) if backward else 0)
+    return tensors * 2 * TOTAL / HBM_BYTES_PER_S * 1e3
+
+
+def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
+    B = TOTAL // (H * L)
+    gen = torch.Generator(device="cuda").manual_seed(L)
+    u = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = (
+        torch.randn(H, L, device="cuda", generator=gen)
+        / (1 + torch.arange(L, device="cuda")) ** 0.5
+    )
+    pre = post = bias = None
+    if gated:
+        pre = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
+        post = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
+        bias = torch.randn(H, device="cuda", generator=gen)
+    plan = make_plan("causal", L, L)
+    n = plan.fft_size
+    fused = triton_fwd.supports(n, plan.fold, u.dtype)
+    row = {"B": B, "H": H, "L": L, "n": n, "gated": gated, "fused": fused}
+    row["floor_fwd_ms"] = floor_ms(L, gated, False)
+    row["floor_fwdbwd_ms"] = floor_ms(L, gated, True)
+
+    inputs = (u, k, pre, post, bias)
+    row.update(time_forward(inputs, use_compile))
+    row.update(time_forward_backward(inputs, ok=row["ok"]))
+    if fused:
+        row.update(time_kernel(inputs, n))
+    return row
+
+
+def time_forward(inputs, use_compile: bool) -> dict:
+    """The public call per backend: error against the fp32 torch.fft path, then the time."""
+    u, k, pre, post, bias = inputs
+    fns = {
+        name: (lambda name=name: fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name))
+        for name in ("torch", "triton")
+    }
+    if use_compile:
+        fns["compile"] = torch.compile(lambda: torch_path_fp32(*inputs).to(u.dtype))
+    ref = torch_path_fp32(*inputs)
+    row, ok = {}, {}
+    for name, fn in fns.items():
+        row[f"err_{name}"] = rel_err(fn(), ref)
+        ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
+    del ref
+    for name, fn in fns.items():
+        row[f"fwd_ms_{name}"] = _median_ms(fn) if ok[name] else None
+    row["ok"] = ok
+    return row
+
+
+def time_forward_backward(inputs, ok: dict) -> dict:
+    """Forward + backward through the public call (the triton backward runs the primitives)."""
+    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    grads = [x for x in leaves if x is not None]
+    dy = torch.randn_like(inputs[0])
+    row = {}
+    for name in ("torch", "triton"):
+
+        def step(name=name):
+            u, k, pre, post, bias = leaves
+            fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name).backward(dy)
+
+        row[f"fwdbwd_ms_{name}"] = (
+            do_bench(step, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
+            if ok[name]
+            else None
+        )
+    return row
+
+
+def time_kernel(inputs, n: int) -> dict:
+    """The bare fused kernel (spectrum already laid out) per launch variant, each checked on a
+    NaN-poisoned output first."""
+    u, k, pre, post, bias = inputs
+    B, H, L = u.shape
+    spectrum = triton_fwd.spectrum_layout(torch.fft.rfft(k, n=n), n)
+    ref = torch_path_fp32(*inputs)
+    out = torch.empty_like(u)
+    row = {}
+    for name, pair, warps in kernel_variants(n, pre is not None):
+
+        def run(pair=pair, warps=warps):
+            triton_fwd.launch(
+                u,
+                spectrum,
+                pre,
+                post,
+                bias,
+                n,
+                out=out,
+                pair=pair,
+                num_warps=warps,
+            )
+
+        out.fill_(float("nan"))
+        run()
+        row[f"err_kernel_{name}"] = rel_err(out, ref)
+        if not row[f"err_kernel_{name}"] < TOL_BF16:  # NaN (unwritten) fails too
+            row[f"kernel_ms_{name}"] = None
+            continue
+        ms = row[f"kernel_ms_{name}"] = _median_ms(run)
+        row[f"kernel_tflops_{name}"] = triton_fwd.dot_flops(B, H, L, n, pair) / (ms * 1e-3) / 1e12
+    row["dot_flops"] = triton_fwd.dot_flops(B, H, L, n)
+    row["flop_floor_ms"] = row["dot_flops"] / MATMUL_FLOPS_PER_S * 1e3
+    return row
+
+
+def accuracy_summary() -> dict:
+    """Relative error of the fused forward against float64, per dtype (gated, B=4, H=64)."""
+    out = {}
+    for n in (2048, 8192):
+        L = n // 2
+        gen = torch.Generator(device="cuda").manual_seed(n)
+        shape = (4, 64, L)
+        u, pre, post = (torch.randn(shape, device="cuda", generator=gen) for _ in range(3))
+        k = torch.randn(64, L, device="cuda", generator=gen) / (1 + torch.arange(L, device="cuda"))
+        bias = torch.randn(64, device="cuda", generator=gen)
+        kf64 = torch.fft.rfft(k.double(), n=n)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            ud, pred, postd = (x.to(dtype) for x in (u, pre, post))
+            vd = ud.double() * pred.double()
+            zd = torch.fft.irfft(torch.fft.rfft(vd, n=n) * kf64, n=n)[..., :L]
+            ref = zd * postd.double() + bias.double()[:, None] * vd
+            y = fftconv(ud, k, pregate=pred, postgate=postd, bias=bias, backend="triton")
+            y_torch = fftconv(ud, k, pregate=pred, postgate=postd, bias=bias, backend="torch")
+            name = str(dtype).removeprefix("torch.")
+            out[f"n{n}-{name}"] = {
+                "triton": rel_err(y.double(), ref),
+                "torch": rel_err(y_torch.double(), ref),
+            }
+    return out
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'shape (BxHxL) gate':<24}{'n':>6}{'torch':>8}{'triton':>8}{'x':>6}{'floor':>7}"
+        f"{'kern':>8}{'k/flr':>7}{'TF/s':>6}{'fb torch':>10}{'fb trit':>9}{'x':>6}{'err':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        shape = f"{r['B']}x{r['H']}x{r['L']} {'gated' if r['gated'] else 'plain'}"
+        t, f = r.get("fwd_ms_torch"), r.get("fwd_ms_triton")
+        kern = r.get("kernel_ms_best")
+        fbt, fbf = r.get("fwdbwd_ms_torch"), r.get("fwdbwd_ms_triton")
+        print(
+            f"{shape:<24}{r['n']:>6}{_fmt(t):>8}{_fmt(f):>8}"
+            f"{_fmt(t / f if t and f else None, '.2f'):>6}"
+            f"{_fmt(f / r['floor_fwd_ms'] if f else None, '.1f'):>7}"
+            f"{_fmt(kern):>8}{_fmt(kern / r['floor_fwd_ms'] if kern else None, '.1f'):>7}"
+            f"{_fmt(r.get('kernel_tflops_best'), '.0f'):>6}"
+            f"{_fmt(fbt):>10}{_fmt(fbf):>9}{_fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
+            f"{_fmt(r.get('err_triton'), '.1e'):>9}"
+        )
+    print(
+        "ms: medians; x: speedup over torch; floor: multiple of the HBM floor; kern: bare fused "
+        "kernel, best variant; fb: forward+backward"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, gated in zip(axes, (False, True), strict=True):
+        sel = [r for r in rows if r["gated"] == gated]
+        Ls = [r["L"] for r in sel]
+        for key, label in (
+            ("fwd_ms_torch", "torch fwd"),
+            ("fwd_ms_triton", "triton fwd"),
+            ("kernel_ms_best", "fused kernel"),
+            ("fwdbwd_ms_torch", "torch fwd+bwd"),
+            ("fwdbwd_ms_triton", "triton fwd+bwd"),
+            ("floor_fwd_ms", "HBM floor fwd"),
+        ):
+            pts = [(L, r.get(key)) for L, r in zip(Ls, sel, strict=True) if r.get(key)]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("L (B*H*L = 2^27, bf16, causal)")
+        ax.set_ylabel("ms")
+        ax.set_title("gated" if gated else "plain")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.fftconv needs a CUDA device")
+
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.fftconv", *(argv or sys.argv[1:])]),
+        "total_elements": TOTAL,
+        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
+        "matmul_flops_per_s": MATMUL_FLOPS_PER_S,
+        "copy_bytes_per_s_measured": measure_copy_bandwidth(),
+        "bf16_matmul_flops_per_s_measured": measure_matmul_rate(),
+    }
+    print(
+        f"{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}  copy "
+        f"{meta['copy_bytes_per_s_measured'] / 1e12:.2f} TB/s  bf16 matmul "
+        f"{meta['bf16_matmul_flops_per_s_measured'] / 1e12:.0f} TFLOP/s",
+        flush=True,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta["accuracy_vs_float64"] = accuracy_summary()
+    print("rel. error vs float64 (triton / torch):", json.dumps(meta["accuracy_vs_float64"]))
+    rows = []
+    for L in args.lengths:
+        for gated in (False, True):
+            row = bench_length(L, gated, args.compile)
+            times = {
+                name: row[f"kernel_ms_{name}"]
+                for name in KERNEL_VARIANTS
+                if row.get(f"kernel_ms_{name}") is not None
+            }
+            if times:
+                best = min(times, key=times.get)
+                row["kernel_best"] = best
+                row["kernel_ms_best"] = times[best]
+                row["kernel_tflops_best"] = row[f"kernel_tflops_{best}"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            # written after every row: a run cut short still leaves its numbers
+            args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            torch.cuda.empty_cache()
+    print_table(rows)
+    if plot(rows, args.out.with_suffix(".png")):
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    else:
+        print(f"wrote {args.out} (no matplotlib: no plot)")
+
+
+if __name__ == "__main__":
+    main()

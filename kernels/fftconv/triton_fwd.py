@@ -1,0 +1,383 @@
+"""Fused forward FFT convolution in Triton: the whole convolution (gate, FFT, filter, inverse
+FFT, gate, skip term) in one program's registers, u read once and y written once.
+
+The length-n circular convolution of the zero-padded input (every non-fold plan reduces to
+it, see ``plan.py``) as a two-stage Monarch product, ``n = N1 * N2`` with ``N1 >= N2 >= 16``
+(``tl.dot`` needs every dimension >= 16). Time index ``t = N2*t1 + t2``, frequency index
+``k = k1 + N1*k2``; the signal is the row-major tile ``x[t1, t2]``. With ``F_N`` the unitary
+DFT matrix of size N (``exp(-2 pi i jk / N) / sqrt(N)``) and the twiddle
+``T[k1, t2] = exp(-2 pi i k1 t2 / n)``:
+
+    forward   B = F_N1 @ x              [N1, N2] (k1, t2)
+              X = (B * T) @ F_N2        [N1, N2] (k1, k2): X[k1, k2] = FFT(x)[k1 + N1 k2] / sqrt(n)
+    filter    Y = X * K                 K[k1, k2] = kf[k1 + N1 k2] (full spectrum, host-permuted)
+    inverse   E = (Y @ conj(F_N2)) * conj(T)
+              z = conj(F_N1) @ E        [N1, N2] (t1, t2): the natural order again, real part
+
+so the spectrum lives in a permuted order that only the filter has to follow (the host permutes
+``kf`` once per call), and the output comes back in the input's row-major layout.
+
+Design choices:
+
+- Real input, complex transform, no real-input packing yet: 12 real ``tl.dot``s per sequence,
+  fp32 accumulation. ``PAIR`` (the default for B >= 2) transforms sequences b and b+1 of one
+  channel as the real and imaginary parts of one complex signal instead: the filter is real,
+  so ``conv(v + i w, k) = conv(v, k) + i conv(w, k)`` and the two come out apart; 16 dots for
+  two sequences instead of 24, and the filter, DFT matrices and twiddles are read once for
+  both. The price: the rounding error of one sequence leaks into the other at the operand
+  precision (a sequence much smaller than its partner gets a larger relative error).
+- Operands in the input's dtype for fp16/bf16 (intermediates rounded to it between stages;
+  the unitary scaling keeps them in range). fp32 inputs: fp32 operands with
+  ``input_precision="tf32x3"`` on CUDA (three tf32 products per dot, near-fp32 accuracy on the
+  tensor cores; plain tf32 would miss the 1e-5 fp32 tolerance, and "ieee" dots run on the FMA
+  units and spill heavily from n = 4096), "ieee" in the interpreter (which ignores it).
+- Zero-block skip: u occupies only the first ``cdiv(L, N2)`` rows of the tile and y needs only
+  those rows, so the first forward stage reads and the last inverse stage writes ``ROWS``
+  rows (that count rounded up to a power of two >= 16): half the work of those two stages
+  for a causal convolution with a full-length filter and N1 >= 32.
+- Programs are ordered channel-major (``pid = h * programs_per_channel + b // SEQS``) so that
+  consecutive programs share the filter spectrum in L2.
+- Warps (measured on an H200, benchmarks/NOTES.md): 2 for n <= 512, 4 up to 4096, 8 at 8192
+  (4 spill there). Pairing measured 1.7-1.8x faster than one sequence per program.
+- Frequency-sparse spectra are right through their zeroed bins; their zero blocks are not
+  skipped yet.
+- Sizes: ``MIN_FFT <= n <= MAX_FFT``. Smaller n would need a DFT factor below 16; larger n
+  does not fit one program's registers. ``supports`` says which plans run here; the caller
+  falls back to the unfused primitives for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MIN_FFT = 256
+MAX_FFT = 8192
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def split(n: int) -> tuple[int, int]:
+    """The Monarch factors ``(N1, N2)`` of ``n``: ``N1 >= N2``, both powers of two."""
+    log2 = n.bit_length() - 1
+    N2 = 1 << (log2 // 2)
+    return n // N2, N2
+
+
+def tile_rows(seq_len: int, n: int) -> int:
+    """Rows of the [N1, N2] tile that hold the input / the output, as a power of two >= 16."""
+    N1, N2 = split(n)
+    return min(N1, max(16, triton.next_power_of_2(triton.cdiv(seq_len, N2))))
+
+
+def supports(n: int, fold: bool, dtype: torch.dtype) -> bool:
+    return not fold and MIN_FFT <= n <= MAX_FFT and (n & (n - 1)) == 0 and dtype in DTYPES
+
+
+# ---------------------------------------------------------------------------------------------
+# Constants: DFT matrices and twiddles, built on the device (no host copy: capture-safe)
+
+_CONSTANTS: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def _unitary_dft(size: int, device: torch.device) -> Tensor:
+    j = torch.arange(size, dtype=torch.float64, device=device)
+    angle = (-2.0 * math.pi / size) * torch.remainder(j[:, None] * j[None, :], size)
+    return torch.stack([angle.cos(), angle.sin()]) / math.sqrt(size)  # [2, size, size]
+
+
+def constants(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dft1 [2, N1, N1], dft2 [2, N2, N2])`` in ``dtype`` and ``twiddle [2, N1, N2]`` fp32
+    (real and imaginary planes), cached per (n, device, dtype)."""
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one entry
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (n, device, dtype)
+    if key not in _CONSTANTS:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # built inside a capture they would stay unwritten until the graph replays
+            raise RuntimeError(
+                f"the Triton FFT tables for n={n} ({dtype}) are built on first use; call "
+                "FFTConv.prepare(...) or run the convolution once before CUDA graph capture"
+            )
+        N1, N2 = split(n)
+        k1 = torch.arange(N1, dtype=torch.float64, device=device)
+        t2 = torch.arange(N2, dtype=torch.float64, device=device)
+        angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
+        twiddle = torch.stack([angle.cos(), angle.sin()]).float().contiguous()
+        dft1 = _unitary_dft(N1, device).to(dtype).contiguous()
+        dft2 = _unitary_dft(N2, device).to(dtype).contiguous()
+        _CONSTANTS[key] = (dft1, dft2, twiddle)
+    return _CONSTANTS[key]
+
+
+def spectrum_layout(kf: Tensor, n: int) -> Tensor:
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, N2]`` fp32, the kernel's order:
+    ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum."""
+    N1, N2 = split(n)
+    H = kf.shape[0]
+    full = torch.cat([kf, kf[:, 1 : n // 2].flip(-1).conj()], dim=-1)  # [H, n]
+    perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
+    return torch.stack([perm.real, perm.imag], dim=1).float().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _complex_dot(a_re, a_im, b_re, b_im, PRECISION: tl.constexpr):
+    """(a_re + i a_im) @ (b_re + i b_im), four real products accumulated in fp32."""
+    out_re = _dot(a_re, b_re, PRECISION) - _dot(a_im, b_im, PRECISION)
+    out_im = tl.dot(a_re, b_im, acc=_dot(a_im, b_re, PRECISION), input_precision=PRECISION)
+    return out_re, out_im
+
+
+@triton.jit
+def _load_complex(ptr, offs, PLANE: tl.constexpr):
+    """The real and imaginary planes of a [2, ...] table."""
+    return tl.load(ptr + offs), tl.load(ptr + PLANE + offs)
+
+
+@triton.jit
+def _load_row(ptr, row, offs, mask):
+    return tl.load(ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+# B and H only index programs and rows: no recompilation per batch size or width
+@triton.jit(do_not_specialize=["B", "H"])
+def _fftconv_fwd_kernel(
+    u_ptr,  # [B, H, L]
+    pregate_ptr,  # [B, H, L] (unused unless HAS_PREGATE)
+    postgate_ptr,  # [B, H, L] (unused unless HAS_POSTGATE)
+    bias_ptr,  # [H] (unused unless HAS_BIAS)
+    kf_ptr,  # [H, 2, N1, N2] fp32, the filter spectrum in the kernel's order
+    dft1_ptr,  # [2, N1, N1] operand dtype
+    dft2_ptr,  # [2, N2, N2] operand dtype
+    twiddle_ptr,  # [2, N1, N2] fp32
+    y_ptr,  # [B, H, L]
+    B,
+    H,
+    L,
+    N1: tl.constexpr,
+    N2: tl.constexpr,
+    ROWS: tl.constexpr,
+    PAIR: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    HAS_POSTGATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # PAIR: sequences b (v) and b+1 (w) of one channel as the real and imaginary parts of one
+    # complex signal; otherwise one real sequence per program.
+    SEQS: tl.constexpr = 2 if PAIR else 1
+    pid = tl.program_id(0)
+    programs_per_channel = tl.cdiv(B, SEQS)
+    pid_h = pid // programs_per_channel
+    pid_b = (pid - pid_h * programs_per_channel) * SEQS
+    op_dtype = dft1_ptr.dtype.element_ty
+
+    # 64-bit: B*H*L may pass 2^31
+    row_v = (pid_b.to(tl.int64) * H + pid_h) * L
+    row_w = row_v + H.to(tl.int64) * L
+    kf_start = pid_h.to(tl.int64) * (2 * N1 * N2)
+
+    offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y
+    offs_n1 = tl.arange(0, N1)
+    offs_n2 = tl.arange(0, N2)
+    offs_t = offs_r[:, None] * N2 + offs_n2[None, :]  # [ROWS, N2] time index
+    mask_v = offs_t < L
+    mask_w = mask_v & (pid_b + 1 < B)
+    offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
+    offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
+    offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
+    offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
+
+    # the input, zero-padded by the mask alone (no padded copy)
+    v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, N2]
+    if HAS_PREGATE:
+        v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+    if PAIR:
+        w = _load_row(u_ptr, row_w, offs_t, mask_w)
+        if HAS_PREGATE:
+            w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+
+    # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
+    f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, N1 * N1)  # [N1, ROWS]
+    if PAIR:
+        b_re, b_im = _complex_dot(f1_re, f1_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
+    else:
+        b_re = _dot(f1_re, v.to(op_dtype), PRECISION)  # [N1, N2]
+        b_im = _dot(f1_im, v.to(op_dtype), PRECISION)
+
+    tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, N1 * N2)  # [N1, N2]
+    c_re = (b_re * tw_re - b_im * tw_im).to(op_dtype)
+    c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
+
+    # forward stage 2: X = C @ F_N2
+    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * N2)  # [N2, N2]
+    x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, N2]
+
+    # the filter, in the same permuted order
+    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_tile, N1 * N2)  # [N1, N2]
+    s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+    s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+
+    # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
+    d_re, d_im = _complex_dot(s_re, s_im, f2_re, -f2_im, PRECISION)  # [N1, N2]
+    e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
+    e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
+
+    # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w is its imaginary part)
+    g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1]
+    z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
+    if PAIR:
+        # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the negated
+        # table a register operand of the matrix product, and the fp16/bf16 kernel at n = 2048
+        # with ROWS = 64 returned wrong results on sm_90 under Triton 3.6 (relative error
+        # 0.6-0.7; fp32 and the interpreter right); this form passes (benchmarks/NOTES.md, v3)
+        z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
+
+    if HAS_POSTGATE:
+        z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+        z_v += bias * v
+    tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+    if PAIR:
+        if HAS_POSTGATE:
+            z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+        if HAS_BIAS:
+            z_w += bias * w
+        tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host launcher
+
+
+def dot_precision(u: Tensor) -> str:
+    """fp32 inputs: three tf32 products per dot (near-fp32 accuracy on the tensor cores; ieee
+    fp32 dots run on the FMA units and spill at n >= 4096); ignored for fp16/bf16 operands."""
+    if u.dtype != torch.float32:
+        return "tf32"
+    return "tf32x3" if u.is_cuda else "ieee"
+
+
+def num_warps_for(n: int) -> int:
+    """Measured on the H200 (benchmarks/NOTES.md): 2 warps for the small tiles, 8 where 4
+    spill (n = 8192)."""
+    if n <= 512:
+        return 2
+    return 8 if n >= 8192 else 4
+
+
+def fftconv_fwd(
+    u: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    n: int,
+    **launch_options,
+) -> Tensor:
+    """``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u * pregate)``.
+
+    u, gates: ``[B, H, L]`` with ``L <= n``; kf: ``[H, n//2+1]`` complex64 (rfft order); bias
+    ``[H]``. Returns y ``[B, H, L]`` in u's dtype. ``launch_options``: those of ``launch``.
+    """
+    H = u.shape[1]
+    if kf.shape != (H, n // 2 + 1) or kf.dtype != torch.complex64:
+        raise ValueError(
+            f"kf must be complex64 of shape ({H}, {n // 2 + 1}); got {kf.dtype} {tuple(kf.shape)}"
+        )
+    return launch(u, spectrum_layout(kf, n), pregate, postgate, bias, n, **launch_options)
+
+
+def launch(
+    u: Tensor,
+    spectrum: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    n: int,
+    *,
+    out: Tensor | None = None,
+    pair: bool | None = None,
+    num_warps: int | None = None,
+    precision: str | None = None,
+) -> Tensor:
+    """The kernel on a spectrum already in its order (``spectrum_layout``).
+
+    ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
+    channel per program. ``num_warps``, ``precision``: override the defaults per size / dtype.
+    """
+    B, H, L = u.shape
+    if not supports(n, False, u.dtype) or L > n:
+        raise ValueError(
+            f"the fused forward covers n in [{MIN_FFT}, {MAX_FFT}], L <= n, "
+            f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
+        )
+    N1, N2 = split(n)
+    if spectrum.shape != (H, 2, N1, N2) or spectrum.dtype != torch.float32:
+        raise ValueError(
+            f"spectrum must be fp32 of shape {(H, 2, N1, N2)}; got "
+            f"{spectrum.dtype} {tuple(spectrum.shape)}"
+        )
+    dft1, dft2, twiddle = constants(n, u.device, u.dtype)
+    u = u.contiguous()
+    spectrum = spectrum.contiguous()
+    pregate = pregate.contiguous() if pregate is not None else None
+    postgate = postgate.contiguous() if postgate is not None else None
+    bias = bias.contiguous() if bias is not None else None
+    if out is not None and (
+        out.shape != u.shape or out.dtype != u.dtype or not out.is_contiguous()
+    ):
+        raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
+    y = torch.empty_like(u) if out is None else out
+    pair = B >= 2 if pair is None else pair
+    grid = (H * triton.cdiv(B, 2 if pair else 1),)
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        _fftconv_fwd_kernel[grid](
+            u,
+            pregate if pregate is not None else u,
+            postgate if postgate is not None else u,
+            bias if bias is not None else u,
+            spectrum,
+            dft1,
+            dft2,
+            twiddle,
+            y,
+            B,
+            H,
+            L,
+            N1=N1,
+            N2=N2,
+            ROWS=tile_rows(L, n),
+            PAIR=pair,
+            HAS_PREGATE=pregate is not None,
+            HAS_POSTGATE=postgate is not None,
+            HAS_BIAS=bias is not None,
+            PRECISION=precision or dot_precision(u),
+            num_warps=num_warps or num_warps_for(n),
+        )
+    return y
+
+
+def dot_flops(B: int, H: int, L: int, n: int, pair: bool | None = None) -> int:
+    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip included."""
+    N1, N2 = split(n)
+    rows = tile_rows(L, n)
+    pair = B >= 2 if pair is None else pair
+    if pair:  # 16 dots per two sequences: 4 in each of the four stages
+        per_program = 8 * n * (2 * rows + 2 * N2)
+        return H * triton.cdiv(B, 2) * per_program
+    return B * H * (8 * n * rows + 16 * n * N2)  # 2 + 4 + 4 + 2 dots

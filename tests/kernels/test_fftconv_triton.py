@@ -1,0 +1,364 @@
+"""The ``triton`` backend against float64 references.
+
+CPU: the kernels run under TRITON_INTERPRET=1, which must be set before triton is imported, so
+the cases run in one subprocess (this file run as a module) and the tests check what it
+printed; the rest of the suite may already have imported triton. fp32 and fp16 only: the
+interpreter's bf16 ``tl.dot`` is wrong (bf16 is tested on the GPU).
+GPU (``gpu`` marker): the compiled kernels, every dtype, forward and backward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .fftconv_reference import conv_numpy, conv_torch64, rel_err
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _filter(H, Lk, pair=False, gen=None, device="cpu"):
+    shape = (2, H, Lk) if pair else (H, Lk)
+    # decaying filters, as trained long-conv filters are: keeps the output well-conditioned
+    k = torch.randn(shape, generator=gen, dtype=torch.float64)
+    k = k / (1.0 + torch.arange(Lk, dtype=torch.float64)) ** 0.5
+    return k.float().to(device)
+
+
+def _inputs(B, H, L, Lk, dtype, gated, pair=False, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, H, L, generator=g).to(device, dtype)
+    k = _filter(H, Lk, pair=pair, gen=g, device=device)
+    pre = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
+    post = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
+    bias = torch.randn(H, generator=g).to(device) if gated else None
+    return u, k, pre, post, bias
+
+
+def _np(x):
+    return None if x is None else x.double().cpu().numpy()
+
+
+def conv_fft64(u, k, pre=None, post=None, bias=None, mode="causal"):
+    """The convolution in float64 through torch.fft with linear-convolution padding (any
+    device, differentiable): the GPU tests' reference, checked against ``conv_torch64``."""
+    v = u * pre if pre is not None else u
+    L = u.shape[-1]
+    if mode == "bidirectional" and k.dim() == 3:
+        fwd, rev = k[0], k[1]
+        k = torch.cat([rev[:, 1:].flip(-1), fwd[:, :1] + rev[:, :1], fwd[:, 1:]], dim=-1)
+    n = 1 << (L + k.shape[-1] - 2).bit_length()
+    full = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k, n=n), n=n)
+    start = (k.shape[-1] - 1) // 2 if mode == "bidirectional" else 0
+    z = full[..., start : start + L]
+    y = z * post if post is not None else z
+    return y + bias[:, None] * v if bias is not None else y
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: interpreter cases, run in a subprocess
+#
+# id -> (B, H, L, Lk, mode, dtype, gated, freq_keep, fused): `fused` says whether the plan is
+# one the fused forward covers (n in [256, 8192], no fold), else the primitives run.
+
+FORWARD_CASES = {
+    "B3-H5-L128-K128-causal-fp32-plain": (3, 5, 128, 128, "causal", "fp32", False, 1.0, True),
+    "B3-H5-L128-K128-causal-fp32-gated": (3, 5, 128, 128, "causal", "fp32", True, 1.0, True),
+    "B2-H3-L256-K256-causal-fp16-gated": (2, 3, 256, 256, "causal", "fp16", True, 1.0, True),
+    "B1-H3-L300-K300-causal-fp16-plain": (1, 3, 300, 300, "causal", "fp16", False, 1.0, True),
+    "B3-H2-L1000-K10-causal-fp32-gated": (3, 2, 1000, 10, "causal", "fp32", True, 1.0, True),
+    "B3-H2-L200-K399-bidir-fp32-gated": (3, 2, 200, 399, "bidirectional", "fp32", True, 1.0, True),
+    "B2-H3-L130-K61-bidir-fp16-gated": (2, 3, 130, 61, "bidirectional", "fp16", True, 1.0, True),
+    "B2-H3-L256-circular-fp32-gated": (2, 3, 256, 256, "circular", "fp32", True, 1.0, True),
+    "B1-H2-L4096-K4096-causal-fp16-gated": (1, 2, 4096, 4096, "causal", "fp16", True, 1.0, True),
+    "B3-H2-L200-K60-causal-fp32-sparse": (3, 2, 200, 60, "causal", "fp32", True, 0.5, True),
+    "B2-H3-L97-K31-causal-fp32-fallback": (2, 3, 97, 31, "causal", "fp32", True, 1.0, False),
+    "B2-H3-L200-circular-fp32-fallback": (2, 3, 200, 200, "circular", "fp32", True, 1.0, False),
+    "B1-H1-L1-K1-causal-fp16-fallback": (1, 1, 1, 1, "causal", "fp16", True, 1.0, False),
+}
+LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair): NaN-poisoned output
+    "B3-H2-L300-n512-fp32-pair": (3, 2, 300, 512, "fp32", True, True),
+    "B3-H2-L300-n512-fp32-single": (3, 2, 300, 512, "fp32", True, False),
+    "B1-H3-L256-n256-fp16-pair": (1, 3, 256, 256, "fp16", False, True),
+    "B3-H2-L1027-n2048-fp16-pair": (3, 2, 1027, 2048, "fp16", True, True),
+    "B5-H1-L2048-n4096-fp16-pair": (5, 1, 2048, 4096, "fp16", True, True),
+}
+SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
+BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
+
+
+def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
+    from kernels import fftconv
+
+    u, k, pre, post, bias = _inputs(B, H, L, Lk, DTYPES[dtype], gated)
+    y = fftconv(
+        u,
+        k,
+        pregate=pre,
+        postgate=post,
+        bias=bias,
+        mode=mode,
+        freq_keep=freq_keep,
+        backend="triton",
+    )
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode, freq_keep=freq_keep)
+    return {"y": rel_err(y, ref)}, y.dtype == DTYPES[dtype]
+
+
+def _run_launcher_case(B, H, L, n, dtype, gated, pair):
+    from kernels.fftconv import triton_fwd
+
+    u, k, pre, post, bias = _inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
+    kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
+    out = torch.full_like(u, float("nan"))
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
+    full = torch.fft.irfft(torch.fft.rfft(k.double(), n=n), n=n)  # the same filter, float64
+    v = u.double() * pre.double() if gated else u.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(full, n=n), n=n)[..., :L]
+    ref = z * post.double() + bias.double()[:, None] * v if gated else z
+    return {"y": rel_err(out, ref), "unwritten": float(out.isnan().sum())}, True
+
+
+def _run_spectrum_case():
+    """A spectrum prepared for a longer length (n = 1024) serves L = 300: ROWS < N1."""
+    from kernels import fftconv, filter_spectrum
+
+    u, k, pre, post, bias = _inputs(3, 2, 300, 40, torch.float32, True, seed=2)
+    spec = filter_spectrum(k, 512, backend="triton")
+    y = fftconv(u, spec, pregate=pre, postgate=post, bias=bias)
+    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    return {"y": rel_err(y, ref)}, spec.plan.fft_size == 1024
+
+
+def _run_backward_case():
+    from kernels import fftconv
+
+    u, k, pre, post, bias = _inputs(3, 2, 200, 150, torch.float32, True, seed=3)
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn(3, 2, 200, generator=torch.Generator().manual_seed(4))
+    fftconv(
+        *leaves[:2], pregate=leaves[2], postgate=leaves[3], bias=leaves[4], backend="triton"
+    ).backward(dy)
+    conv_torch64(*refs).backward(dy.double())
+    names = ("u", "k", "pregate", "postgate", "bias")
+    return {
+        name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)
+    }, True
+
+
+def _interpreter_main() -> None:
+    """Runs every CPU case under the interpreter; prints one JSON line of results."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from kernels.fftconv import triton_fwd
+
+    calls = []
+    launch = triton_fwd.fftconv_fwd
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return launch(*args, **kwargs)
+
+    triton_fwd.fftconv_fwd = counted
+    results = {}
+    jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
+    jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
+    jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
+    for cid, run, args in jobs:
+        calls.clear()
+        errs, ok = run(*args)
+        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls)}
+    print(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.test_fftconv_triton"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+def test_interpreter_forward(interpreted, case):
+    *_, dtype, _, _, fused = FORWARD_CASES[case]
+    res = interpreted[case]
+    assert res["ok"], "output dtype differs from u's"
+    assert res["fused"] == fused, "fused path taken" if res["fused"] else "fused path skipped"
+    assert res["errs"]["y"] < TOL[DTYPES[dtype]], res["errs"]
+
+
+@pytest.mark.parametrize("case", list(LAUNCHER_CASES))
+def test_interpreter_launcher_poisoned(interpreted, case):
+    dtype = LAUNCHER_CASES[case][4]
+    res = interpreted[case]
+    assert res["errs"]["unwritten"] == 0
+    assert res["errs"]["y"] < TOL[DTYPES[dtype]], res["errs"]
+
+
+def test_interpreter_spectrum_for_longer_length(interpreted):
+    res = interpreted[SPECTRUM_CASE]
+    assert res["ok"] and res["fused"]
+    assert res["errs"]["y"] < TOL[torch.float32], res["errs"]
+
+
+def test_interpreter_backward(interpreted):
+    res = interpreted[BACKWARD_CASE]
+    assert res["fused"]
+    for name, err in res["errs"].items():
+        assert err < TOL[torch.float32], (name, err)
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_fft64_reference_matches_direct(mode):
+    u, k, pre, post, bias = (
+        None if x is None else x.double() for x in _inputs(2, 3, 57, 41, torch.float32, True)
+    )
+    want = conv_torch64(u, k, pre, post, bias, mode=mode)
+    assert rel_err(conv_fft64(u, k, pre, post, bias, mode=mode), want) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+
+# (B, H, L): odd and even B (B = 1 runs unpaired), H = 111; L = 1 falls back (n < 256)
+GPU_SHAPES = [
+    pytest.param(2, 111, 1, id="B2-H111-L1"),
+    pytest.param(3, 111, 97, id="B3-H111-L97"),
+    pytest.param(2, 111, 256, id="B2-H111-L256"),
+    pytest.param(1, 7, 256, id="B1-H7-L256"),
+    pytest.param(3, 111, 1000, id="B3-H111-L1000"),
+    pytest.param(2, 5, 1024, id="B2-H5-L1024"),
+    pytest.param(3, 111, 4096, id="B3-H111-L4096"),
+    pytest.param(1, 3, 4096, id="B1-H3-L4096"),
+]
+GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
+
+
+def _full_filter_len(L, mode):
+    return L if mode == "causal" else 2 * L - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+@pytest.mark.parametrize(("B", "H", "L"), GPU_SHAPES)
+def test_gpu_forward(B, H, L, mode, dtype, gated):
+    from kernels import fftconv
+
+    u, k, pre, post, bias = _inputs(B, H, L, _full_filter_len(L, mode), dtype, gated, device="cuda")
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend="triton")
+    assert y.dtype == dtype and y.shape == u.shape
+    ref = conv_fft64(
+        *(None if x is None else x.double() for x in (u, k, pre, post, bias)), mode=mode
+    )
+    err = rel_err(y, ref)
+    assert err < TOL[dtype], err
+    if dtype == torch.float32:  # flash-attention's rule: at most 2x the torch.fft path's error
+        y_torch = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend="torch")
+        # floor: tf32x3 dots (three tf32 products) sit near 1e-6, a fifth of the tolerance
+        assert err <= max(2 * rel_err(y_torch, ref), TOL[dtype] / 5), (err, rel_err(y_torch, ref))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("B", "H", "L", "Lk", "mode", "pair"),
+    [
+        pytest.param(3, 111, 97, 50, "causal", False, id="B3-H111-L97-K50-causal"),
+        pytest.param(2, 5, 1024, 1024, "causal", False, id="B2-H5-L1024-K1024-causal"),
+        pytest.param(3, 7, 1000, 300, "bidirectional", True, id="B3-H7-L1000-M300-bidir-pair"),
+        pytest.param(3, 111, 4096, 4096, "causal", False, id="B3-H111-L4096-K4096-causal"),
+    ],
+)
+def test_gpu_backward(B, H, L, Lk, mode, pair, dtype):
+    from kernels import fftconv
+
+    u, k, pre, post, bias = _inputs(B, H, L, Lk, dtype, True, pair=pair, device="cuda")
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(1)).to("cuda", dtype)
+    fftconv(
+        *leaves[:2],
+        pregate=leaves[2],
+        postgate=leaves[3],
+        bias=leaves[4],
+        mode=mode,
+        backend="triton",
+    ).backward(dy)
+    conv_fft64(*refs, mode=mode).backward(dy.double())
+    for name, a, b in zip(("u", "k", "pregate", "postgate", "bias"), leaves, refs, strict=True):
+        assert a.grad is not None and a.grad.dtype == a.dtype, name
+        assert rel_err(a.grad, b.grad) < TOL[dtype], (name, rel_err(a.grad, b.grad))
+
+
+# (n, L) covering every tile-row count ROWS (16 .. N1) of every tile shape, L past a row boundary
+LAUNCH_SIZES = [
+    pytest.param(512, 300, id="n512-L300-rows32"),
+    pytest.param(1024, 200, id="n1024-L200-rows16"),
+    pytest.param(1024, 515, id="n1024-L515-rows32"),
+    pytest.param(2048, 200, id="n2048-L200-rows16"),
+    pytest.param(2048, 1027, id="n2048-L1027-rows64"),
+    pytest.param(4096, 300, id="n4096-L300-rows16"),
+    pytest.param(4096, 2051, id="n4096-L2051-rows64"),
+    pytest.param(8192, 1500, id="n8192-L1500-rows32"),
+    pytest.param(8192, 5000, id="n8192-L5000-rows128"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("n", "L"), LAUNCH_SIZES)
+def test_gpu_launcher_poisoned(n, L, dtype, pair):
+    """Every output element written, every tile-row count right."""
+    from kernels.fftconv import triton_fwd
+
+    u, k, pre, post, bias = _inputs(3, 5, L, n, dtype, True, seed=5, device="cuda")
+    kf = torch.fft.rfft(k, n=n)
+    out = torch.full_like(u, float("nan"))
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
+    v = u.double() * pre.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
+    ref = z * post.double() + bias.double()[:, None] * v
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_gpu_offsets_past_2_31():
+    """B*H*L > 2^31: the last sequences land where 32-bit offsets would wrap."""
+    from kernels import fftconv
+
+    B, H, L = 64, 131073, 256
+    assert B * H * L > 2**31
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(H, L, device="cuda", generator=g) / 16
+    y = fftconv(u, k, backend="triton")
+    ref = conv_fft64(u[-1:, -4:].double(), k[-4:].double())
+    assert rel_err(y[-1:, -4:], ref) < TOL[torch.bfloat16]
+    del u, y
+
+
+if __name__ == "__main__":
+    _interpreter_main()
