@@ -73,6 +73,8 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path, cache_d
     task.hparams.scheduler(optimizer=optimizer)
 
     callbacks = train_entry.instantiate_callbacks(cfg.get("callbacks"))
+    if group == "logger" and option == "wandb":
+        pytest.importorskip("wandb")  # an optional logger: absent on some machines (the GPU image)
     loggers = train_entry.instantiate_loggers(cfg.get("logger"))
     if group == "logger" and option == "wandb":
         assert loggers[0]._offline  # no API key: offline, never a login prompt
