@@ -262,7 +262,7 @@ def _(
 @torch.library.custom_op("longconv::filter_spectrum", mutates_args=())
 def _spectrum_op(kc: Tensor, fft_size: int, keep_bins: int, backend: str) -> Tensor:
     """The filter's spectrum: a cache without gradient (the gradient flows through ``kc``)."""
-    dtype = torch.float64 if kc.dtype == torch.float64 else torch.float32
+    dtype = core.compute_dtype(kc)
     with torch.no_grad(), torch.autocast(kc.device.type, enabled=False):
         return _backend_module(backend).rfft(kc.to(dtype), fft_size, keep_bins).contiguous()
 
