@@ -286,18 +286,19 @@ def test_finished_run_extends_at_the_same_data_position(tmp_path, cache_dir, mon
     assert [f for _, f, _ in extended.steps] == [f for _, f, _ in reference.steps[5:]]
 
 
-def test_cli_train_then_eval(tmp_path, cache_dir):
+def _run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """``python *argv`` from the repository root; fails the test on a non-zero exit."""
     env = os.environ | {"PYTHONPATH": str(ROOT)}
-    args = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", *SMALL_DATA]
     proc = subprocess.run(
-        [sys.executable, "train.py", "debug=fast", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_train_then_eval(tmp_path, cache_dir):
+    args = [f"paths.output_root={tmp_path}", f"paths.cache_dir={cache_dir}", *SMALL_DATA]
+    proc = _run_cli("train.py", "debug=fast", *args)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("checkpoint: "))
     ckpt = Path(line.removeprefix("checkpoint: "))
     assert ckpt.name == "last.ckpt" and ckpt.is_file() and str(ckpt).startswith(str(tmp_path))
@@ -307,15 +308,7 @@ def test_cli_train_then_eval(tmp_path, cache_dir):
         "import runpy, sys; sys.modules['wandb'] = None; sys.argv = sys.argv[1:]; "
         "runpy.run_path('eval.py', run_name='__main__')"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", no_wandb, "eval.py", f"ckpt_path={ckpt}", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_cli("-c", no_wandb, "eval.py", f"ckpt_path={ckpt}", *args)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("test/loss: "))
     ppl = float(line.split("test/ppl: ")[1].split()[0])
     assert math.isfinite(ppl) and 1.0 < ppl < 300.0

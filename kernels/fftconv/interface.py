@@ -178,10 +178,6 @@ def circular_filter(k: Tensor, plan: ConvPlan) -> Tensor:
 # Custom ops
 
 
-def _plan_from_args(mode, seq_len, filter_len, fft_size, fold, keep_bins) -> ConvPlan:
-    return ConvPlan(mode, seq_len, filter_len, fft_size, fold, keep_bins)
-
-
 @torch.library.custom_op("longconv::fftconv", mutates_args=())
 def _fftconv_op(
     u: Tensor,
@@ -197,7 +193,7 @@ def _fftconv_op(
     keep_bins: int,
     backend: str,
 ) -> Tensor:
-    plan = _plan_from_args(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
     with torch.autocast(u.device.type, enabled=False):
         return core.forward(
             u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend)
@@ -226,7 +222,7 @@ def _fftconv_backward_op(
     backend: str,
     needs: list[bool],
 ) -> list[Tensor]:
-    plan = _plan_from_args(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
     with torch.autocast(u.device.type, enabled=False):
         grads = core.backward(
             dy, u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend), tuple(needs)

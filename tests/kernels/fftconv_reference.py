@@ -72,6 +72,23 @@ def conv_torch64(u, k, pregate=None, postgate=None, bias=None, mode="causal"):
     return y
 
 
+def make_inputs(B, H, L, Lk, dtype, gated, pair=False, seed=0, device="cpu"):
+    """Fresh random (u, k, pregate, postgate, bias); k is (2, H, Lk) when ``pair``."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, H, L, generator=g).to(device, dtype)
+    # decaying filters, as trained long-conv filters are: keeps the output well-conditioned
+    k = torch.randn((2, H, Lk) if pair else (H, Lk), generator=g, dtype=torch.float64)
+    k = (k / (1.0 + torch.arange(Lk, dtype=torch.float64)) ** 0.5).float().to(device)
+    pre = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
+    post = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
+    bias = torch.randn(H, generator=g).to(device) if gated else None
+    return u, k, pre, post, bias
+
+
+def to_numpy(x):
+    return None if x is None else x.double().cpu().numpy()
+
+
 def rel_err(out, ref) -> float:
     out = torch.as_tensor(out).double().cpu()
     ref = torch.as_tensor(ref).double().cpu()

@@ -8,31 +8,10 @@ import torch
 from kernels import FFTConv, fftconv, filter_spectrum
 from kernels.fftconv.plan import make_plan
 
-from .fftconv_reference import conv_numpy, conv_torch64, rel_err
+from .fftconv_reference import conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 BACKENDS = ["torch", "monarch"]
-
-
-def _filter(H, Lk, mode, pair=False, dtype=torch.float32, gen=None):
-    shape = (2, H, Lk) if pair else (H, Lk)
-    # decaying filters, as trained long-conv filters are: keeps the output well-conditioned
-    k = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return (k / (1.0 + torch.arange(Lk, dtype=torch.float64)) ** 0.5).to(dtype)
-
-
-def _inputs(B, H, L, Lk, mode, dtype, gated, pair=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(B, H, L, generator=g).to(dtype)
-    k = _filter(H, Lk, mode, pair=pair, gen=g)
-    pre = torch.randn(B, H, L, generator=g).to(dtype) if gated else None
-    post = torch.randn(B, H, L, generator=g).to(dtype) if gated else None
-    bias = torch.randn(H, generator=g) if gated else None
-    return u, k, pre, post, bias
-
-
-def _np(x):
-    return None if x is None else x.double().numpy()
 
 
 # (B, H, L, Lk, mode) with awkward sizes; Lk shorter, equal and longer than L
@@ -60,10 +39,12 @@ CASES = [
 @pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
 @pytest.mark.parametrize(("B", "H", "L", "Lk", "mode"), CASES)
 def test_forward_fp32(B, H, L, Lk, mode, gated, backend):
-    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, torch.float32, gated)
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, torch.float32, gated)
     y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
     assert y.dtype == torch.float32 and y.shape == u.shape
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode)
+    ref = conv_numpy(
+        to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias), mode=mode
+    )
     assert rel_err(y, ref) < TOL[torch.float32]
 
 
@@ -79,17 +60,19 @@ def test_forward_fp32(B, H, L, Lk, mode, gated, backend):
     ],
 )
 def test_forward_half(B, H, L, Lk, mode, dtype, backend):
-    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, dtype, gated=True)
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, dtype, gated=True)
     y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
     assert y.dtype == dtype
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode)
+    ref = conv_numpy(
+        to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias), mode=mode
+    )
     assert rel_err(y, ref) < TOL[dtype]
 
 
 def test_bidirectional_pair_matches_centred():
-    u, k, _, _, _ = _inputs(2, 3, 50, 20, "bidirectional", torch.float32, False, pair=True)
+    u, k, _, _, _ = make_inputs(2, 3, 50, 20, torch.float32, False, pair=True)
     y = fftconv(u, k, mode="bidirectional")
-    ref = conv_numpy(_np(u), _np(k), mode="bidirectional")
+    ref = conv_numpy(to_numpy(u), to_numpy(k), mode="bidirectional")
     assert rel_err(y, ref) < 1e-5
 
 
@@ -116,7 +99,7 @@ def _grads(fn, tensors, dy):
 )
 @pytest.mark.parametrize(("B", "H", "L", "Lk", "mode", "pair"), GRAD_CASES)
 def test_backward(B, H, L, Lk, mode, pair, dtype, backend):
-    u, k, pre, post, bias = _inputs(B, H, L, Lk, mode, dtype, gated=True, pair=pair)
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, dtype, gated=True, pair=pair)
     leaves = [x.detach().clone().requires_grad_() for x in (u, k, pre, post, bias)]
     refs = [x.detach().double().requires_grad_() for x in (u, k, pre, post, bias)]
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(1))
@@ -152,7 +135,7 @@ def test_gradcheck_float64(mode, backend):
     L = 12
     Lk = {"causal": 5, "circular": 12, "bidirectional": 9}[mode]
     u, k, pre, post, bias = (
-        x.double().requires_grad_() for x in _inputs(2, 2, L, Lk, mode, torch.float32, True)
+        x.double().requires_grad_() for x in make_inputs(2, 2, L, Lk, torch.float32, True)
     )
 
     def f(u, k, pre, post, bias):
@@ -163,7 +146,7 @@ def test_gradcheck_float64(mode, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_partial_grads_only_where_asked(backend):
-    u, k, _, _, _ = _inputs(2, 3, 40, 10, "causal", torch.float32, False)
+    u, k, _, _, _ = make_inputs(2, 3, 40, 10, torch.float32, False)
     k.requires_grad_()
     fftconv(u, k, backend=backend).square().sum().backward()
     assert u.grad is None and k.grad is not None and k.grad.shape == k.shape
@@ -172,11 +155,13 @@ def test_partial_grads_only_where_asked(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("freq_keep", [0.25, 0.5, 0.9])
 def test_frequency_sparse(freq_keep, backend):
-    u, k, pre, post, bias = _inputs(2, 3, 200, 60, "causal", torch.float32, True)
+    u, k, pre, post, bias = make_inputs(2, 3, 200, 60, torch.float32, True)
     y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep, backend=backend)
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), freq_keep=freq_keep)
+    ref = conv_numpy(
+        to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias), freq_keep=freq_keep
+    )
     assert rel_err(y, ref) < 1e-5
-    dense = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    dense = conv_numpy(to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias))
     assert rel_err(y, dense) > 1e-3  # the sparsity changed the result: it was applied
 
 
@@ -190,7 +175,7 @@ def test_keep_bins_steps():
 @pytest.mark.parametrize(("mode", "Lk"), [("causal", 40), ("bidirectional", 41), ("circular", 64)])
 def test_filter_spectrum_reuse(mode, Lk, backend):
     """A prepared spectrum gives the same output and gradients as the time-domain filter."""
-    u, k, pre, post, bias = _inputs(2, 3, 64, Lk, mode, torch.float32, True)
+    u, k, pre, post, bias = make_inputs(2, 3, 64, Lk, torch.float32, True)
     k1, k2 = k.clone().requires_grad_(), k.clone().requires_grad_()
     spec = filter_spectrum(k2, 64, mode=mode, backend=backend)
     y1 = fftconv(u, k1, pregate=pre, postgate=post, bias=bias, mode=mode, backend=backend)
@@ -202,38 +187,38 @@ def test_filter_spectrum_reuse(mode, Lk, backend):
     assert rel_err(k2.grad, k1.grad) < 1e-6
     if mode != "circular":  # a spectrum serves every shorter sequence
         y3 = fftconv(u[..., :50], spec, mode=mode)
-        ref = conv_numpy(_np(u[..., :50]), _np(k), mode=mode)
+        ref = conv_numpy(to_numpy(u[..., :50]), to_numpy(k), mode=mode)
         assert rel_err(y3, ref) < 1e-5
 
 
 def test_module():
     conv = FFTConv(128, mode="causal", backend="monarch")
     conv.prepare(32, "cpu")
-    u, k, pre, post, bias = _inputs(2, 4, 128, 32, "causal", torch.float32, True)
+    u, k, pre, post, bias = make_inputs(2, 4, 128, 32, torch.float32, True)
     y = conv(u, conv.filter_spectrum(k), pre, post, bias)
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    ref = conv_numpy(to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias))
     assert rel_err(y, ref) < 1e-5
     assert "l_max=128" in repr(conv)
 
 
 def test_autocast_casts_fp32_input():
-    u, k, pre, post, bias = _inputs(2, 3, 64, 16, "causal", torch.float32, True)
+    u, k, pre, post, bias = make_inputs(2, 3, 64, 16, torch.float32, True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fftconv(u, k, pregate=pre, postgate=post, bias=bias)
     assert y.dtype == torch.bfloat16
     ref = conv_numpy(
-        *(_np(x.bfloat16()) for x in (u,)),
-        _np(k),
-        _np(pre.bfloat16()),
-        _np(post.bfloat16()),
-        _np(bias),
+        *(to_numpy(x.bfloat16()) for x in (u,)),
+        to_numpy(k),
+        to_numpy(pre.bfloat16()),
+        to_numpy(post.bfloat16()),
+        to_numpy(bias),
     )
     assert rel_err(y, ref) < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
-    u, k, pre, post, bias = _inputs(2, 3, 50, 20, "causal", torch.float32, True)
+    u, k, pre, post, bias = make_inputs(2, 3, 50, 20, torch.float32, True)
     k = k.requires_grad_()
 
     def f(u, k, pre, post, bias):
@@ -249,7 +234,7 @@ def test_torch_compile_fullgraph(backend):
 
 
 def test_torch_compile_inductor_with_spectrum():
-    u, k, _, _, bias = _inputs(2, 3, 50, 20, "causal", torch.float32, True)
+    u, k, _, _, bias = make_inputs(2, 3, 50, 20, torch.float32, True)
 
     def f(u, k, bias):
         spec = filter_spectrum(k, 50)

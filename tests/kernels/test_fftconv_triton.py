@@ -18,33 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from .fftconv_reference import conv_numpy, conv_torch64, rel_err
+from .fftconv_reference import conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _filter(H, Lk, pair=False, gen=None, device="cpu"):
-    shape = (2, H, Lk) if pair else (H, Lk)
-    # decaying filters, as trained long-conv filters are: keeps the output well-conditioned
-    k = torch.randn(shape, generator=gen, dtype=torch.float64)
-    k = k / (1.0 + torch.arange(Lk, dtype=torch.float64)) ** 0.5
-    return k.float().to(device)
-
-
-def _inputs(B, H, L, Lk, dtype, gated, pair=False, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(B, H, L, generator=g).to(device, dtype)
-    k = _filter(H, Lk, pair=pair, gen=g, device=device)
-    pre = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
-    post = torch.randn(B, H, L, generator=g).to(device, dtype) if gated else None
-    bias = torch.randn(H, generator=g).to(device) if gated else None
-    return u, k, pre, post, bias
-
-
-def _np(x):
-    return None if x is None else x.double().cpu().numpy()
 
 
 def conv_fft64(u, k, pre=None, post=None, bias=None, mode="causal"):
@@ -98,7 +76,7 @@ BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
     from kernels import fftconv
 
-    u, k, pre, post, bias = _inputs(B, H, L, Lk, DTYPES[dtype], gated)
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, DTYPES[dtype], gated)
     y = fftconv(
         u,
         k,
@@ -109,14 +87,22 @@ def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
         freq_keep=freq_keep,
         backend="triton",
     )
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias), mode=mode, freq_keep=freq_keep)
+    ref = conv_numpy(
+        to_numpy(u),
+        to_numpy(k),
+        to_numpy(pre),
+        to_numpy(post),
+        to_numpy(bias),
+        mode=mode,
+        freq_keep=freq_keep,
+    )
     return {"y": rel_err(y, ref)}, y.dtype == DTYPES[dtype]
 
 
 def _run_launcher_case(B, H, L, n, dtype, gated, pair):
     from kernels.fftconv import triton_fwd
 
-    u, k, pre, post, bias = _inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
+    u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
     kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
     out = torch.full_like(u, float("nan"))
     triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
@@ -131,17 +117,17 @@ def _run_spectrum_case():
     """A spectrum prepared for a longer length (n = 1024) serves L = 300: ROWS < N1."""
     from kernels import fftconv, filter_spectrum
 
-    u, k, pre, post, bias = _inputs(3, 2, 300, 40, torch.float32, True, seed=2)
+    u, k, pre, post, bias = make_inputs(3, 2, 300, 40, torch.float32, True, seed=2)
     spec = filter_spectrum(k, 512, backend="triton")
     y = fftconv(u, spec, pregate=pre, postgate=post, bias=bias)
-    ref = conv_numpy(_np(u), _np(k), _np(pre), _np(post), _np(bias))
+    ref = conv_numpy(to_numpy(u), to_numpy(k), to_numpy(pre), to_numpy(post), to_numpy(bias))
     return {"y": rel_err(y, ref)}, spec.plan.fft_size == 1024
 
 
 def _run_backward_case():
     from kernels import fftconv
 
-    u, k, pre, post, bias = _inputs(3, 2, 200, 150, torch.float32, True, seed=3)
+    u, k, pre, post, bias = make_inputs(3, 2, 200, 150, torch.float32, True, seed=3)
     leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
     refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
     dy = torch.randn(3, 2, 200, generator=torch.Generator().manual_seed(4))
@@ -230,7 +216,7 @@ def test_interpreter_backward(interpreted):
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
 def test_fft64_reference_matches_direct(mode):
     u, k, pre, post, bias = (
-        None if x is None else x.double() for x in _inputs(2, 3, 57, 41, torch.float32, True)
+        None if x is None else x.double() for x in make_inputs(2, 3, 57, 41, torch.float32, True)
     )
     want = conv_torch64(u, k, pre, post, bias, mode=mode)
     assert rel_err(conv_fft64(u, k, pre, post, bias, mode=mode), want) < 1e-12
@@ -265,7 +251,9 @@ def _full_filter_len(L, mode):
 def test_gpu_forward(B, H, L, mode, dtype, gated):
     from kernels import fftconv
 
-    u, k, pre, post, bias = _inputs(B, H, L, _full_filter_len(L, mode), dtype, gated, device="cuda")
+    u, k, pre, post, bias = make_inputs(
+        B, H, L, _full_filter_len(L, mode), dtype, gated, device="cuda"
+    )
     y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, mode=mode, backend="triton")
     assert y.dtype == dtype and y.shape == u.shape
     ref = conv_fft64(
@@ -293,7 +281,7 @@ def test_gpu_forward(B, H, L, mode, dtype, gated):
 def test_gpu_backward(B, H, L, Lk, mode, pair, dtype):
     from kernels import fftconv
 
-    u, k, pre, post, bias = _inputs(B, H, L, Lk, dtype, True, pair=pair, device="cuda")
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, dtype, True, pair=pair, device="cuda")
     leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
     refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(1)).to("cuda", dtype)
@@ -333,7 +321,7 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair):
     """Every output element written, every tile-row count right."""
     from kernels.fftconv import triton_fwd
 
-    u, k, pre, post, bias = _inputs(3, 5, L, n, dtype, True, seed=5, device="cuda")
+    u, k, pre, post, bias = make_inputs(3, 5, L, n, dtype, True, seed=5, device="cuda")
     kf = torch.fft.rfft(k, n=n)
     out = torch.full_like(u, float("nan"))
     triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
