@@ -70,13 +70,32 @@ class WarmupCosine:
 
 
 def warmup_cosine(
-    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.1
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int | None = None,
+    min_ratio: float = 0.1,
+    warmup_fraction: float | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Scheduler factory for configs (``_partial_: true``); step it every optimizer step."""
+    """Scheduler factory for configs (``_partial_: true``); step it every optimizer step.
+
+    The warmup is ``warmup_steps`` steps, or ``warmup_fraction`` of ``total_steps`` (the
+    reference recipes' "1% warmup", which then follows ``trainer.max_steps``); not both.
+    """
     if total_steps is None or total_steps < 1:
         raise ValueError(
             f"warmup_cosine needs total_steps >= 1 (set trainer.max_steps); got {total_steps}"
         )
+    if (warmup_steps is None) == (warmup_fraction is None):
+        raise ValueError(
+            "warmup_cosine takes exactly one of warmup_steps and warmup_fraction; got "
+            f"warmup_steps={warmup_steps}, warmup_fraction={warmup_fraction}"
+        )
+    if warmup_fraction is not None:
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1); got {warmup_fraction}")
+        warmup_steps = round(warmup_fraction * total_steps)
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0; got {warmup_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio)
     )

@@ -45,3 +45,17 @@ def test_partials_become_plain_hydra_configs() -> None:
         0.9,
         0.98,
     )
+
+
+def test_warmup_fraction_follows_total_steps() -> None:
+    for total, expected_warmup in ((1000, 10), (30000, 300)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+        sched = warmup_cosine(opt, total_steps=total, warmup_fraction=0.01)
+        assert sched.lr_lambdas[0].warmup_steps == expected_warmup
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    with pytest.raises(ValueError, match="exactly one of warmup_steps and warmup_fraction"):
+        warmup_cosine(opt, total_steps=100, warmup_steps=5, warmup_fraction=0.01)
+    with pytest.raises(ValueError, match="exactly one of warmup_steps and warmup_fraction"):
+        warmup_cosine(opt, total_steps=100)
+    with pytest.raises(ValueError, match="warmup_fraction must be in"):
+        warmup_cosine(opt, total_steps=100, warmup_fraction=1.5)
