@@ -33,21 +33,25 @@ TOTAL = 2**27  # B * H * L
 H = 1024
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 TOL_BF16 = 1e-2
-# bare-kernel launch variants: name -> (pair, num_warps, which n)
+# bare-kernel launch variants: name -> (pair, num_warps, steps per program, which n); None:
+# the launcher's default
 KERNEL_VARIANTS = {
-    "pair-w2": (True, 2, lambda n: n <= 1024),
-    "pair-w4": (True, 4, lambda n: n <= 4096),
-    "pair-w8": (True, 8, lambda n: n >= 4096),
-    "single-w4": (False, 4, lambda n: n == 4096),
+    "default": (True, None, None, lambda n: True),
+    "pair-s1": (True, None, 1, lambda n: True),
+    "pair-s2": (True, None, 2, lambda n: True),
+    "pair-s4": (True, None, 4, lambda n: True),
+    "pair-s8": (True, None, 8, lambda n: n <= 2048),
+    "pair-w2-s4": (True, 2, 4, lambda n: n <= 1024),
+    "pair-w4-s1": (True, 4, 1, lambda n: n == 8192),
+    "single-s1": (False, None, 1, lambda n: n == 4096),
 }
 
 
-def kernel_variants(n: int, gated: bool) -> list[tuple[str, bool, int]]:
-    """The variants worth timing at size n (8 warps only where 4 spill; unpaired only plain,
-    to measure the pairing)."""
+def kernel_variants(n: int, gated: bool) -> list[tuple[str, bool, int | None, int | None]]:
+    """The variants worth timing at size n (unpaired only plain, to measure the pairing)."""
     return [
-        (name, pair, warps)
-        for name, (pair, warps, sizes) in KERNEL_VARIANTS.items()
+        (name, pair, warps, steps)
+        for name, (pair, warps, steps, sizes) in KERNEL_VARIANTS.items()
         if sizes(n) and (pair or not gated)
     ]
 
@@ -123,18 +127,33 @@ def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
 def time_forward(inputs, use_compile: bool) -> dict:
     """The public call per backend: error against the fp32 torch.fft path, then the time."""
     u, k, pre, post, bias = inputs
-    fns = {
-        name: (lambda name=name: fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name))
-        for name in ("torch", "triton")
-    }
+    L = u.shape[-1]
+    k_partial = k[:, : max(1, L // 8)]
+
+    def call(backend, kk=k, freq_keep=1.0):
+        return lambda: fftconv(
+            u, kk, pregate=pre, postgate=post, bias=bias, backend=backend, freq_keep=freq_keep
+        )
+
+    fns = {name: call(name) for name in ("torch", "monarch", "triton")}
+    # partial convolution (filter L/8) and a frequency-sparse spectrum (75% of bins zero)
+    variants = {"partial": {"kk": k_partial}, "sparse": {"freq_keep": 0.25}}
+    for variant, kwargs in variants.items():
+        for name in ("torch", "triton"):
+            fns[f"{name}_{variant}"] = call(name, **kwargs)
     if use_compile:
         fns["compile"] = torch.compile(lambda: torch_path_fp32(*inputs).to(u.dtype))
-    ref = torch_path_fp32(*inputs)
+    refs = {
+        "": torch_path_fp32(*inputs),
+        "partial": fns["torch_partial"]().float(),
+        "sparse": fns["torch_sparse"]().float(),
+    }
     row, ok = {}, {}
     for name, fn in fns.items():
+        ref = refs[name.partition("_")[2] if "_" in name else ""]
         row[f"err_{name}"] = rel_err(fn(), ref)
         ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
-    del ref
+    del refs
     for name, fn in fns.items():
         row[f"fwd_ms_{name}"] = _median_ms(fn) if ok[name] else None
     row["ok"] = ok
@@ -170,19 +189,11 @@ def time_kernel(inputs, n: int) -> dict:
     ref = torch_path_fp32(*inputs)
     out = torch.empty_like(u)
     row = {}
-    for name, pair, warps in kernel_variants(n, pre is not None):
+    for name, pair, warps, steps in kernel_variants(n, pre is not None):
 
-        def run(pair=pair, warps=warps):
+        def run(pair=pair, warps=warps, steps=steps):
             triton_fwd.launch(
-                u,
-                spectrum,
-                pre,
-                post,
-                bias,
-                n,
-                out=out,
-                pair=pair,
-                num_warps=warps,
+                u, spectrum, pre, post, bias, n, out=out, pair=pair, num_warps=warps, steps=steps
             )
 
         out.fill_(float("nan"))
@@ -229,30 +240,53 @@ def _fmt(x, spec=".3f"):
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (
-        f"{'shape (BxHxL) gate':<24}{'n':>6}{'torch':>8}{'triton':>8}{'x':>6}{'floor':>7}"
-        f"{'kern':>8}{'k/flr':>7}{'TF/s':>6}{'fb torch':>10}{'fb trit':>9}{'x':>6}{'err':>9}"
-    )
-    print(head)
-    print("-" * len(head))
+    """Markdown: one line per (L, gating)."""
+    cols = [
+        (
+            "shape (BxHxL)",
+            lambda r: f"{r['B']}x{r['H']}x{r['L']} {'gated' if r['gated'] else 'plain'}",
+        ),
+        ("n", lambda r: str(r["n"])),
+        ("torch fp32", lambda r: _fmt(r.get("fwd_ms_torch"))),
+        ("compile", lambda r: _fmt(r.get("fwd_ms_compile"))),
+        ("monarch", lambda r: _fmt(r.get("fwd_ms_monarch"))),
+        ("triton", lambda r: _fmt(r.get("fwd_ms_triton"))),
+        ("speedup", lambda r: _ratio(r.get("fwd_ms_torch"), r.get("fwd_ms_triton"))),
+        ("x floor", lambda r: _ratio(r.get("fwd_ms_triton"), r["floor_fwd_ms"], ".1f")),
+        ("kernel", lambda r: _fmt(r.get("kernel_ms_best"))),
+        ("kernel x floor", lambda r: _ratio(r.get("kernel_ms_best"), r["floor_fwd_ms"], ".1f")),
+        ("TFLOP/s", lambda r: _fmt(r.get("kernel_tflops_best"), ".0f")),
+        (
+            "partial L/8 torch / triton",
+            lambda r: _pair(r, "fwd_ms_torch_partial", "fwd_ms_triton_partial"),
+        ),
+        (
+            "sparse 75% torch / triton",
+            lambda r: _pair(r, "fwd_ms_torch_sparse", "fwd_ms_triton_sparse"),
+        ),
+        ("fwd+bwd torch / triton", lambda r: _pair(r, "fwdbwd_ms_torch", "fwdbwd_ms_triton")),
+        (
+            "fwd+bwd / fwd",
+            lambda r: _ratio(r.get("fwdbwd_ms_triton"), r.get("fwd_ms_triton"), ".1f"),
+        ),
+        ("err", lambda r: _fmt(r.get("err_triton"), ".1e")),
+    ]
+    print("| " + " | ".join(name for name, _ in cols) + " |")
+    print("|" + " --- |" * len(cols))
     for r in rows:
-        shape = f"{r['B']}x{r['H']}x{r['L']} {'gated' if r['gated'] else 'plain'}"
-        t, f = r.get("fwd_ms_torch"), r.get("fwd_ms_triton")
-        kern = r.get("kernel_ms_best")
-        fbt, fbf = r.get("fwdbwd_ms_torch"), r.get("fwdbwd_ms_triton")
-        print(
-            f"{shape:<24}{r['n']:>6}{_fmt(t):>8}{_fmt(f):>8}"
-            f"{_fmt(t / f if t and f else None, '.2f'):>6}"
-            f"{_fmt(f / r['floor_fwd_ms'] if f else None, '.1f'):>7}"
-            f"{_fmt(kern):>8}{_fmt(kern / r['floor_fwd_ms'] if kern else None, '.1f'):>7}"
-            f"{_fmt(r.get('kernel_tflops_best'), '.0f'):>6}"
-            f"{_fmt(fbt):>10}{_fmt(fbf):>9}{_fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
-            f"{_fmt(r.get('err_triton'), '.1e'):>9}"
-        )
+        print("| " + " | ".join(fn(r) for _, fn in cols) + " |")
     print(
-        "ms: medians; x: speedup over torch; floor: multiple of the HBM floor; kern: bare fused "
-        "kernel, best variant; fb: forward+backward"
+        "ms: medians; speedup: torch.fft (fp32 compute) / triton; x floor: multiple of the HBM "
+        "floor; kernel: bare fused kernel, best variant; fwd+bwd / fwd: triton's"
     )
+
+
+def _ratio(a, b, spec=".2f"):
+    return _fmt(a / b if a and b else None, spec)
+
+
+def _pair(r, a, b):
+    return f"{_fmt(r.get(a))} / {_fmt(r.get(b))}"
 
 
 def plot(rows: list[dict], path: Path) -> bool:

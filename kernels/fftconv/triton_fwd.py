@@ -35,8 +35,10 @@ Design choices:
   those rows, so the first forward stage reads and the last inverse stage writes ``ROWS``
   rows (that count rounded up to a power of two >= 16): half the work of those two stages
   for a causal convolution with a full-length filter and N1 >= 32.
-- Programs are ordered channel-major (``pid = h * programs_per_channel + b // SEQS``) so that
-  consecutive programs share the filter spectrum in L2.
+- A program takes ``STEPS`` consecutive steps (pairs or single sequences) of one channel: the
+  DFT matrices, twiddles and filter spectrum are loaded once and held across its loop
+  (``steps_for`` picks as many as keep 16 programs per SM busy, at most 8). Programs are
+  ordered channel-major so that consecutive programs share the filter spectrum in L2.
 - Warps (measured on an H200, benchmarks/NOTES.md): 2 for n <= 512, 4 up to 4096, 8 at 8192
   (4 spill there). Pairing measured 1.7-1.8x faster than one sequence per program.
 - Frequency-sparse spectra are right through their zeroed bins; their zero blocks are not
@@ -59,6 +61,8 @@ from torch import Tensor
 MIN_FFT = 256
 MAX_FFT = 8192
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_STEPS = 8
+PROGRAMS_PER_SM = 16
 
 
 def split(n: int) -> tuple[int, int]:
@@ -171,93 +175,101 @@ def _fftconv_fwd_kernel(
     N2: tl.constexpr,
     ROWS: tl.constexpr,
     PAIR: tl.constexpr,
+    STEPS: tl.constexpr,
     HAS_PREGATE: tl.constexpr,
     HAS_POSTGATE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # PAIR: sequences b (v) and b+1 (w) of one channel as the real and imaginary parts of one
-    # complex signal; otherwise one real sequence per program.
+    # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
+    # or pairs of one channel) per program, the tables and the filter loaded once for all.
     SEQS: tl.constexpr = 2 if PAIR else 1
     pid = tl.program_id(0)
-    programs_per_channel = tl.cdiv(B, SEQS)
+    programs_per_channel = tl.cdiv(B, SEQS * STEPS)
     pid_h = pid // programs_per_channel
-    pid_b = (pid - pid_h * programs_per_channel) * SEQS
+    first_b = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
     op_dtype = dft1_ptr.dtype.element_ty
 
-    # 64-bit: B*H*L may pass 2^31
-    row_v = (pid_b.to(tl.int64) * H + pid_h) * L
-    row_w = row_v + H.to(tl.int64) * L
     kf_start = pid_h.to(tl.int64) * (2 * N1 * N2)
-
     offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
     offs_t = offs_r[:, None] * N2 + offs_n2[None, :]  # [ROWS, N2] time index
-    mask_v = offs_t < L
-    mask_w = mask_v & (pid_b + 1 < B)
     offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
     offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
     offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
     offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
 
-    # the input, zero-padded by the mask alone (no padded copy)
-    v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, N2]
-    if HAS_PREGATE:
-        v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
-    if PAIR:
-        w = _load_row(u_ptr, row_w, offs_t, mask_w)
-        if HAS_PREGATE:
-            w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
-
-    # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
+    # per channel, loaded once: DFT matrices, twiddles, the filter in the permuted order
     f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, N1 * N1)  # [N1, ROWS]
-    if PAIR:
-        b_re, b_im = _complex_dot(f1_re, f1_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
-    else:
-        b_re = _dot(f1_re, v.to(op_dtype), PRECISION)  # [N1, N2]
-        b_im = _dot(f1_im, v.to(op_dtype), PRECISION)
-
     tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, N1 * N2)  # [N1, N2]
-    c_re = (b_re * tw_re - b_im * tw_im).to(op_dtype)
-    c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
-
-    # forward stage 2: X = C @ F_N2
     f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * N2)  # [N2, N2]
-    x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, N2]
-
-    # the filter, in the same permuted order
     k_re, k_im = _load_complex(kf_ptr + kf_start, offs_tile, N1 * N2)  # [N1, N2]
-    s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
-    s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
-
-    # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
-    d_re, d_im = _complex_dot(s_re, s_im, f2_re, -f2_im, PRECISION)  # [N1, N2]
-    e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
-    e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
-
-    # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w is its imaginary part)
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1]
-    z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
-    if PAIR:
-        # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the negated
-        # table a register operand of the matrix product, and the fp16/bf16 kernel at n = 2048
-        # with ROWS = 64 returned wrong results on sm_90 under Triton 3.6 (relative error
-        # 0.6-0.7; fp32 and the interpreter right); this form passes (benchmarks/NOTES.md, v3)
-        z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
-
-    if HAS_POSTGATE:
-        z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
-        z_v += bias * v
-    tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
-    if PAIR:
+
+    for step in range(STEPS):
+        # the last program of a channel may run past B: its extra steps are masked out
+        pid_b = first_b + step * SEQS
+        # 64-bit: B*H*L may pass 2^31
+        row_v = (pid_b.to(tl.int64) * H + pid_h) * L
+        row_w = row_v + H.to(tl.int64) * L
+        mask_v = (offs_t < L) & (pid_b < B)
+        mask_w = (offs_t < L) & (pid_b + 1 < B)
+
+        # the input, zero-padded by the mask alone (no padded copy)
+        v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, N2]
+        if HAS_PREGATE:
+            v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+        if PAIR:
+            w = _load_row(u_ptr, row_w, offs_t, mask_w)
+            if HAS_PREGATE:
+                w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+
+        # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
+        if PAIR:
+            b_re, b_im = _complex_dot(f1_re, f1_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
+        else:
+            b_re = _dot(f1_re, v.to(op_dtype), PRECISION)  # [N1, N2]
+            b_im = _dot(f1_im, v.to(op_dtype), PRECISION)
+        c_re = (b_re * tw_re - b_im * tw_im).to(op_dtype)
+        c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
+
+        # forward stage 2: X = C @ F_N2
+        x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, N2]
+
+        # the filter, in the same permuted order
+        s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+        s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+
+        # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
+        d_re, d_im = _complex_dot(s_re, s_im, f2_re, -f2_im, PRECISION)  # [N1, N2]
+        e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
+        e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
+
+        # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part)
+        z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
+        if PAIR:
+            # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the negated
+            # table a register operand of the matrix product, and the fp16/bf16 kernel at
+            # n = 2048 with ROWS = 64 returned wrong results on sm_90 under Triton 3.6
+            # (relative error 0.6-0.7; fp32 and the interpreter right); this form passes
+            # (benchmarks/NOTES.md, v3)
+            z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
+
         if HAS_POSTGATE:
-            z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+            z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
         if HAS_BIAS:
-            z_w += bias * w
-        tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+            z_v += bias * v
+        tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+        if PAIR:
+            if HAS_POSTGATE:
+                z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+            if HAS_BIAS:
+                z_w += bias * w
+            tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +290,24 @@ def num_warps_for(n: int) -> int:
     if n <= 512:
         return 2
     return 8 if n >= 8192 else 4
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def steps_for(n: int, H: int, per_channel: int, device: torch.device) -> int:
+    """Steps per program: as many as keep at least ``PROGRAMS_PER_SM`` programs per SM (the
+    tables and filter are then loaded once for several sequences), at most ``MAX_STEPS``."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    target = PROGRAMS_PER_SM * _SM_COUNT[index]
+    steps = 1
+    while steps < MAX_STEPS and H * triton.cdiv(per_channel, 2 * steps) >= target:
+        steps *= 2
+    return steps
 
 
 def fftconv_fwd(
@@ -312,13 +342,15 @@ def launch(
     *,
     out: Tensor | None = None,
     pair: bool | None = None,
+    steps: int | None = None,
     num_warps: int | None = None,
     precision: str | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``).
 
     ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
-    channel per program. ``num_warps``, ``precision``: override the defaults per size / dtype.
+    channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
+    ``steps_for``). ``num_warps``, ``precision``: override the defaults per size / dtype.
     """
     B, H, L = u.shape
     if not supports(n, False, u.dtype) or L > n:
@@ -344,7 +376,12 @@ def launch(
         raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
     y = torch.empty_like(u) if out is None else out
     pair = B >= 2 if pair is None else pair
-    grid = (H * triton.cdiv(B, 2 if pair else 1),)
+    per_channel = triton.cdiv(B, 2 if pair else 1)
+    steps = steps_for(n, H, per_channel, u.device) if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    steps = min(steps, per_channel)
+    grid = (H * triton.cdiv(per_channel, steps),)
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
         _fftconv_fwd_kernel[grid](
             u,
@@ -363,6 +400,7 @@ def launch(
             N2=N2,
             ROWS=tile_rows(L, n),
             PAIR=pair,
+            STEPS=steps,
             HAS_PREGATE=pregate is not None,
             HAS_POSTGATE=postgate is not None,
             HAS_BIAS=bias is not None,

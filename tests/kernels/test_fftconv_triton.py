@@ -62,12 +62,16 @@ FORWARD_CASES = {
     "B2-H3-L200-circular-fp32-fallback": (2, 3, 200, 200, "circular", "fp32", True, 1.0, False),
     "B1-H1-L1-K1-causal-fp16-fallback": (1, 1, 1, 1, "causal", "fp16", True, 1.0, False),
 }
-LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair): NaN-poisoned output
-    "B3-H2-L300-n512-fp32-pair": (3, 2, 300, 512, "fp32", True, True),
-    "B3-H2-L300-n512-fp32-single": (3, 2, 300, 512, "fp32", True, False),
-    "B1-H3-L256-n256-fp16-pair": (1, 3, 256, 256, "fp16", False, True),
-    "B3-H2-L1027-n2048-fp16-pair": (3, 2, 1027, 2048, "fp16", True, True),
-    "B5-H1-L2048-n4096-fp16-pair": (5, 1, 2048, 4096, "fp16", True, True),
+LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisoned output
+    "B3-H2-L300-n512-fp32-pair": (3, 2, 300, 512, "fp32", True, True, 1),
+    "B3-H2-L300-n512-fp32-single": (3, 2, 300, 512, "fp32", True, False, 1),
+    "B1-H3-L256-n256-fp16-pair": (1, 3, 256, 256, "fp16", False, True, 1),
+    "B3-H2-L1027-n2048-fp16-pair": (3, 2, 1027, 2048, "fp16", True, True, 1),
+    "B5-H1-L2048-n4096-fp16-pair": (5, 1, 2048, 4096, "fp16", True, True, 1),
+    # several steps per program, the last program's loop cut short (7 = 2 + 2 + 2 + 1)
+    "B7-H3-L200-n256-fp32-pair-steps2": (7, 3, 200, 256, "fp32", True, True, 2),
+    "B7-H2-L129-n256-fp16-pair-steps4": (7, 2, 129, 256, "fp16", True, True, 4),
+    "B5-H2-L100-n256-fp32-single-steps3": (5, 2, 100, 256, "fp32", True, False, 3),
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
@@ -99,13 +103,13 @@ def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
     return {"y": rel_err(y, ref)}, y.dtype == DTYPES[dtype]
 
 
-def _run_launcher_case(B, H, L, n, dtype, gated, pair):
+def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps):
     from kernels.fftconv import triton_fwd
 
     u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
     kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
     out = torch.full_like(u, float("nan"))
-    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps)
     full = torch.fft.irfft(torch.fft.rfft(k.double(), n=n), n=n)  # the same filter, float64
     v = u.double() * pre.double() if gated else u.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(full, n=n), n=n)[..., :L]
@@ -314,17 +318,19 @@ LAUNCH_SIZES = [
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("steps", [1, 3], ids=["steps1", "steps3"])
 @pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize(("n", "L"), LAUNCH_SIZES)
-def test_gpu_launcher_poisoned(n, L, dtype, pair):
-    """Every output element written, every tile-row count right."""
+def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
+    """Every output element written, every tile-row count right, any steps per program (B = 7:
+    the last program's loop is cut short)."""
     from kernels.fftconv import triton_fwd
 
-    u, k, pre, post, bias = make_inputs(3, 5, L, n, dtype, True, seed=5, device="cuda")
+    u, k, pre, post, bias = make_inputs(7, 5, L, n, dtype, True, seed=5, device="cuda")
     kf = torch.fft.rfft(k, n=n)
     out = torch.full_like(u, float("nan"))
-    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair)
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps)
     v = u.double() * pre.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
     ref = z * post.double() + bias.double()[:, None] * v
@@ -346,6 +352,78 @@ def test_gpu_offsets_past_2_31():
     ref = conv_fft64(u[-1:, -4:].double(), k[-4:].double())
     assert rel_err(y[-1:, -4:], ref) < TOL[torch.bfloat16]
     del u, y
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L", [1000, 4096], ids=["L1000", "L4096"])
+def test_gpu_cuda_graph_capture_forward_backward(L):
+    """Forward and backward captured in one CUDA graph and replayed on new inputs."""
+    from kernels import FFTConv
+
+    conv = FFTConv(L, backend="triton")
+    shapes = make_inputs(3, 7, L, L, torch.bfloat16, True, seed=11, device="cuda")
+    static = [x.clone().requires_grad_() for x in shapes]
+    conv.prepare(L, "cuda", torch.bfloat16)
+    dy = torch.randn(3, 7, L, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        u, k, pre, post, bias = static
+        y = conv(u, k, pregate=pre, postgate=post, bias=bias)
+        grads = torch.autograd.grad(y, static, dy)
+        return y, grads
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_graph, grads_graph = step()
+
+    fresh = make_inputs(3, 7, L, L, torch.bfloat16, True, seed=12, device="cuda")
+    with torch.no_grad():
+        for dst, src in zip(static, fresh, strict=True):
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    leaves = [x.double().requires_grad_() for x in fresh]
+    ref = conv_fft64(*leaves)
+    ref_grads = torch.autograd.grad(ref, leaves, dy.double())
+    assert rel_err(y_graph, ref) < TOL[torch.bfloat16]
+    for name, g, r in zip(("u", "k", "pre", "post", "bias"), grads_graph, ref_grads, strict=True):
+        assert rel_err(g, r) < TOL[torch.bfloat16], name
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_and_compile_fullgraph():
+    """fp32 inputs under bf16 autocast run the bf16 kernels; torch.compile(fullgraph=True)
+    with inductor around the triton backend gives the eager result, forward and backward."""
+    from kernels import fftconv
+
+    u, k, pre, post, bias = make_inputs(
+        4, 6, 2000, 700, torch.float32, True, seed=13, device="cuda"
+    )
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
+    assert y.dtype == torch.bfloat16
+    u64, pre64, post64 = (x.bfloat16().double() for x in (u, pre, post))
+    ref = conv_fft64(u64, k.double(), pre64, post64, bias.double())
+    assert rel_err(y, ref) < TOL[torch.bfloat16]
+
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton").tanh()
+
+    y_c = torch.compile(f, fullgraph=True)(*leaves)
+    g_c = torch.autograd.grad(y_c.sum(), leaves)
+    y_e = f(*leaves)
+    g_e = torch.autograd.grad(y_e.sum(), leaves)
+    assert rel_err(y_c, y_e) < 1e-5
+    for gc, ge in zip(g_c, g_e, strict=True):
+        assert rel_err(gc, ge) < 1e-5
 
 
 if __name__ == "__main__":
