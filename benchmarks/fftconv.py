@@ -33,25 +33,26 @@ TOTAL = 2**27  # B * H * L
 H = 1024
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 TOL_BF16 = 1e-2
-# bare-kernel launch variants: name -> (pair, num_warps, steps per program, which n); None:
-# the launcher's default
+# bare-kernel launch variants: name -> (pair, num_warps, steps per program, pipeline stages,
+# which n); None: the launcher's default
 KERNEL_VARIANTS = {
-    "default": (True, None, None, lambda n: True),
-    "pair-s1": (True, None, 1, lambda n: True),
-    "pair-s2": (True, None, 2, lambda n: True),
-    "pair-s4": (True, None, 4, lambda n: True),
-    "pair-s8": (True, None, 8, lambda n: n <= 2048),
-    "pair-w2-s4": (True, 2, 4, lambda n: n <= 1024),
-    "pair-w4-s1": (True, 4, 1, lambda n: n == 8192),
-    "single-s1": (False, None, 1, lambda n: n == 4096),
+    "default": (True, None, None, None, lambda n: True),
+    "pair-s1": (True, None, 1, 1, lambda n: n >= 4096),
+    "pair-s4": (True, None, 4, 1, lambda n: True),
+    "pair-s8": (True, None, 8, 1, lambda n: True),
+    "pair-s16": (True, None, 16, 1, lambda n: n <= 4096),
+    "pair-s8-p2": (True, None, 8, 2, lambda n: True),
+    "pair-s16-p2": (True, None, 16, 2, lambda n: n <= 4096),
+    "pair-w8-s8": (True, 8, 8, 1, lambda n: n == 4096),
+    "pair-w4-s4": (True, 4, 4, 1, lambda n: n == 8192),
 }
 
 
-def kernel_variants(n: int, gated: bool) -> list[tuple[str, bool, int | None, int | None]]:
+def kernel_variants(n: int, gated: bool) -> list[tuple]:
     """The variants worth timing at size n (unpaired only plain, to measure the pairing)."""
     return [
-        (name, pair, warps, steps)
-        for name, (pair, warps, steps, sizes) in KERNEL_VARIANTS.items()
+        (name, pair, warps, steps, stages)
+        for name, (pair, warps, steps, stages, sizes) in KERNEL_VARIANTS.items()
         if sizes(n) and (pair or not gated)
     ]
 
@@ -189,11 +190,21 @@ def time_kernel(inputs, n: int) -> dict:
     ref = torch_path_fp32(*inputs)
     out = torch.empty_like(u)
     row = {}
-    for name, pair, warps, steps in kernel_variants(n, pre is not None):
+    for name, pair, warps, steps, stages in kernel_variants(n, pre is not None):
 
-        def run(pair=pair, warps=warps, steps=steps):
+        def run(pair=pair, warps=warps, steps=steps, stages=stages):
             triton_fwd.launch(
-                u, spectrum, pre, post, bias, n, out=out, pair=pair, num_warps=warps, steps=steps
+                u,
+                spectrum,
+                pre,
+                post,
+                bias,
+                n,
+                out=out,
+                pair=pair,
+                num_warps=warps,
+                steps=steps,
+                stages=stages or 1,
             )
 
         out.fill_(float("nan"))

@@ -61,7 +61,7 @@ from torch import Tensor
 MIN_FFT = 256
 MAX_FFT = 8192
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_STEPS = 8
+MAX_STEPS = 16
 PROGRAMS_PER_SM = 16
 
 
@@ -176,6 +176,7 @@ def _fftconv_fwd_kernel(
     ROWS: tl.constexpr,
     PAIR: tl.constexpr,
     STEPS: tl.constexpr,
+    STAGES: tl.constexpr,
     HAS_PREGATE: tl.constexpr,
     HAS_POSTGATE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -210,7 +211,7 @@ def _fftconv_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
 
-    for step in range(STEPS):
+    for step in tl.range(0, STEPS, num_stages=STAGES):
         # the last program of a channel may run past B: its extra steps are masked out
         pid_b = first_b + step * SEQS
         # 64-bit: B*H*L may pass 2^31
@@ -343,6 +344,7 @@ def launch(
     out: Tensor | None = None,
     pair: bool | None = None,
     steps: int | None = None,
+    stages: int = 1,
     num_warps: int | None = None,
     precision: str | None = None,
 ) -> Tensor:
@@ -350,7 +352,8 @@ def launch(
 
     ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
     channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
-    ``steps_for``). ``num_warps``, ``precision``: override the defaults per size / dtype.
+    ``steps_for``). ``stages``: software-pipelining depth of that loop (loads of the next step
+    issued during this one; 1: none). ``num_warps``, ``precision``: override the defaults.
     """
     B, H, L = u.shape
     if not supports(n, False, u.dtype) or L > n:
@@ -401,6 +404,7 @@ def launch(
             ROWS=tile_rows(L, n),
             PAIR=pair,
             STEPS=steps,
+            STAGES=stages,
             HAS_PREGATE=pregate is not None,
             HAS_POSTGATE=postgate is not None,
             HAS_BIAS=bias is not None,
