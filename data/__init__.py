@@ -1,6 +1,13 @@
 """Data: tokenizers, token files and packing, resumable sampling, LightningDataModules."""
 
+from .lm_corpus import LMCorpusDataModule
 from .stdlib_text import StdlibTextDataModule
-from .tokenizers import ByteTokenizer
+from .tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 
-__all__ = ["ByteTokenizer", "StdlibTextDataModule"]
+__all__ = [
+    "ByteTokenizer",
+    "HFTokenizer",
+    "LMCorpusDataModule",
+    "StdlibTextDataModule",
+    "load_tokenizer",
+]
