@@ -9,9 +9,11 @@ from typing import Any
 
 from torch import nn
 
+from .gpt import GPTLM
+from .gpt import MODEL_TYPE as GPT_MODEL_TYPE
 from .lm import CONFIG_NAME, MODEL_TYPE, HyenaLM
 
-MODEL_TYPES: dict[str, type[nn.Module]] = {MODEL_TYPE: HyenaLM}
+MODEL_TYPES: dict[str, type[nn.Module]] = {MODEL_TYPE: HyenaLM, GPT_MODEL_TYPE: GPTLM}
 
 
 def is_pretrained_dir(path: str | Path) -> bool:

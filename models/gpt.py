@@ -1,0 +1,273 @@
+"""GPT baseline: the Hyena LM with multi-head causal self-attention in place of the Hyena mixer.
+
+Built to be the same size as the Hyena LM it is compared with (``gpt-s`` vs ``hyena-s``: same
+width, depth, MLP width, vocabulary, pre-norm LayerNorm blocks, GELU (tanh) MLP, tied head and
+GPT-2 initialisation), so that a benchmark compares sequence mixers and nothing else. It plugs
+into the same training stack: ``idx [B, L] -> logits [B, L, padded_vocab_size]``.
+
+Design choices:
+- Attention is ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``: PyTorch
+  picks the kernel (flash attention on CUDA in fp16/bf16 with a head dim that is a multiple of
+  8, e.g. ``gpt-s``'s 12 heads of 72; memory-efficient or math kernels otherwise).
+- Rotary position embeddings (RoFormer, rotate-half layout as in GPT-NeoX), not learned
+  absolute positions: no parameter depends on the sequence length, so one model runs at any
+  length (a learned table would need ``l_max`` = the longest benchmark length and, at 32K,
+  would add 28M parameters to ``gpt-s``: no longer the same size as ``hyena-s``). ``l_max`` is
+  the training length (the data config's ``seq_len`` follows it); nothing caps a sequence at it.
+- The rotary angles are computed in every forward from the sequence length (a few thousand
+  values, shared by all layers), not stored: nothing to resize and nothing that a model built
+  on the meta device would lose.
+- Linear layers keep their biases, as GPT-2 and the Hyena LM's projections do.
+- Named sizes (``GPTConfig.from_name``) and HF-style ``save_pretrained`` / ``from_pretrained``
+  (``config.json`` with ``model_type: "gpt-lm"`` + ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .lm import CONFIG_NAME, MLP, WEIGHTS_NAME
+
+MODEL_TYPE = "gpt-lm"
+
+
+@dataclass
+class GPTConfig:
+    name: str = "custom"  # preset this config came from (informational)
+    vocab_size: int = 256  # tokens of the tokenizer
+    pad_vocab_multiple: int = 8  # embedding rows padded up to a multiple of this
+    n_layer: int = 2  # number of blocks
+    d_model: int = 128  # residual width
+    n_head: int = 4  # attention heads; d_model / n_head must be even (rotary pairs)
+    d_inner: int | None = None  # MLP hidden width; None = 4 * d_model
+    l_max: int = 256  # training sequence length (rotary positions run past it)
+    rope_base: float = 10000.0  # rotary frequencies: base ** (-2i / head_dim)
+    bias: bool = True  # biases in the attention and MLP linear layers
+    embed_dropout: float = 0.1  # dropout on the token embeddings
+    attn_dropout: float = 0.0  # dropout on the attention weights
+    resid_dropout: float = 0.0  # dropout on each attention and MLP output
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    initializer_range: float = 0.02  # std of the GPT-2 initialisation
+    tie_embeddings: bool = True  # the output head shares the embedding matrix
+
+    def __post_init__(self) -> None:
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        for name in (
+            "vocab_size",
+            "pad_vocab_multiple",
+            "n_layer",
+            "d_model",
+            "n_head",
+            "d_inner",
+            "l_max",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive int; got {value!r}")
+        if self.d_model % self.n_head != 0:
+            raise ValueError(
+                f"model.d_model={self.d_model} must be a multiple of model.n_head={self.n_head}"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(
+                f"head dim d_model / n_head = {self.head_dim} must be even (rotary embeddings "
+                f"rotate pairs of features); change model.n_head={self.n_head}"
+            )
+        if not self.rope_base > 1.0:
+            raise ValueError(f"model.rope_base must be > 1; got {self.rope_base}")
+        for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1); got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model name {name!r}; known: {sorted(PRESETS)}")
+        return cls(**(PRESETS[name] | {"name": name} | overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**({k: v for k, v in d.items() if k in known} | overrides))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # hyena-tiny's twin: CPU tests and the benchmark's smoke run
+    "gpt-tiny": dict(
+        vocab_size=256,
+        n_layer=2,
+        d_model=128,
+        n_head=4,
+        d_inner=256,
+        l_max=256,
+        embed_dropout=0.0,
+    ),
+    # hyena-s's twin (d_model 864, 18 layers, MLP 1728, GPT-2 vocabulary): 12 heads of 72
+    "gpt-s": dict(
+        vocab_size=50257,
+        n_layer=18,
+        d_model=864,
+        n_head=12,
+        d_inner=1728,
+        l_max=2048,
+        embed_dropout=0.1,
+    ),
+}
+
+
+def rotary_angles(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
+    """Angle t * base^(-2i / head_dim) of position t and feature pair i: [seq_len, head_dim/2],
+    fp32 (positions past 2^24 would lose integers; far beyond any length here)."""
+    with torch.autocast(device.type, enabled=False):
+        inv_freq = base ** (
+            -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+        )
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        return torch.outer(t, inv_freq)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates feature pairs (i, i + head_dim/2) of x [B, n_head, L, head_dim] by the angles
+    whose cos and sin are [L, head_dim/2]."""
+    x1, x2 = x.chunk(2, dim=-1)  # [B, nh, L, hd/2] each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with rotary positions: [B, L, d] -> [B, L, d]."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.attn_dropout = config.attn_dropout
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.n_head)
+        q, k, v = qkv.unbind(0)  # [B, nh, L, hd] each
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return self.out_proj(rearrange(y, "b h l e -> b l (h e)"))
+
+
+class GPTBlock(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config.d_model, config.d_inner)
+        self.dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), cos, sin))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class GPTLM(nn.Module):
+    """Causal LM: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.embed_dropout)
+        self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
+        self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        # GPT-2: the projections that write into the residual stream shrink with depth
+        if isinstance(module, (CausalSelfAttention, MLP)):
+            proj = module.out_proj if isinstance(module, CausalSelfAttention) else module.fc2
+            nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTLM:
+        return cls(GPTConfig.from_name(name, **overrides))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        if idx.ndim != 2:
+            raise ValueError(
+                f"idx must be [batch, seq_len] token ids; got shape {tuple(idx.shape)}"
+            )
+        angles = rotary_angles(
+            idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device
+        )
+        cos, sin = angles.cos(), angles.sin()  # [L, hd/2]
+        x = self.drop(self.wte(idx))  # [B, L, d]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.lm_head(self.norm_f(x))  # [B, L, V]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -----------------------------------------------------------------------------------------
+    # HF-style export
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, "architectures": [type(self).__name__]}
+        config |= self.config.to_dict()
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+    ) -> GPTLM:
+        """Loads a ``save_pretrained`` directory; ``overrides`` replace config fields that do not
+        change parameter shapes (e.g. dropouts, ``l_max``)."""
+        directory = Path(directory)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a save_pretrained directory")
+        raw = json.loads(config_file.read_text())
+        if raw.get("model_type") != MODEL_TYPE:
+            raise ValueError(
+                f"{config_file} has model_type={raw.get('model_type')!r}, expected {MODEL_TYPE!r}"
+            )
+        model = cls(GPTConfig.from_dict(raw, **overrides))
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(map_location))
+        return model

@@ -1,0 +1,150 @@
+"""Benchmarks end to end at tiny sizes: ``python -m benchmarks.train_throughput --smoke`` writes
+its JSON and table (CPU, or the GPU when there is one); the target verdicts from made-up rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import train_throughput as tt
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+
+
+def run_benchmark(out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    env.pop("TRITON_INTERPRET", None)  # the interpreted kernel is far too slow for a smoke run
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_throughput", *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_train_throughput_smoke(tmp_path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = run_benchmark(out, "--smoke")
+    doc = json.loads(out.read_text())
+    meta = doc["meta"]
+    assert meta["smoke"] and meta["torch"] == torch.__version__ and meta["date"]
+    assert "--smoke" in meta["command"] and meta["autocast_dtype"] == "bf16"
+
+    rows = {(r["model"], r["L"]): r for r in doc["rows"]}
+    assert sorted(rows) == sorted((m, L) for m in tt.MODELS for L in tt.SMOKE_LENGTHS)
+    for (model, L), r in rows.items():
+        assert r["batch"] == max(1, tt.SMOKE_TOKENS_PER_STEP // L)
+        if model == "hyena-triton" and not HAS_CUDA:
+            assert r["status"] == "skipped" and "TRITON_INTERPRET" in r["error"]
+            continue
+        assert r["status"] == "ok", r
+        assert len(r["step_ms"]) == tt.SMOKE_STEPS and all(ms > 0 for ms in r["step_ms"])
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * L / r["ms_per_step"] * 1e3)
+        # random tokens through a fresh model: the loss starts near ln(vocab) = ln(256)
+        assert all(math.isfinite(x) for x in r["losses"])
+        assert abs(r["losses"][0] - math.log(256)) < 1.0, r["losses"]
+        assert (r.get("peak_gib") is not None) == HAS_CUDA
+    n_gpt, n_hyena = rows[("gpt-sdpa", 64)]["params"], rows[("hyena-torch", 64)]["params"]
+    assert abs(n_gpt / n_hyena - 1) < 0.1  # the tiny twins are of a size too
+
+    assert [t["L"] for t in doc["targets"]] == [4096, 16384]
+    assert all(t["met"] is None for t in doc["targets"])  # lengths not in a smoke run
+    assert "| L | hyena-triton tokens/s |" in proc.stdout and doc["table"] in proc.stdout
+
+
+def fake_row(model: str, L: int, tokens_per_s: float | None, status: str = "ok") -> dict:
+    row = {"model": model, "L": L, "batch": 65536 // L, "status": status}
+    if status == "ok":
+        row |= {"tokens_per_s": tokens_per_s, "ms_per_step": 65536 / tokens_per_s * 1e3}
+    return row
+
+
+def test_target_verdicts_and_table() -> None:
+    rows = [
+        fake_row("hyena-triton", 4096, 180_000.0),
+        fake_row("hyena-torch", 4096, 100_000.0),
+        fake_row("gpt-sdpa", 4096, 150_000.0),
+        fake_row("hyena-triton", 16384, 120_000.0),
+        fake_row("hyena-torch", 16384, 110_000.0),
+        fake_row("gpt-sdpa", 16384, None, status="oom"),
+    ]
+    verdicts = {t["L"]: t for t in tt.targets(rows)}
+    assert verdicts[4096]["ratio"] == pytest.approx(1.8) and verdicts[4096]["met"] is True
+    assert verdicts[16384]["ratio"] is None and verdicts[16384]["met"] is None  # GPT ran out
+
+    rows[-1] = fake_row("gpt-sdpa", 16384, 100_000.0)
+    verdicts = {t["L"]: t for t in tt.targets(rows)}
+    assert verdicts[16384]["ratio"] == pytest.approx(1.2) and verdicts[16384]["met"] is False
+
+    meta = {
+        "smoke": False,
+        "gpu": "GPU",
+        "device": "cuda",
+        "autocast_dtype": "bf16",
+        "tokens_per_step": 65536,
+        "timed_steps": 10,
+        "compile": False,
+    }
+    table = tt.markdown(rows, list(tt.MODELS), [4096, 16384], meta)
+    assert "| 4096 | 180,000 | 100,000 | 150,000 | 1.80x | 1.20x |" in table
+    assert "1.7x Hyena torch at 4K: 1.80x, met" in table
+    assert "Transformer at 16K: 1.20x, NOT met" in table
+
+
+def test_bad_arguments_are_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--out", "x.json", "--steps", "0"])
+    assert "--steps must be >= 1; got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--out", "x.json", "--models", "gpt-flash"])
+    args = tt.parse_args(["--out", "x.json", "--smoke", "--lengths", "32"])
+    assert args.lengths == [32] and args.steps == tt.SMOKE_STEPS  # explicit flags win
+
+
+def test_out_of_memory_and_errors_are_recorded(monkeypatch) -> None:
+    """An OOM is a result (status "oom"), any other failure an error; the sweep goes on."""
+    args = tt.parse_args(["--out", "x.json", "--smoke"])
+    cpu = torch.device("cpu")
+
+    def oom(name, seq_len, batch, args, device, row):
+        row["params"] = 123
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB\nmore")
+
+    monkeypatch.setattr(tt, "measure", oom)
+    row = tt.run_config("gpt-sdpa", 64, args, cpu)
+    assert row["status"] == "oom" and row["params"] == 123
+    assert row["error"] == "CUDA out of memory. Tried to allocate 80.00 GiB"
+
+    def broken(*_):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(tt, "measure", broken)
+    row = tt.run_config("hyena-torch", 128, args, cpu)
+    assert row["status"] == "error" and row["error"] == "RuntimeError: kernel failed"
+    assert row["batch"] == 1 and row["tokens_per_step"] == 128
+
+
+@pytest.mark.gpu
+def test_train_throughput_full_size_models_on_gpu(tmp_path) -> None:
+    """hyena-s (both backends) and gpt-s (flash only) through the real step at a short length."""
+    out = tmp_path / "gpu.json"
+    args = ["--lengths", "1024", "--tokens-per-step", "8192", "--warmup", "1", "--steps", "2"]
+    run_benchmark(out, *args, timeout=300)
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["gpu"] and doc["meta"]["gpt_sdpa_backend"] == "flash only"
+    for r in doc["rows"]:
+        assert r["status"] == "ok", r
+        assert r["peak_gib"] > 0.5 and 1.4e8 < r["params"] < 1.6e8
+        assert abs(r["losses"][0] - math.log(50257)) < 1.0
