@@ -7,27 +7,60 @@ convolution one opaque node for autograd and ``torch.compile``; the backend does
 
 from __future__ import annotations
 
+import importlib
+import os
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from . import reference
 from .reference import LAYOUTS, PADDINGS
 
 BACKENDS = ("auto", "torch", "triton")
-_BACKEND_MODULES: dict[str, ModuleType] = {"torch": reference}
+_BACKEND_MODULES = {
+    "torch": "kernels.short_conv.reference",
+    "triton": "kernels.short_conv.triton",  # imports triton: loaded on first use only
+}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def resolve_backend(backend: str) -> str:
+def _backend_module(name: str) -> ModuleType:
+    return importlib.import_module(_BACKEND_MODULES[name])
+
+
+# Called, not traced, by torch.compile (its result baked into the graph): dynamo refuses
+# importlib.import_module.
+@torch.compiler.assume_constant_result
+def _triton_unusable(device_type: str) -> str | None:
+    """None when the Triton backend can run on this device type, else the reason it cannot."""
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device_type}"
+    try:
+        _backend_module("triton")
+    except ImportError as err:
+        return f"it could not be imported ({err})"
+    return None
+
+
+@torch.compiler.assume_constant_result
+def _triton_max_taps() -> int:
+    return _backend_module("triton").MAX_TAPS
+
+
+def resolve_backend(backend: str, device: torch.device, taps: int) -> str:
+    """The backend that runs: ``"auto"`` is Triton on CUDA for the filters it takes (up to
+    ``MAX_TAPS`` taps) and torch otherwise; an explicit ``"triton"`` that cannot run raises."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return "torch"
+    reason = _triton_unusable(device.type)
+    if reason is None and taps > _triton_max_taps():
+        reason = f"it takes filters of up to {_triton_max_taps()} taps; got w with K={taps} taps"
+    if reason is None:
+        return "triton"
     if backend == "triton":
-        raise ValueError(
-            "backend='triton' is not available in this build of longconv (the Triton short_conv "
-            "kernel is not installed); use backend='auto' or 'torch'"
-        )
+        raise ValueError(f"backend='triton' is not usable here: {reason}; use backend='torch'")
     return "torch"
 
 
@@ -97,7 +130,7 @@ def _short_conv_op(
     x: Tensor, w: Tensor, bias: Tensor | None, padding: str, layout: str, backend: str
 ) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):
-        y = _BACKEND_MODULES[backend].forward(x, w, bias, padding, layout)
+        y = _backend_module(backend).forward(x, w, bias, padding, layout)
     return y.to(x.dtype).contiguous()
 
 
@@ -118,7 +151,7 @@ def _short_conv_backward_op(
     needs: list[bool],
 ) -> list[Tensor]:
     with torch.autocast(x.device.type, enabled=False):
-        grads = _BACKEND_MODULES[backend].backward(dy, x, w, padding, layout, tuple(needs))
+        grads = _backend_module(backend).backward(dy, x, w, padding, layout, tuple(needs))
     # custom ops return tensors only: an unneeded gradient travels as an empty tensor
     return [
         g.to(like.dtype).contiguous() if g is not None else dy.new_empty(0)
@@ -189,7 +222,9 @@ def short_conv(
         bias: ``[D]`` (any float dtype) or None.
         padding: "causal" or "same".
         layout: "bdl" or "bld"; the output has the layout of ``x``.
-        backend: "auto" or "torch" ("triton" is not in this build yet); "auto" picks torch.
+        backend: "auto", "torch" (the reference: K fused multiply-adds over the tensor) or
+            "triton" (one fused kernel each way; CUDA, or CPU under TRITON_INTERPRET=1; up to
+            32 taps). "auto" picks triton on CUDA and torch elsewhere.
 
     Returns:
         The layout and shape of ``x``, in ``x.dtype``, accumulated in fp32. Gradients come back
@@ -202,9 +237,9 @@ def short_conv(
         bias = _check_tensor("bias", bias)
     _check_choice("padding", padding, PADDINGS)
     _check_choice("layout", layout, LAYOUTS)
-    name = resolve_backend(backend)
     _, D, _ = _check_x(x, layout)
     _check_w(w, D)
+    name = resolve_backend(backend, x.device, w.shape[1])
     _check_same_device("w", w, x)
     if bias is not None:
         _check_bias(bias, D)

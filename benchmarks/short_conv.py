@@ -1,0 +1,266 @@
+"""Times ``short_conv`` on a GPU: triton vs the torch backend vs cuDNN's grouped ``F.conv1d``,
+both layouts, bf16, B*D*L ~ 2^27, forward and forward+backward.
+
+    python -m benchmarks.short_conv --out benchmarks/results/short_conv-<gpu>-<date>.json
+
+Per (layout, D, L, K): correctness first (each path's bf16 output and gradients against the
+torch backend in fp32 on the same inputs; a path over tolerance gets no time), then
+``triton.testing.do_bench`` medians (inputs built outside the timed region) of the public call
+(forward; forward+backward with dx, dw, dbias), and of the bare Triton launchers in a few
+launch variants (tile elements x warps), for tuning the defaults. Reports ms, speedups, the
+multiple of the HBM floor (bytes that must move at 2 bytes per element: x and y forward;
++ dy, x, dx backward) and the achieved GB/s. Writes JSON after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from kernels import short_conv
+from kernels.short_conv import reference
+from kernels.short_conv import triton as triton_backend
+
+HBM_BYTES_PER_S = 4.2e12  # H200 copy bandwidth (benchmarks/NOTES.md)
+TOTAL = 2**27  # B * D * L, approximately
+CHANNELS = (1024, 2592)  # 2592 = 3 * 864: hyena-s's short-conv width (in_proj to 3 * d_model)
+LENGTHS = (1024, 2048, 8192)
+TAPS = (3, 4)
+TOL_BF16 = 1e-2
+# bare-kernel launch variants: name -> (tile elements, warps)
+KERNEL_VARIANTS = {
+    "t2048-w4": (2048, 4),
+    "t4096-w4": (4096, 4),
+    "t4096-w8": (4096, 8),
+    "t8192-w8": (8192, 8),
+}
+
+
+def _median_ms(fn, grad_to_none=None) -> float:
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def measure_copy_bandwidth() -> float:
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.numel() / (_median_ms(lambda: y.copy_(x)) * 1e-3)
+
+
+def rel_err(out, ref) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def conv1d_path(x, w, bias, layout: str):
+    """cuDNN's grouped convolution, causal; "bld" pays the transposes a caller would."""
+    K = w.shape[1]
+    D = w.shape[0]
+    xt = x if layout == "bdl" else x.transpose(1, 2)
+    y = F.conv1d(xt, w[:, None].to(x.dtype), bias.to(x.dtype), padding=K - 1, groups=D)
+    y = y[..., : xt.shape[-1]]
+    return y if layout == "bdl" else y.transpose(1, 2)
+
+
+def paths(layout: str) -> dict:
+    """name -> fn(x, w, bias): the public call per backend, and F.conv1d."""
+    return {
+        "triton": lambda x, w, b: short_conv(x, w, b, layout=layout, backend="triton"),
+        "torch": lambda x, w, b: short_conv(x, w, b, layout=layout, backend="torch"),
+        "conv1d": lambda x, w, b: conv1d_path(x, w, b, layout),
+    }
+
+
+def floor_ms(elements: int, tensors: int) -> float:
+    return tensors * 2 * elements / HBM_BYTES_PER_S * 1e3
+
+
+def make_inputs(B, D, L, K, layout, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (B, D, L) if layout == "bdl" else (B, L, D)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w = torch.randn(D, K, device="cuda", generator=gen) / K**0.5
+    bias = torch.randn(D, device="cuda", generator=gen)
+    dy = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return x, w, bias, dy
+
+
+def grads_of(fn, x, w, bias, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, bias)]
+    y = fn(*leaves)
+    return (y, *torch.autograd.grad(y, leaves, dy))
+
+
+def bench_shape(layout: str, D: int, L: int, K: int) -> dict:
+    B = max(1, round(TOTAL / (D * L)))
+    n = B * D * L
+    x, w, bias, dy = make_inputs(B, D, L, K, layout, seed=L + K)
+    row = {"layout": layout, "B": B, "D": D, "L": L, "K": K, "elements": n}
+    row["floor_fwd_ms"] = floor_ms(n, 2)
+    row["floor_fwdbwd_ms"] = floor_ms(n, 5)
+
+    # the reference: the torch backend in fp32 on the same (bf16-valued) inputs
+    ref = grads_of(paths(layout)["torch"], x.float(), w, bias, dy.float())
+    fns = paths(layout)
+    ok = {}
+    for name, fn in fns.items():
+        got = grads_of(fn, x, w, bias, dy)
+        errs = [rel_err(a, b) for a, b in zip(got, ref, strict=True)]
+        row[f"err_{name}"] = max(errs)
+        ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
+    del ref, got
+
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, bias)]
+    for name, fn in fns.items():
+        if not ok[name]:
+            row[f"fwd_ms_{name}"] = row[f"fwdbwd_ms_{name}"] = None
+            continue
+        with torch.no_grad():
+            row[f"fwd_ms_{name}"] = _median_ms(lambda fn=fn: fn(x, w, bias))
+
+        def step(fn=fn):
+            fn(*leaves).backward(dy)
+
+        row[f"fwdbwd_ms_{name}"] = _median_ms(step, grad_to_none=leaves)
+    row.update(time_kernels(x, w, bias, dy, layout))
+    return row
+
+
+def time_kernels(x, w, bias, dy, layout: str) -> dict:
+    """The bare launchers per variant, each checked on NaN-poisoned outputs first."""
+    y_ref = reference.forward(x, w, bias, "causal", layout)  # fp32
+    dx_ref, dw_ref, db_ref = reference.backward(dy, x, w, "causal", layout, (True, True, True))
+    y, dx = torch.empty_like(x), torch.empty_like(x)
+    row = {}
+    for name, (tile, warps) in KERNEL_VARIANTS.items():
+        opts = {"tile": tile, "num_warps": warps}
+
+        def fwd(opts=opts):
+            triton_backend.forward(x, w, bias, "causal", layout, out=y, **opts)
+
+        def bwd(opts=opts):
+            return triton_backend.backward(
+                dy, x, w, "causal", layout, (True, True, True), dx_out=dx, **opts
+            )
+
+        y.fill_(float("nan"))
+        dx.fill_(float("nan"))
+        fwd()
+        _, dw, db = bwd()
+        err = max(rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref), rel_err(db, db_ref))
+        row[f"err_kernel_{name}"] = err
+        if not err < TOL_BF16:
+            row[f"kernel_fwd_ms_{name}"] = row[f"kernel_bwd_ms_{name}"] = None
+            continue
+        row[f"kernel_fwd_ms_{name}"] = _median_ms(fwd)
+        row[f"kernel_bwd_ms_{name}"] = _median_ms(bwd)
+    return row
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def _ratio(a, b, spec=".2f"):
+    return _fmt(a / b if a and b else None, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = [
+        ("layout BxDxL K", lambda r: f"{r['layout']} {r['B']}x{r['D']}x{r['L']} {r['K']}"),
+        ("fwd torch", lambda r: _fmt(r["fwd_ms_torch"])),
+        ("fwd conv1d", lambda r: _fmt(r["fwd_ms_conv1d"])),
+        ("fwd triton", lambda r: _fmt(r["fwd_ms_triton"])),
+        ("vs torch", lambda r: _ratio(r["fwd_ms_torch"], r["fwd_ms_triton"])),
+        ("vs conv1d", lambda r: _ratio(r["fwd_ms_conv1d"], r["fwd_ms_triton"])),
+        ("x floor", lambda r: _ratio(r["fwd_ms_triton"], r["floor_fwd_ms"], ".1f")),
+        ("fwd+bwd torch", lambda r: _fmt(r["fwdbwd_ms_torch"])),
+        ("fwd+bwd conv1d", lambda r: _fmt(r["fwdbwd_ms_conv1d"])),
+        ("fwd+bwd triton", lambda r: _fmt(r["fwdbwd_ms_triton"])),
+        ("vs torch", lambda r: _ratio(r["fwdbwd_ms_torch"], r["fwdbwd_ms_triton"])),
+        ("vs conv1d", lambda r: _ratio(r["fwdbwd_ms_conv1d"], r["fwdbwd_ms_triton"])),
+        ("x floor", lambda r: _ratio(r["fwdbwd_ms_triton"], r["floor_fwdbwd_ms"], ".1f")),
+        ("best kernel fwd / bwd", lambda r: r.get("kernel_best", "-")),
+        ("err", lambda r: _fmt(r["err_triton"], ".1e")),
+    ]
+    print("| " + " | ".join(name for name, _ in cols) + " |")
+    print("|" + " --- |" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(fn(r) for _, fn in cols) + " |")
+    print("ms: do_bench medians, bf16, causal, bias; x floor: multiple of the HBM floor")
+
+
+def best_variants(row: dict) -> str:
+    out = []
+    for kind in ("fwd", "bwd"):
+        times = {
+            name: row[f"kernel_{kind}_ms_{name}"]
+            for name in KERNEL_VARIANTS
+            if row.get(f"kernel_{kind}_ms_{name}") is not None
+        }
+        if times:
+            best = min(times, key=times.get)
+            out.append(f"{best} {times[best]:.3f}")
+    return " / ".join(out) or "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--channels", type=int, nargs="*", default=list(CHANNELS))
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
+    parser.add_argument("--taps", type=int, nargs="*", default=list(TAPS))
+    parser.add_argument("--layouts", nargs="*", default=["bdl", "bld"], choices=["bdl", "bld"])
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.short_conv needs a CUDA device")
+
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.short_conv", *(argv or sys.argv[1:])]),
+        "total_elements": TOTAL,
+        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
+        "copy_bytes_per_s_measured": measure_copy_bandwidth(),
+        "defaults": {
+            "tile": triton_backend.TILE,
+            "num_warps": triton_backend.NUM_WARPS,
+            "chunk": triton_backend.CHUNK,
+        },
+    }
+    print(
+        f"{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}  copy "
+        f"{meta['copy_bytes_per_s_measured'] / 1e12:.2f} TB/s",
+        flush=True,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for layout in args.layouts:
+        for D in args.channels:
+            for L in args.lengths:
+                for K in args.taps:
+                    row = bench_shape(layout, D, L, K)
+                    row["kernel_best"] = best_variants(row)
+                    if row["fwd_ms_triton"]:
+                        row["fwd_gb_per_s_triton"] = (
+                            4 * row["elements"] / row["fwd_ms_triton"] / 1e6
+                        )
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    # written after every row: a run cut short still leaves its numbers
+                    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+                    torch.cuda.empty_cache()
+    print_table(rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
