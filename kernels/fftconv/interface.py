@@ -31,10 +31,11 @@ def _backend_module(name: str) -> ModuleType:
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
-def _triton_usable(device: torch.device) -> str | None:
-    """None when the Triton backend can run on ``device``, else the reason it cannot."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device}"
+@torch.compiler.assume_constant_result  # a constant to torch.compile: no import traced
+def _triton_unusable(device_type: str) -> str | None:
+    """None when the Triton backend can run on this device type, else the reason it cannot."""
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device_type}"
     try:
         _backend_module("triton")
     except ImportError as err:
@@ -46,11 +47,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if backend == "triton":
-        reason = _triton_usable(device)
+        reason = _triton_unusable(device.type)
         if reason is not None:
             raise ValueError(f"backend='triton' is not usable here: {reason}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_usable(device) is None else "torch"
+        usable = device.type == "cuda" and _triton_unusable(device.type) is None
+        return "triton" if usable else "torch"
     return backend
 
 

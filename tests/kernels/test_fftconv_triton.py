@@ -75,6 +75,7 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisone
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
+COMPILE_CASE = "compile-fullgraph-fp32"
 
 
 def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
@@ -145,6 +146,19 @@ def _run_backward_case():
     }, True
 
 
+def _run_compile_case():
+    """torch.compile(fullgraph=True) around the triton backend: one graph, the eager result."""
+    from kernels import fftconv
+
+    u, k, pre, post, bias = make_inputs(2, 3, 200, 90, torch.float32, True, seed=6)
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton").tanh()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    return {"y": rel_err(compiled(u, k, pre, post, bias), f(u, k, pre, post, bias))}, True
+
+
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
@@ -163,6 +177,7 @@ def _interpreter_main() -> None:
     jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
+    jobs += [(COMPILE_CASE, _run_compile_case, ())]
     for cid, run, args in jobs:
         calls.clear()
         errs, ok = run(*args)
@@ -208,6 +223,12 @@ def test_interpreter_spectrum_for_longer_length(interpreted):
     res = interpreted[SPECTRUM_CASE]
     assert res["ok"] and res["fused"]
     assert res["errs"]["y"] < TOL[torch.float32], res["errs"]
+
+
+def test_interpreter_compile_fullgraph(interpreted):
+    res = interpreted[COMPILE_CASE]
+    assert res["fused"], "the compiled graph did not run the fused kernel"
+    assert res["errs"]["y"] < 1e-6, res["errs"]
 
 
 def test_interpreter_backward(interpreted):
