@@ -1,11 +1,17 @@
 """The ``triton`` backend: fused tensor-core FFT convolution kernels (GPU; CPU under
 TRITON_INTERPRET=1).
 
-What is fused so far (``fused_forward``): the whole forward of every non-fold plan (causal,
-bidirectional, circular of a power-of-two length) with FFT size ``256 <= n <= 8192`` and u in
-fp16/bf16/fp32; see ``triton_fwd.py``. Every other plan (n < 256, n > 8192, folded circular
-convolutions, fp64), and the whole backward, run on the primitives below, which delegate to
-torch.fft for now: correct everywhere, not yet fast.
+The forward (``fused_forward``): every non-fold plan (causal, bidirectional, circular of a
+power-of-two length) with FFT size ``256 <= n <= 8192`` runs in one in-register kernel
+(``triton_fwd.py``); n > 8192 up to 2^23 (causal L = 4M) and every folded plan (circular, L not
+a power of two) run on the outer Monarch step through HBM around the same kind of fused inner
+kernel (``triton_long.py``). What is left (n < 256 without a fold, folded plans below n = 256
+with a frequency cut-off, n > 2^23, fp64) runs on the primitives below, which delegate to
+torch.fft: correct everywhere.
+
+The backward (``fused_backward``): the same plans (non-fold, ``256 <= n <= 8192``) take one
+fused kernel for all five gradients (``triton_bwd.py``); the long and folded plans go to
+``triton_long.long_backward``; the rest (n < 256, fp64) to the primitives.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference, triton_fwd
+from . import reference, triton_bwd, triton_fwd, triton_long
 from .plan import ConvPlan
 
 
@@ -26,9 +32,13 @@ def irfft(X: Tensor, n: int, out_len: int, keep_bins: int) -> Tensor:
 
 
 def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
-    """Builds the fused kernel's DFT matrices and twiddles for size n (before graph capture)."""
+    """Builds the fused kernels' DFT matrices and twiddles for size n (before graph capture)."""
+    device = torch.device(device)
     if triton_fwd.supports(n, False, dtype):
-        triton_fwd.constants(n, torch.device(device), dtype)
+        triton_fwd.constants(n, device, dtype)
+    if triton_bwd.supports(n, False, dtype):
+        triton_bwd.prepare(n, device, dtype)
+    triton_long.prepare(n, device, dtype)
 
 
 def fused_forward(
@@ -39,8 +49,34 @@ def fused_forward(
     bias: Tensor | None,
     plan: ConvPlan,
 ) -> Tensor | None:
-    """The whole forward in one kernel, or None for a plan the kernel does not cover."""
-    n = plan.fft_size
-    if not triton_fwd.supports(n, plan.fold, u.dtype) or kf.dtype != torch.complex64:
+    """The whole forward on the fused kernels, or None for a plan they do not cover: one
+    in-register kernel for n <= 8192 (``triton_fwd``), the outer Monarch step through HBM for
+    n > 8192 and every folded plan (``triton_long``)."""
+    if kf.dtype != torch.complex64:
         return None
-    return triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, n)
+    if triton_fwd.supports(plan.fft_size, plan.fold, u.dtype):
+        return triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, plan.fft_size)
+    return triton_long.long_forward(u, kf, pregate, postgate, bias, plan)
+
+
+def fused_backward(
+    dy: Tensor,
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+    needs: tuple[bool, bool, bool, bool, bool],
+) -> tuple[Tensor | None, ...] | None:
+    """Gradients for (u, kc, pregate, postgate, bias) on the fused kernels, None where ``needs``
+    says not wanted; or None for a plan they do not cover (the primitives then run)."""
+    if kf.dtype != torch.complex64:
+        return None
+    n = plan.fft_size
+    if triton_bwd.supports(n, plan.fold, u.dtype):
+        return triton_bwd.fftconv_bwd(
+            dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs
+        )
+    return triton_long.long_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)

@@ -1,0 +1,391 @@
+"""Times the fused backward of ``fftconv`` on a GPU: causal, bf16, B*H*L = 2^27, plain and gated.
+
+    python -m benchmarks.fftconv_bwd --out benchmarks/results/<gpu>-<date>-bwd.json
+        [--lengths 256 512 1024 2048 4096] [--no-variants]
+    python -m benchmarks.fftconv_bwd --static --out <file>.json    (no GPU needed)
+
+For each length: correctness first (the triton backend's five gradients, and the bare kernel's
+in every launch variant, against the same gradients computed by torch.fft in fp32 on the same
+bf16 inputs; anything over the bf16 tolerance gets no time), then ``triton.testing.do_bench``
+medians (inputs built outside the timed region) of
+
+- the public call per backend: forward alone, and forward + backward (``.backward(dy)``);
+- the fused backward alone (``triton_bwd.fftconv_bwd``: spectrum layout, kernel, filter
+  gradient's inverse FFT) and the bare kernel (``triton_bwd.launch``) per launch variant
+  (tile split, warps, tables held or reloaded, filter-gradient accumulator in registers or in
+  memory, sequence pairs per program).
+
+Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
+2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
+element over 4.2e12 B/s) and the kernel's matrix-product TFLOP/s. Writes JSON after every row.
+
+``--static`` instead compiles every launch variant for sm_90 (bf16 and fp32, gated, all five
+gradients, causal L = n/2) and reports the registers and spill bytes ``ptxas -v`` gives: the
+numbers the default configurations were chosen by, available on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from kernels import fftconv
+from kernels.fftconv import core, reference, triton_bwd
+from kernels.fftconv.plan import make_plan
+
+HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (benchmarks/NOTES.md)
+MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
+TOTAL = 2**27  # B * H * L
+H = 1024
+LENGTHS = (256, 512, 1024, 2048, 4096)
+TOL_BF16 = 1e-2
+TARGET_RATIO = 2.5  # forward+backward at most 2.5x the forward
+NAMES = ("u", "k", "pregate", "postgate", "bias")
+
+
+def variants(n: int) -> dict[str, dict]:
+    """Launch options worth timing at FFT size n: the default first, then the alternatives
+    that compiled for sm_90 with few spills (benchmarks/NOTES.md), and a run with one pair per
+    program (the most programs, the most partial spectra)."""
+    C = triton_bwd.Config
+    out = {"default": {}}
+    if n <= 1024:
+        default = triton_bwd.config_for(n)
+        other_warps = 4 if default.num_warps == 2 else 2
+        out["reload"] = {"config": C(default.n1, default.num_warps, hoist=False)}
+        out[f"w{other_warps}"] = {"config": C(default.n1, other_warps, hoist=True)}
+    elif n == 2048:
+        out["64x32-w4-acc-mem"] = {"config": C(64, 4, acc_in_memory=True)}
+        out["128x16-w8"] = {"config": C(128, 8)}
+    elif n == 4096:
+        out["128x32-w8-acc-reg"] = {"config": C(128, 8)}
+        out["64x64-w4"] = {"config": C(64, 4)}
+        out["64x64-w4-acc-mem"] = {"config": C(64, 4, acc_in_memory=True)}
+    else:
+        out["128x64-w8-acc-reg"] = {"config": C(128, 8)}
+        out["256x32-w16-acc-mem"] = {"config": C(256, 16, acc_in_memory=True)}
+    out["default-1-pair-per-program"] = {"pairs_per_program": 1}
+    return out
+
+
+def _median_ms(fn, grad_to_none=None) -> float:
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def rel_err(out, ref) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def floor_ms(gated: bool, backward: bool) -> float:
+    """Bytes that must move at 2 bytes per element: forward u, y (+ pregate, postgate);
+    backward dy, u, du (+ pregate, postgate, dpregate, dpostgate)."""
+    tensors = (7 if gated else 3) if backward else (4 if gated else 2)
+    return tensors * 2 * TOTAL / HBM_BYTES_PER_S * 1e3
+
+
+def make_case(L: int, gated: bool, device: str = "cuda", dtype=torch.bfloat16):
+    B = TOTAL // (H * L)
+    gen = torch.Generator(device=device).manual_seed(L)
+
+    def randn(*shape, dtype=dtype):
+        return torch.randn(*shape, device=device, dtype=dtype, generator=gen)
+
+    u = randn(B, H, L)
+    k = randn(H, L, dtype=torch.float32) / (1 + torch.arange(L, device=device)) ** 0.5
+    pre = post = bias = None
+    if gated:
+        pre, post, bias = randn(B, H, L), randn(B, H, L), randn(H, dtype=torch.float32)
+    return (u, k, pre, post, bias), randn(B, H, L)
+
+
+def reference_grads(inputs, dy, plan, needs) -> list:
+    """The five gradients by torch.fft in fp32 on the same (bf16) inputs."""
+    u, k, pre, post, bias = (x.float() if x is not None else None for x in inputs)
+    return list(core.backward(dy.float(), u, k, None, pre, post, bias, plan, reference, needs))
+
+
+def bench_length(L: int, gated: bool, with_variants: bool, **case_options) -> dict:
+    inputs, dy = make_case(L, gated, **case_options)
+    u, k, pre, post, bias = inputs
+    B = u.shape[0]
+    plan = make_plan("causal", L, L)
+    n = plan.fft_size
+    needs = (True, True, gated, gated, gated)
+    row = {"B": B, "H": H, "L": L, "n": n, "gated": gated}
+    row["fused"] = triton_bwd.supports(n, plan.fold, u.dtype)
+    row["floor_fwd_ms"] = floor_ms(gated, False)
+    row["floor_bwd_ms"] = floor_ms(gated, True)
+    row["floor_fwdbwd_ms"] = row["floor_fwd_ms"] + row["floor_bwd_ms"]
+
+    ref = reference_grads(inputs, dy, plan, needs)
+    row.update(time_public(inputs, dy, ref, needs))
+    if row["fused"]:
+        kf = torch.fft.rfft(k, n=n)
+        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants))
+    del ref
+    return row
+
+
+def time_public(inputs, dy, ref, needs) -> dict:
+    """The public call per backend: the gradients' errors, then forward and forward+backward."""
+    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    grads = [x for x in leaves if x is not None]
+    row = {}
+    for name in ("torch", "triton"):
+
+        def forward(name=name):
+            u, k, pre, post, bias = leaves
+            return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name)
+
+        def step(name=name):
+            forward(name).backward(dy)
+
+        for x in grads:
+            x.grad = None
+        step()
+        errs = {
+            nm: rel_err(x.grad, r)
+            for nm, x, r, need in zip(NAMES, leaves, ref, needs, strict=True)
+            if need
+        }
+        row[f"grad_err_{name}"] = errs
+        ok = all(e < TOL_BF16 for e in errs.values())  # NaN fails too
+        row[f"ok_{name}"] = ok
+        with torch.no_grad():
+            row[f"fwd_ms_{name}"] = _median_ms(forward) if ok else None
+        row[f"fwdbwd_ms_{name}"] = _median_ms(step, grad_to_none=grads) if ok else None
+    fwd, fb = row["fwd_ms_triton"], row["fwdbwd_ms_triton"]
+    row["ratio_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
+    row["meets_target"] = bool(fwd and fb and fb / fwd <= TARGET_RATIO)
+    return row
+
+
+def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
+    """``fftconv_bwd`` (the hook's whole work) and the bare kernel per launch variant, each
+    checked on NaN-poisoned outputs first."""
+    u, k, pre, post, bias = inputs
+    B, H_, L = u.shape
+    row = {}
+
+    def whole():
+        return triton_bwd.fftconv_bwd(dy, u, k, kf, pre, post, bias, n, n // 2 + 1, needs)
+
+    got = whole()
+    errs = {nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None}
+    row["fused_bwd_err"] = errs
+    ok = all(e < TOL_BF16 for e in errs.values())
+    row["fused_bwd_ms"] = _median_ms(whole) if ok else None
+    del got
+
+    outs = tuple(torch.empty_like(u) for _ in range(3))
+    out = (outs[0], outs[1] if pre is not None else None, outs[2] if post is not None else None)
+    needs_z = post is not None
+    for name, options in (variants(n) if with_variants else {"default": {}}).items():
+
+        def run(options=options):
+            return triton_bwd.launch(dy, u, kf, pre, post, bias, n, needs, out=out, **options)
+
+        for x in out:
+            if x is not None:
+                x.fill_(float("nan"))
+        try:
+            d_u, dk_spec, d_pre, d_post, d_bias = run()
+        except Exception as err:  # a variant that does not compile (shared memory) is data too
+            row[f"kernel_error_{name}"] = repr(err)[:300]
+            row[f"kernel_ms_{name}"] = None
+            continue
+        d_k = triton_bwd.dk_from_spectrum(dk_spec, L, n // 2 + 1)
+        got = (d_u, d_k, d_pre, d_post, d_bias)
+        errs = {
+            nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None
+        }
+        row[f"kernel_err_{name}"] = errs
+        if not all(e < TOL_BF16 for e in errs.values()):
+            row[f"kernel_ms_{name}"] = None
+            continue
+        ms = row[f"kernel_ms_{name}"] = _median_ms(run)
+        config = options.get("config") or triton_bwd.config_for(n)
+        flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1)
+        row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
+    times = {
+        name.removeprefix("kernel_ms_"): ms
+        for name, ms in row.items()
+        if name.startswith("kernel_ms_") and ms is not None
+    }
+    if times:
+        best = min(times, key=times.get)
+        row["kernel_best"], row["kernel_ms_best"] = best, times[best]
+    row["dot_flops"] = triton_bwd.dot_flops(B, H_, L, n, needs_z)
+    row["flop_floor_ms"] = row["dot_flops"] / MATMUL_FLOPS_PER_S * 1e3
+    return row
+
+
+def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Registers and spills of the kernel compiled for sm_90 (gated, every gradient, causal
+    L = n/2, 16-byte-aligned pointers and L as the runtime specialises them)."""
+    from triton.backends.compiler import GPUTarget
+
+    kernel = triton_bwd._fftconv_bwd_kernel
+    N1, N2 = config.n1, n // config.n1
+    rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(n // 2, N2))))
+    constexprs = dict(
+        N1=N1,
+        N2=N2,
+        ROWS=rows,
+        HAS_PREGATE=True,
+        HAS_POSTGATE=True,
+        HAS_BIAS=True,
+        NEED_DU=True,
+        NEED_DK=True,
+        NEED_DPREGATE=True,
+        NEED_DPOSTGATE=True,
+        NEED_DBIAS=True,
+        HOIST=config.hoist,
+        ACC_IN_MEMORY=config.acc_in_memory,
+        PRECISION="tf32x3" if dtype == torch.float32 else "tf32",
+    )
+    operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
+    fp32_ptrs = ("bias_ptr", "kf_ptr", "twiddle_ptr", "dk_ptr", "dbias_ptr")
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in fp32_ptrs else operand
+        else:
+            signature[name] = "i32"
+        if name.endswith("_ptr") or name == "L":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        log = subprocess.run(
+            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", str(ptx), "-o",
+             str(Path(tmp) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr  # fmt: skip
+    found = {
+        key: int(re.search(pattern, log).group(1))
+        for key, pattern in (
+            ("registers", r"Used (\d+) registers"),
+            ("stack_bytes", r"(\d+) bytes stack frame"),
+            ("spill_store_bytes", r"(\d+) bytes spill stores"),
+            ("spill_load_bytes", r"(\d+) bytes spill loads"),
+        )
+    }
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config), **found}
+
+
+def run_static(lengths: list[int], out: Path) -> None:
+    rows = []
+    for L in lengths:
+        n = make_plan("causal", L, L).fft_size
+        if not triton_bwd.supports(n, False, torch.bfloat16):
+            continue
+        for dtype in (torch.bfloat16, torch.float32):
+            configs = {"default": triton_bwd.config_for(n, dtype)}
+            for name, options in variants(n).items():
+                if "config" in options:
+                    configs[name] = options["config"]
+            for name, config in configs.items():
+                row = {"variant": name, **static_stats(n, config, dtype)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                out.write_text(json.dumps({"rows": rows}, indent=1))
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'shape (BxHxL) gate':<24}{'n':>6}{'fwd trit':>9}{'fb torch':>9}{'fb trit':>9}"
+        f"{'fb/fwd':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}  best variant"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        shape = f"{r['B']}x{r['H']}x{r['L']} {'gated' if r['gated'] else 'plain'}"
+        fbt, fbf = r.get("fwdbwd_ms_torch"), r.get("fwdbwd_ms_triton")
+        kern = r.get("kernel_ms_best")
+        best = r.get("kernel_best")
+        tflops = r.get(f"kernel_tflops_{best}") if best else None
+        print(
+            f"{shape:<24}{r['n']:>6}{_fmt(r.get('fwd_ms_triton')):>9}{_fmt(fbt):>9}{_fmt(fbf):>9}"
+            f"{_fmt(r.get('ratio_fwdbwd_over_fwd_triton'), '.2f'):>7}"
+            f"{_fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
+            f"{_fmt(r.get('fused_bwd_ms')):>8}{_fmt(kern):>8}"
+            f"{_fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
+            f"{_fmt(tflops, '.0f'):>6}  {best or '-'}"
+        )
+    print(
+        f"ms: medians; fb: forward+backward (public call); fb/fwd: triton's ratio (target <= "
+        f"{TARGET_RATIO}); x: speedup over torch; bwd: fused backward alone; kern: bare kernel, "
+        "best variant; k/flr: multiple of the backward's HBM floor"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
+    parser.add_argument("--no-variants", action="store_true", help="time the default launch only")
+    parser.add_argument(
+        "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
+    )
+    args = parser.parse_args(argv)
+    if args.static:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run_static(args.lengths, args.out)
+        return
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.fftconv_bwd needs a CUDA device")
+
+    meta = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.fftconv_bwd", *(argv or sys.argv[1:])]),
+        "total_elements": TOTAL,
+        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
+        "matmul_flops_per_s": MATMUL_FLOPS_PER_S,
+        "target_ratio_fwdbwd_over_fwd": TARGET_RATIO,
+        "default_configs": {
+            str(n): vars(triton_bwd.config_for(n)) for n in (512, 1024, 2048, 4096, 8192)
+        },
+    }
+    print(f"{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for L in args.lengths:
+        for gated in (False, True):
+            row = bench_length(L, gated, not args.no_variants)
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
+            # written after every row: a run cut short still leaves its numbers
+            args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+            torch.cuda.empty_cache()
+    print_table(rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

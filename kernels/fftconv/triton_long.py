@@ -1,0 +1,606 @@
+"""Long FFT convolutions in Triton: an outer Monarch step through HBM around a fused inner pass,
+for FFT sizes past what one program holds on chip (``n > 8192``, up to ``2^23``: a causal
+convolution of L = 4M), and the folded plans (circular convolutions of a length that is not a
+power of two) at every size.
+
+The math. A length-n circular convolution of the zero-padded input (every plan reduces to one,
+``plan.py``), with ``n = N0 * m``: time ``t = m*t0 + t1`` (the signal viewed ``[N0, m]``
+row-major), frequency ``k = k0 + N0*k1``. Since ``w_n^(t k) = w_N0^(t0 k0) w_n^(t1 k0)
+w_m^(t1 k1)`` (the fourth factor, ``w^(m N0 t0 k1)``, is 1):
+
+    FFT(x)[k0 + N0 k1] = sum_t1 w_m^(t1 k1) * ( w_n^(t1 k0) * sum_t0 w_N0^(t0 k0) x[t0, t1] )
+
+and the inverse is the same steps conjugated, in reverse. Three kernels, one round trip of an
+intermediate through HBM between each:
+
+    (A)  columns:  C = U_N0 @ x   ([k0, t1])                           reads u (and pregate)
+    (C)  rows:     per row k0: times w_n^(t1 k0), a length-m FFT, times the spectrum slice
+                   K[k0 + N0 k1] over k1, the inverse FFT, times w_n^(-t1 k0)    in place
+    (A') columns:  z = conj(U_N0) @ E, first out_len samples, postgate and bias fused: writes y
+
+``U_N = F_N / sqrt(N)`` (unitary DFT matrices at every level, so the intermediates keep the
+input's scale and the product of all the scalings is exactly the inverse's 1/n).
+
+Design choices:
+
+- Complex signals of two sequences. As in ``triton_fwd``'s PAIR mode, sequences b and b+1 of a
+  channel travel as ``v + i w``: the filter is real, so ``conv(v + i w) = conv(v) + i conv(w)``
+  and the real and imaginary parts of the output are the two results. The intermediate holds
+  ``n`` complex values per two sequences (``2n`` reals in the operand dtype), the row step is a
+  general complex FFT -> multiply -> inverse FFT (no Hermitian symmetry used), and an odd last
+  sequence rides with ``w = 0`` (B = 1 therefore does twice the necessary work: real-input
+  packing of one sequence is not done).
+- A program takes ``STEPS`` pairs of one channel in a loop (as ``triton_fwd``'s steps): the
+  DFT matrices, and in the rows kernel the spectrum slice and twiddles, are loaded once for
+  all of them (``_steps_for``: as many as keep 8 programs per SM busy, at most 8; one in the
+  rows kernel from m = 4096 on, where holding the tables spills).
+- Step (A) skips the zero padding: only the rows ``t0 < ceil(L / m)`` are read and enter the
+  products (half of them for a causal convolution); (A') computes and writes only the rows that
+  hold output samples. The rows step has no zero blocks (every row is dense after (A)).
+- Outer size ``N0``: one ``tl.dot`` against ``U_N0`` (padded to 16 when ``N0 < 16``) up to
+  ``N0 = 128``; from 256 on two levels ``N0 = P * Q`` (``t0 = Q a + b``, ``k0 = c + P d``) with
+  the tile laid out ``[P, BT, Q]`` (column block in the middle), so the first level is a
+  product on the left (``[P, P] @ [P, BT*Q]``) and the second on the right
+  (``[P*BT, Q] @ [Q, Q]``) of the same row-major registers, with the twiddle ``w_N0^(b c)``
+  between them. One level at N0 >= 256 would spend 8*N0/2 flops per element and be
+  compute-bound.
+- Inner size ``m`` (256..8192, two-stage Monarch ``M1 x M2`` as ``triton_fwd``, whose DFT
+  matrices and twiddle tables it reuses): ``split_for`` keeps ``m <= 4096`` up to
+  ``n = 2^20`` (the two-stage pass costs ``16 (M1 + M2)`` flops per element: at m = 8192 it is
+  compute-bound) and ``N0 <= 1024``.
+- The global twiddles ``w_n^(t1 k0)`` live in the rows kernel, where k0 is one number per
+  program and the twiddle of a row factors into a column and a row vector of the ``[M1, M2]``
+  tile: M1 + M2 cos/sin per program (integer exponent reduced to ``[-n/2, n/2]`` first, fp32
+  angle), folded into the first DFT matrix and the fp32 products so that they add no rounding
+  of the data. A table would be as large as the data; cos/sin per element would make the
+  outer kernels compute-bound.
+- Operands and the intermediate in the input's dtype for fp16/bf16 (rounded between stages, as
+  in ``triton_fwd``); fp32 inputs keep an fp32 intermediate and tf32x3 dots on CUDA.
+- Memory: one intermediate of ``2 n`` operand-dtype values per pair, reused in place by (C);
+  the pairs are processed in chunks (whole channels, or runs of pairs of one channel) so that
+  it stays under ``max_intermediate_bytes`` (default 1 GiB: 2^27 bf16 sequence elements of a
+  causal convolution need 512 MiB). A chunk small enough for the L2 cache (tens of MiB) may
+  keep the intermediate out of HBM; the benchmark times that variant.
+- Traffic and work, bf16, causal (n = 2L), per sequence: u and y (4L bytes, the floor), plus the
+  intermediate written and read twice (16L bytes): 5x the floor by construction, and the
+  spectrum (8 bytes per bin and channel, shared by the pairs of a channel). Products: the rows
+  pass costs ``16 (M1 + M2)`` flops per complex element, the outer passes ``8 ROWS`` each
+  (``16 (ROWS + Q)`` for two levels); at m = 4096 the rows pass is compute-bound on an H200.
+- Folded plans (circular, L not a power of two): the linear convolution's first ``2L - 1``
+  samples (with the pregate, without postgate/bias) go to an fp32 buffer, which is then folded
+  (``y[t] = lin[t] + lin[t + L]``) and gated by elementwise torch ops. n > 8192 uses the
+  kernels here; n <= 8192 the fused kernel of ``triton_fwd`` on a zero-padded copy of the gated
+  input; n < 256 the same at n = 256 with the filter's spectrum resampled there (the filter
+  has only L taps). Cost: the padded copy and the extra ``2L - 1`` buffer round trip, several
+  times the traffic of the unfolded fused forward.
+- Backward (``long_backward``, the ``fused_backward`` hook's contract): d_u and d_pregate from
+  the same machinery run on ``dz = dy * postgate`` with the conjugate spectrum (correlation),
+  d_postgate from the recomputed z; d_bias by torch; the filter gradient by torch.fft (an
+  rfft of dz and of v over the whole batch: the expensive part of this backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+from torch import Tensor
+
+from . import reference, triton_fwd
+from .plan import ConvPlan
+from .triton_long_kernels import (
+    cols_fwd2_kernel,
+    cols_fwd_kernel,
+    cols_inv2_kernel,
+    cols_inv_kernel,
+    rows_kernel,
+)
+
+MIN_INNER = triton_fwd.MIN_FFT  # 256
+MAX_INNER = triton_fwd.MAX_FFT  # 8192
+MAX_FFT = 2**23  # N0 <= 1024 at m = 8192
+MAX_OUTER = 1024
+ONE_LEVEL_MAX = 128  # outer sizes from 256 on take two levels
+DTYPES = triton_fwd.DTYPES
+MAX_INTERMEDIATE_BYTES = 2**30
+MAX_STEPS = 8
+HOLD_MAX = 2048  # above this m the rows kernel takes one step (its tables would spill)
+PROGRAMS_PER_SM = 8
+
+
+def _is_pow2(x: int) -> bool:
+    return isinstance(x, int) and x >= 1 and (x & (x - 1)) == 0
+
+
+@dataclass(frozen=True)
+class LongSplit:
+    """``n = n0 * m``; the outer size ``n0 = p * q`` (one level: ``p = n0``, ``q = 1``)."""
+
+    n: int
+    n0: int
+    m: int
+    p: int
+    q: int
+
+    @property
+    def two_level(self) -> bool:
+        return self.q > 1
+
+    @property
+    def n0_tile(self) -> int:
+        """The one-level DFT tile: ``tl.dot`` needs 16 or more on every side."""
+        return max(16, self.n0)
+
+
+def split_for(n: int) -> int:
+    """The default outer size ``N0`` for FFT size ``n > 8192``."""
+    if n <= 2**16:
+        return 16  # m = 1024 .. 4096
+    if n <= 2**19:
+        return n // 4096  # 32 .. 128, m = 4096
+    return max(256, n // 8192)  # two levels; m = 4096 at 2^20, then 8192
+
+
+def make_split(n: int, n0: int | None = None) -> LongSplit:
+    """Validates ``n`` and the outer size (default ``split_for(n)``) into a ``LongSplit``."""
+    if not _is_pow2(n) or n < MIN_INNER or n > MAX_FFT:
+        raise ValueError(f"n must be a power of two in [{MIN_INNER}, {MAX_FFT}]; got {n!r}")
+    if n0 is None:
+        n0 = split_for(n) if n > MAX_INNER else max(1, n // 1024)
+    if not _is_pow2(n0) or n0 > MAX_OUTER:
+        raise ValueError(f"n0 must be a power of two in [1, {MAX_OUTER}]; got {n0!r}")
+    m = n // n0
+    if not MIN_INNER <= m <= MAX_INNER:
+        raise ValueError(
+            f"n0={n0} leaves an inner size m = n / n0 = {m} outside [{MIN_INNER}, {MAX_INNER}] "
+            f"(n={n})"
+        )
+    if n0 <= ONE_LEVEL_MAX:
+        return LongSplit(n, n0, m, n0, 1)
+    q = 1 << ((n0.bit_length() - 1) // 2)
+    return LongSplit(n, n0, m, n0 // q, q)
+
+
+def supports(plan: ConvPlan, dtype: torch.dtype) -> bool:
+    """The plans this module runs: n > 8192 (every mode), and folded plans of every size (below
+    n = 256 only without a frequency cut-off, which would make the filter n taps long)."""
+    n = plan.fft_size
+    if dtype not in DTYPES or n > MAX_FFT:
+        return False
+    if plan.fold:
+        return n >= MIN_INNER or plan.keep_bins == n // 2 + 1
+    return n > MAX_INNER
+
+
+# ---------------------------------------------------------------------------------------------
+# Constants: outer DFT matrices and the two-level twiddle, built on the device (capture-safe)
+
+_CONSTANTS: dict[tuple, tuple[Tensor, ...]] = {}
+
+
+def _unitary_dft(size: int, tile: int, device: torch.device) -> Tensor:
+    """``U_size`` zero-padded to ``[2, tile, tile]`` (real and imaginary planes), float64."""
+    j = torch.arange(size, dtype=torch.float64, device=device)
+    angle = (-2.0 * math.pi / size) * torch.remainder(j[:, None] * j[None, :], size)
+    out = torch.zeros(2, tile, tile, dtype=torch.float64, device=device)
+    out[0, :size, :size] = angle.cos() / math.sqrt(size)
+    out[1, :size, :size] = angle.sin() / math.sqrt(size)
+    return out
+
+
+def _canonical(device: torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one entry
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def constants(split: LongSplit, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """One level: ``(dft [2, T, T],)`` with ``T = n0_tile``; two levels:
+    ``(dft_p [2, P, P], dft_q [2, Q, Q], twiddle [2, P, Q])``, the twiddle ``w_N0^(c b)`` fp32,
+    the DFT matrices in ``dtype``. Cached per (outer sizes, device, dtype)."""
+    device = _canonical(device)
+    key = (split.p, split.q, device, dtype)
+    if key not in _CONSTANTS:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"the Triton long-FFT tables for n={split.n} ({dtype}) are built on first use; "
+                "call FFTConv.prepare(...) or run the convolution once before CUDA graph capture"
+            )
+        if not split.two_level:
+            tables = (_unitary_dft(split.n0, split.n0_tile, device).to(dtype).contiguous(),)
+        else:
+            P, Q = split.p, split.q
+            c = torch.arange(P, dtype=torch.float64, device=device)
+            b = torch.arange(Q, dtype=torch.float64, device=device)
+            angle = (-2.0 * math.pi / split.n0) * (c[:, None] * b[None, :])
+            tables = (
+                _unitary_dft(P, P, device).to(dtype).contiguous(),
+                _unitary_dft(Q, Q, device).to(dtype).contiguous(),
+                torch.stack([angle.cos(), angle.sin()]).float().contiguous(),
+            )
+        _CONSTANTS[key] = tables
+    return _CONSTANTS[key]
+
+
+def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Builds every table the default plans of size n use here (before CUDA graph capture)."""
+    if dtype not in DTYPES or n > MAX_FFT:
+        return
+    if n > MAX_INNER:
+        split = make_split(n)
+        constants(split, device, dtype)
+        triton_fwd.constants(split.m, _canonical(device), dtype)
+    else:  # folded plans at n <= 8192 run triton_fwd's kernel at max(n, 256)
+        triton_fwd.constants(max(n, MIN_INNER), _canonical(device), dtype)
+
+
+def spectrum_layout(kf: Tensor, split: LongSplit, conj: bool = False) -> Tensor:
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, M2]`` fp32, the rows
+    kernel's order: ``[h, k0, 0|1, a1, a2]`` = real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the
+    full (Hermitian) spectrum, conjugated when ``conj`` (the correlation of the backward)."""
+    n, n0 = split.n, split.n0
+    M1, M2 = triton_fwd.split(split.m)
+    H = kf.shape[0]
+    if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
+        raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
+    kf = kf.to(torch.complex64)
+    if conj:
+        kf = torch.conj_physical(kf)
+    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
+    full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
+    return full.permute(0, 3, 4, 2, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Host launcher
+
+
+def _rows_for(length: int, split: LongSplit) -> int:
+    """Rows of the outer tile (t0, or a for two levels) that cover ``[0, length)``."""
+    t0_rows = triton.cdiv(length, split.m)
+    if split.two_level:
+        return min(split.p, max(16, triton.next_power_of_2(triton.cdiv(t0_rows, split.q))))
+    return min(split.n0_tile, max(16, triton.next_power_of_2(t0_rows)))
+
+
+def default_block_cols(split: LongSplit) -> int:
+    """Columns t1 per program of the outer kernels: about 4096 complex values per tile (at least
+    8 columns, 16 bytes of bf16 per row segment; at most 128)."""
+    return min(split.m, 128, max(8 if split.two_level else 16, 4096 // split.n0_tile))
+
+
+def default_num_warps(split: LongSplit, block_cols: int) -> int:
+    """Warps of the outer kernels: 8 from 4096 complex values per tile (sm_90 compiles spill
+    with 4 there), else 4."""
+    return 8 if split.n0_tile * block_cols >= 4096 else 4
+
+
+def _chunks(H: int, nbp: int, per_signal: int, limit: int):
+    """Rectangles ``(h0, channels, b0, pairs)`` of signals whose intermediate fits ``limit``
+    bytes: whole channels when one channel's pairs fit, else runs of pairs of one channel."""
+    if nbp * per_signal <= limit:
+        hc = max(1, min(H, limit // (nbp * per_signal)))
+        for h0 in range(0, H, hc):
+            yield h0, min(hc, H - h0), 0, nbp
+        return
+    bc = max(1, limit // per_signal)
+    for h0 in range(H):
+        for b0 in range(0, nbp, bc):
+            yield h0, 1, b0, min(bc, nbp - b0)
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _steps_for(inner: int, channels: int, pairs: int, device: torch.device) -> int:
+    """Pairs per program: the most (a power of two, at most ``MAX_STEPS`` and the pairs per
+    channel) that keep ``PROGRAMS_PER_SM`` programs per SM; the interpreter takes all of them
+    up to the next power of two (fewer programs run faster there)."""
+    cap = min(MAX_STEPS, triton.next_power_of_2(pairs))
+    if device.type != "cuda":
+        return cap
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    target = PROGRAMS_PER_SM * _SM_COUNT[index]
+    steps = 1
+    while steps * 2 <= cap and inner * channels * triton.cdiv(pairs, 2 * steps) >= target:
+        steps *= 2
+    return steps
+
+
+def _check_gate(name: str, g: Tensor | None, shape: tuple, device: torch.device) -> None:
+    if g is None:
+        return
+    if not isinstance(g, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None; got {type(g).__name__}")
+    if tuple(g.shape) != shape or g.device != device:
+        raise ValueError(
+            f"{name} must have shape {shape} on {device}; got {tuple(g.shape)} on {g.device}"
+        )
+
+
+def conv_long(
+    x: Tensor,
+    spectrum: Tensor,
+    split: LongSplit,
+    out_len: int | None = None,
+    *,
+    pregate: Tensor | None = None,
+    postgate: Tensor | None = None,
+    bias: Tensor | None = None,
+    bias_gated: bool = True,
+    out_dtype: torch.dtype | None = None,
+    out: Tensor | None = None,
+    block_cols: int | None = None,
+    num_warps: int | None = None,
+    rows_warps: int | None = None,
+    steps: int | None = None,
+    stages: int = 1,
+    precision: str | None = None,
+    max_intermediate_bytes: int = MAX_INTERMEDIATE_BYTES,
+) -> Tensor:
+    """``y = postgate * irfft(rfft(x * pregate, n) * K, n)[:out_len] + bias * (x [* pregate])``.
+
+    x, pregate: ``[B, H, L]`` fp16/bf16/fp32 with ``L <= n``; spectrum: ``spectrum_layout`` of
+    the filter (``[H, N0, 2, M1, M2]`` fp32); ``out_len`` (default L) ``<= n``; postgate and
+    bias (``[H]``) need ``out_len == L``; ``bias_gated=False`` takes the bias term from x alone.
+    Returns ``[B, H, out_len]`` in ``out_dtype`` (default x's), or writes ``out``.
+    Launch options: ``block_cols`` (t1 per program of the outer kernels), ``num_warps`` (outer
+    kernels), ``rows_warps`` (rows kernel), ``steps`` (pairs of one channel per program, all
+    three kernels; default ``_steps_for``), ``stages`` (software pipelining of that loop;
+    1: none), ``precision`` (``tl.dot`` input precision),
+    ``max_intermediate_bytes`` (the intermediate's size: pairs per chunk).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a [B, H, L] tensor; got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x must have a dtype in {DTYPES}; got {x.dtype}")
+    B, H, L = x.shape
+    n, n0, m = split.n, split.n0, split.m
+    out_len = L if out_len is None else out_len
+    if not 1 <= L <= n or not 1 <= out_len <= n:
+        raise ValueError(f"L and out_len must be in [1, n={n}]; got L={L}, out_len={out_len}")
+    M1, M2 = triton_fwd.split(m)
+    if spectrum.shape != (H, n0, 2, M1, M2) or spectrum.dtype != torch.float32:
+        raise ValueError(
+            f"spectrum must be fp32 of shape {(H, n0, 2, M1, M2)}; got "
+            f"{spectrum.dtype} {tuple(spectrum.shape)}"
+        )
+    _check_gate("pregate", pregate, (B, H, L), x.device)
+    _check_gate("postgate", postgate, (B, H, out_len), x.device)
+    _check_gate("bias", bias, (H,), x.device)
+    if (bias is not None or postgate is not None) and out_len != L:
+        raise ValueError(f"postgate and bias need out_len == L={L}; got out_len={out_len}")
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if out is not None and (
+        out.shape != (B, H, out_len) or out.dtype != out_dtype or not out.is_contiguous()
+    ):
+        raise ValueError(f"out must be contiguous {out_dtype} of shape {(B, H, out_len)}")
+    bt = block_cols or default_block_cols(split)
+    if not _is_pow2(bt) or bt > m:
+        raise ValueError(f"block_cols must be a power of two <= m={m}; got {bt!r}")
+    if split.two_level and bt * split.p < 16:
+        raise ValueError(f"block_cols * P must be >= 16; got {bt} * {split.p}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an int >= 1; got {steps!r}")
+    if max_intermediate_bytes < 1:
+        raise ValueError(f"max_intermediate_bytes must be >= 1; got {max_intermediate_bytes}")
+
+    x = x.contiguous()
+    spectrum = spectrum.contiguous()
+    pregate, postgate, bias = (
+        t.contiguous() if t is not None else None for t in (pregate, postgate, bias)
+    )
+    y = torch.empty(B, H, out_len, device=x.device, dtype=out_dtype) if out is None else out
+    tables = constants(split, x.device, x.dtype)
+    inner = triton_fwd.constants(m, _canonical(x.device), x.dtype)
+    precision = precision or triton_fwd.dot_precision(x)
+    num_warps = num_warps or default_num_warps(split, bt)
+    rows_warps = rows_warps or triton_fwd.num_warps_for(m)
+
+    nbp = triton.cdiv(B, 2)
+    chunks = list(_chunks(H, nbp, 2 * n * x.element_size(), max_intermediate_bytes))
+    buf = torch.empty(
+        max(hc * nbc for _, hc, _, nbc in chunks), 2, n0, m, device=x.device, dtype=x.dtype
+    )
+    if split.two_level:
+        cols_fwd, cols_inv = cols_fwd2_kernel, cols_inv2_kernel
+        sizes = {"P": split.p, "Q": split.q, "M": m, "BT": bt}
+    else:
+        cols_fwd, cols_inv = cols_fwd_kernel, cols_inv_kernel
+        sizes = {"N0": n0, "M": m, "N0T": split.n0_tile, "BT": bt}
+    flags = {"HAS_PREGATE": pregate is not None, "PRECISION": precision}
+    epilogue = {"HAS_POSTGATE": postgate is not None, "HAS_BIAS": bias is not None}
+    epilogue["BIAS_GATED"] = bias_gated
+    # absent optional tensors are passed as x (never read: their flags are off)
+    pre_, post_, bias_ = (t if t is not None else x for t in (pregate, postgate, bias))
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        for h0, hc, b0, nbc in chunks:
+            cols_steps = steps or _steps_for(m // bt, hc, nbc, x.device)
+            rows_steps = steps or (_steps_for(n0, hc, nbc, x.device) if m <= HOLD_MAX else 1)
+            cols_grid = (m // bt * hc * triton.cdiv(nbc, cols_steps),)
+            rect = (h0, b0, nbc)
+            cols_fwd[cols_grid](
+                x, pre_, buf, *tables, B, H, L, *rect,
+                ROWS=_rows_for(L, split), STEPS=cols_steps, num_warps=num_warps,
+                num_stages=stages,
+                **sizes, **flags,
+            )  # fmt: skip
+            rows_kernel[(n0 * hc * triton.cdiv(nbc, rows_steps),)](
+                buf, spectrum, *inner, h0, nbc, n0,
+                M1=M1, M2=M2, STEPS=rows_steps, PRECISION=precision,
+                num_warps=rows_warps, num_stages=stages,
+            )  # fmt: skip
+            cols_inv[cols_grid](
+                buf, x, pre_, post_, bias_, y, *tables, B, H, out_len, *rect,
+                ROWS=_rows_for(out_len, split), STEPS=cols_steps, num_warps=num_warps,
+                num_stages=stages,
+                **sizes, **flags, **epilogue,
+            )  # fmt: skip
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: the forward and the backward of every plan this module covers
+
+
+def _inner_spectrum(kf: Tensor, plan: ConvPlan, conj: bool) -> tuple[Tensor, int]:
+    """A folded plan at ``n <= 8192`` on ``triton_fwd``'s kernel: its spectrum layout and FFT
+    size. Below 256 the L-tap filter is recovered and transformed again at 256 (filter-sized
+    torch.fft work only: ``supports`` admits those plans without a frequency cut-off)."""
+    n, L = plan.fft_size, plan.seq_len
+    kf = kf.to(torch.complex64)
+    if n < MIN_INNER:
+        kf = torch.fft.rfft(torch.fft.irfft(kf, n=n)[:, :L], n=MIN_INNER)
+        n = MIN_INNER
+    if conj:
+        kf = torch.conj_physical(kf)
+    return triton_fwd.spectrum_layout(kf, n), n
+
+
+def _linear(
+    x: Tensor,
+    kf: Tensor,
+    plan: ConvPlan,
+    out_len: int,
+    *,
+    conj: bool = False,
+    pregate: Tensor | None = None,
+    **options,
+) -> Tensor:
+    """``irfft(rfft(x * pregate, n) * kf (or conj), n)[:out_len]`` with no other gate, fp32 for
+    the long kernels; x's dtype for ``triton_fwd``'s (it writes its input's dtype)."""
+    if plan.fft_size > MAX_INNER or options.get("n0") is not None:
+        split = make_split(plan.fft_size, options.pop("n0", None))
+        return conv_long(
+            x,
+            spectrum_layout(kf, split, conj),
+            split,
+            out_len,
+            pregate=pregate,
+            out_dtype=torch.float32,
+            **options,
+        )
+    spectrum, n = _inner_spectrum(kf, plan, conj)
+    v = x if pregate is None else (x.float() * pregate.float()).to(x.dtype)
+    length = max(out_len, v.shape[-1])  # the kernel writes as many samples as it reads
+    if length > v.shape[-1]:
+        v = torch.nn.functional.pad(v, (0, length - v.shape[-1]))
+    return triton_fwd.launch(v, spectrum, None, None, None, n)[..., :out_len]
+
+
+def _fold(lin: Tensor, L: int) -> Tensor:
+    """``y[t] = lin[t] + lin[t + L]`` (t < L - 1), ``y[L - 1] = lin[L - 1]``: the circular
+    convolution of length L from the first 2L - 1 samples of the linear one."""
+    lin = lin.float()
+    return torch.cat([lin[..., : L - 1] + lin[..., L : 2 * L - 1], lin[..., L - 1 : L]], dim=-1)
+
+
+def _gated(u: Tensor, pregate: Tensor | None) -> Tensor:
+    return u.float() * pregate.float() if pregate is not None else u.float()
+
+
+def long_forward(
+    u: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+    **options,
+) -> Tensor | None:
+    """The forward of a plan ``supports`` covers (``fused_forward``'s contract), else None.
+
+    ``options``: ``n0`` (outer size, forcing the long kernels at any n >= 256 when given) and
+    the launch options of ``conv_long``.
+    """
+    if not supports(plan, u.dtype) and options.get("n0") is None:
+        return None
+    if kf.dtype != torch.complex64:
+        return None
+    L = plan.seq_len
+    if not plan.fold:
+        split = make_split(plan.fft_size, options.pop("n0", None))
+        spectrum = spectrum_layout(kf, split)
+        return conv_long(
+            u, spectrum, split, pregate=pregate, postgate=postgate, bias=bias, **options
+        )
+    z = _fold(_linear(u, kf, plan, 2 * L - 1, pregate=pregate, **options), L)
+    y = z * postgate.float() if postgate is not None else z
+    if bias is not None:
+        y = y + bias.float()[:, None] * _gated(u, pregate)
+    return y.to(u.dtype)
+
+
+def long_backward(
+    dy: Tensor,
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+    needs: tuple[bool, bool, bool, bool, bool],
+    **options,
+) -> tuple[Tensor | None, ...] | None:
+    """Gradients for (u, kc, pregate, postgate, bias), None where ``needs`` says not wanted
+    (``fused_backward``'s contract; None for a plan ``supports`` does not cover).
+
+    d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
+    on the long (or, for small folded plans, the fused) kernels; d_postgate = dy * z with z
+    recomputed on the same kernels; d_bias by torch; d_kc by torch.fft (see the module note).
+    ``options`` as for ``long_forward``.
+    """
+    if not supports(plan, u.dtype) and options.get("n0") is None:
+        return None
+    if kf.dtype != torch.complex64:
+        return None
+    need_u, need_k, need_pre, need_post, need_bias = needs
+    n, keep, L = plan.fft_size, plan.keep_bins, plan.seq_len
+    out_lin = plan.out_len
+    d_u = d_k = d_pre = d_post = d_bias = None
+
+    if need_post:
+        z = _linear(u, kf, plan, out_lin, pregate=pregate, **dict(options))
+        z = _fold(z, L) if plan.fold else z.float()
+        d_post = (dy.float() * z).to(postgate.dtype)
+    if need_bias:
+        d_bias = (dy.float() * _gated(u, pregate)).sum(dim=(0, 2)).to(bias.dtype)
+    if need_u or need_pre:
+        if plan.fold:
+            dz = dy.float() * postgate.float() if postgate is not None else dy.float()
+            dlin = torch.cat([dz, dz[..., : L - 1]], dim=-1).to(u.dtype)
+            dv = _linear(dlin, kf, plan, L, conj=True, **dict(options)).float()
+            if bias is not None:
+                dv = dv + bias.float()[:, None] * dy.float()
+        else:
+            split = make_split(n, options.get("n0"))
+            launch = {k: v for k, v in options.items() if k != "n0"}
+            dv = conv_long(
+                dy.to(u.dtype),
+                spectrum_layout(kf, split, conj=True),
+                split,
+                pregate=postgate,
+                bias=bias,
+                bias_gated=False,
+                out_dtype=torch.float32,
+                **launch,
+            )
+        if need_pre:
+            d_pre = (dv * u.float()).to(pregate.dtype)
+        if need_u:
+            d_u = (dv * pregate.float() if pregate is not None else dv).to(u.dtype)
+    if need_k:
+        dz = dy.float() * postgate.float() if postgate is not None else dy.float()
+        dlin = torch.cat([dz, dz[..., : L - 1]], dim=-1) if plan.fold else dz
+        spec = reference.rfft(dlin, n, keep) * torch.conj_physical(
+            reference.rfft(_gated(u, pregate), n, keep)
+        )
+        d_k = reference.irfft(spec.sum(dim=0), n, kc.shape[-1], keep).to(kc.dtype)
+    return d_u, d_k, d_pre, d_post, d_bias

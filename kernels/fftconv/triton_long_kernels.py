@@ -1,0 +1,424 @@
+"""The Triton kernels of the long FFT convolution (``triton_long.py`` has the math, the design
+and the host launcher).
+
+Indexing shared by the three kernels. A *signal* is a pair of sequences ``(2 bp, 2 bp + 1)`` of
+channel h as one complex signal ``v + i w``. A launch covers a rectangle of signals, channels
+``h0 + [0, count_h)`` times pairs ``b0 + [0, NBC)``, stored in the intermediate at index
+``j = h_local * NBC + bp_local`` (``[j, re|im, k0, t1]``, operand dtype). A program takes
+``STEPS`` consecutive pairs of one channel (masked past ``NBC``) and holds its tables across
+them.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_fwd import _complex_dot, _dot, _load_complex, _load_row
+
+
+@triton.jit
+def _twiddle(k, t, N, CONJ: tl.constexpr):
+    """``exp(-+2 pi i k t / N)`` (``+`` when CONJ) for integers with ``k t < 2^31`` and N a
+    power of two: the exponent is reduced to ``[-N/2, N/2]`` exactly, in integers, before the
+    fp32 angle."""
+    r = (k * t) & (N - 1)
+    r = tl.where(r > N // 2, r - N, r)
+    angle = r.to(tl.float32) * (6.283185307179586 / N)
+    if CONJ:
+        return tl.cos(angle), tl.sin(angle)
+    return tl.cos(angle), -tl.sin(angle)
+
+
+@triton.jit
+def _program(pid, NBC, STEPS: tl.constexpr, INNER):
+    """Program id -> (index along the inner grid axis, channel in the launch, first pair in the
+    channel); the inner axis (column block or row k0) varies fastest."""
+    groups = tl.cdiv(NBC, STEPS)
+    pid_x = pid % INNER
+    rest = pid // INNER
+    pid_g = rest % groups
+    return pid_x, rest // groups, pid_g * STEPS
+
+
+@triton.jit
+def _pair(h_local, bp_local, h0, b0, NBC, B, H, L):
+    """Row offsets of a pair's two sequences in ``[B, H, L]`` tensors (64-bit), whether the
+    step is real and whether its second sequence exists, and its intermediate index."""
+    valid = bp_local < NBC
+    b = (b0 + bp_local) * 2
+    row_v = (b.to(tl.int64) * H + h0 + h_local) * L
+    row_w = row_v + H.to(tl.int64) * L
+    return row_v, row_w, valid, valid & (b + 1 < B), h_local * NBC + bp_local
+
+
+@triton.jit
+def _load_pair(u_ptr, pregate_ptr, row_v, row_w, offs_t, mask_v, mask_w, HAS_PREGATE: tl.constexpr):
+    v = _load_row(u_ptr, row_v, offs_t, mask_v)
+    w = _load_row(u_ptr, row_w, offs_t, mask_w)
+    if HAS_PREGATE:
+        v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+        w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+    return v, w
+
+
+@triton.jit
+def _store_outputs(
+    z_v,
+    z_w,
+    offs_t,
+    mask_v,
+    mask_w,
+    row_v,
+    row_w,
+    bias,
+    u_ptr,
+    pregate_ptr,
+    postgate_ptr,
+    y_ptr,
+    HAS_PREGATE: tl.constexpr,
+    HAS_POSTGATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BIAS_GATED: tl.constexpr,
+):
+    """``y = postgate * z + bias * (u [* pregate])`` for both sequences of a pair."""
+    if HAS_POSTGATE:
+        z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
+        z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+    if HAS_BIAS:
+        src_v, src_w = _load_pair(
+            u_ptr, pregate_ptr, row_v, row_w, offs_t, mask_v, mask_w, HAS_PREGATE and BIAS_GATED
+        )
+        z_v += bias * src_v
+        z_w += bias * src_w
+    tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+    tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+
+
+# B, H and the launch rectangle only index programs and rows: no recompilation per batch size,
+# width or chunk. L stays specialised: its divisibility by 16 lets the row loads vectorise.
+@triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
+def cols_fwd_kernel(
+    u_ptr,  # [B, H, L]
+    pregate_ptr,  # [B, H, L] (unused unless HAS_PREGATE)
+    buf_ptr,  # [count_h * NBC, 2, N0, M] operand dtype
+    dft_ptr,  # [2, N0T, N0T] U_N0 zero-padded, operand dtype
+    B,
+    H,
+    L,
+    h0,
+    b0,
+    NBC,
+    N0: tl.constexpr,
+    M: tl.constexpr,
+    N0T: tl.constexpr,  # N0 padded to >= 16
+    ROWS: tl.constexpr,  # rows t0 that hold input, a power of two in [16, N0T]
+    BT: tl.constexpr,  # columns t1 per program
+    STEPS: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(A), one level: ``C = U_N0[:, :ROWS] @ x[:ROWS]`` (``[k0, t1]``; the twiddle
+    ``w_n^(t1 k0)`` is left to the rows kernel)."""
+    N: tl.constexpr = N0 * M
+    pid_c, pid_h, first = _program(tl.program_id(0), NBC, STEPS, M // BT)
+    op_dtype = dft_ptr.dtype.element_ty
+    offs_r = tl.arange(0, ROWS)
+    offs_c = pid_c * BT + tl.arange(0, BT)
+    offs_k = tl.arange(0, N0T)
+    offs_t = offs_r[:, None] * M + offs_c[None, :]  # [ROWS, BT] time index
+    offs_o = offs_k[:, None] * M + offs_c[None, :]  # [N0T, BT]
+    mask_k = (offs_k[:, None] < N0) & (offs_c[None, :] < M)
+    f_re, f_im = _load_complex(dft_ptr, offs_k[:, None] * N0T + offs_r[None, :], N0T * N0T)
+
+    for step in tl.range(0, STEPS):
+        row_v, row_w, valid, has_w, j = _pair(pid_h, first + step, h0, b0, NBC, B, H, L)
+        mask_v = (offs_t < L) & valid
+        v, w = _load_pair(
+            u_ptr, pregate_ptr, row_v, row_w, offs_t, mask_v, mask_v & has_w, HAS_PREGATE
+        )
+        x_re, x_im = _complex_dot(f_re, f_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
+        start = j.to(tl.int64) * (2 * N)
+        tl.store(buf_ptr + start + offs_o, x_re.to(op_dtype), mask=mask_k & valid)
+        tl.store(buf_ptr + start + N + offs_o, x_im.to(op_dtype), mask=mask_k & valid)
+
+
+@triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
+def cols_fwd2_kernel(
+    u_ptr,
+    pregate_ptr,
+    buf_ptr,
+    dft_p_ptr,  # [2, P, P]
+    dft_q_ptr,  # [2, Q, Q]
+    tw_ptr,  # [2, P, Q] fp32: w_N0^(c b)
+    B,
+    H,
+    L,
+    h0,
+    b0,
+    NBC,
+    P: tl.constexpr,
+    Q: tl.constexpr,
+    M: tl.constexpr,
+    ROWS: tl.constexpr,  # values of a (t0 = Q a + b) that hold input, a power of two in [16, P]
+    BT: tl.constexpr,
+    STEPS: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(A), two levels, ``N0 = P Q``, ``t0 = Q a + b``, ``k0 = c + P d``; the tile is
+    ``[a|c, column, b|d]`` so both products act on an end axis of the same registers."""
+    N: tl.constexpr = P * Q * M
+    pid_c, pid_h, first = _program(tl.program_id(0), NBC, STEPS, M // BT)
+    op_dtype = dft_p_ptr.dtype.element_ty
+    offs_a = tl.arange(0, ROWS)
+    offs_p = tl.arange(0, P)
+    offs_q = tl.arange(0, Q)
+    offs_c = pid_c * BT + tl.arange(0, BT)
+    offs_t = (offs_a[:, None, None] * Q + offs_q[None, None, :]) * M + offs_c[None, :, None]
+    offs_o = (offs_p[:, None, None] + P * offs_q[None, None, :]) * M + offs_c[None, :, None]
+    fp_re, fp_im = _load_complex(dft_p_ptr, offs_p[:, None] * P + offs_a[None, :], P * P)
+    fq_re, fq_im = _load_complex(dft_q_ptr, offs_q[:, None] * Q + offs_q[None, :], Q * Q)
+    t_re, t_im = _load_complex(tw_ptr, offs_p[:, None] * Q + offs_q[None, :], P * Q)  # [P, Q]
+    t_re = t_re[:, None, :]
+    t_im = t_im[:, None, :]
+
+    for step in tl.range(0, STEPS):
+        row_v, row_w, valid, has_w, j = _pair(pid_h, first + step, h0, b0, NBC, B, H, L)
+        mask_v = (offs_t < L) & valid  # [ROWS, BT, Q]
+        v, w = _load_pair(
+            u_ptr, pregate_ptr, row_v, row_w, offs_t, mask_v, mask_v & has_w, HAS_PREGATE
+        )
+        v = tl.reshape(v.to(op_dtype), (ROWS, BT * Q))
+        w = tl.reshape(w.to(op_dtype), (ROWS, BT * Q))
+        # level 1 over a -> c: [P, ROWS] @ [ROWS, BT*Q], then the twiddle w_N0^(c b)
+        y_re, y_im = _complex_dot(fp_re, fp_im, v, w, PRECISION)
+        y_re = tl.reshape(y_re, (P, BT, Q))
+        y_im = tl.reshape(y_im, (P, BT, Q))
+        g_re = tl.reshape((y_re * t_re - y_im * t_im).to(op_dtype), (P * BT, Q))
+        g_im = tl.reshape((y_re * t_im + y_im * t_re).to(op_dtype), (P * BT, Q))
+        # level 2 over b -> d: [P*BT, Q] @ [Q, Q] (U_Q is symmetric)
+        x_re, x_im = _complex_dot(g_re, g_im, fq_re, fq_im, PRECISION)
+        start = j.to(tl.int64) * (2 * N)
+        tl.store(buf_ptr + start + offs_o, tl.reshape(x_re, (P, BT, Q)).to(op_dtype), mask=valid)
+        tl.store(
+            buf_ptr + start + N + offs_o, tl.reshape(x_im, (P, BT, Q)).to(op_dtype), mask=valid
+        )
+
+
+# N0 only indexes programs and rows: one compilation serves every n with the same inner size
+@triton.jit(do_not_specialize=["h0", "NBC", "N0"])
+def rows_kernel(
+    buf_ptr,  # [count_h * NBC, 2, N0, M] operand dtype, read and written in place
+    kf_ptr,  # [H, N0, 2, M1, M2] fp32
+    dft1_ptr,  # [2, M1, M1] operand dtype (triton_fwd.constants(M))
+    dft2_ptr,  # [2, M2, M2]
+    twiddle_ptr,  # [2, M1, M2] fp32
+    h0,
+    NBC,
+    N0,  # outer size: rows per signal
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    STEPS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(C): per row k0, ``E = w_n^(-t1 k0) IFFT_m(FFT_m(w_n^(t1 k0) C[k0]) * K[k0 + N0 k1])``,
+    the length-m transforms as ``triton_fwd``'s two-stage Monarch on a complex tile.
+
+    The global twiddle of a row factors over the tile, ``t1 = M2 a + b``:
+    ``w_n^(k0 t1) = alpha[a] beta[b]`` with ``alpha[a] = w_n^(k0 M2 a)``, ``beta[b] = w_n^(k0 b)``:
+    M1 + M2 cos/sin per program, not m. alpha scales the columns of ``U_M1`` (the index the
+    first product sums over), beta the columns of its product; the inverse multiplies the fp32
+    result by both conjugates. So the data is rounded no more often than without the twiddle.
+
+    The tables are loaded where they are used, inside the loop over steps: the compiler hoists
+    them out of it (held across the steps, for small m), and with one step (large m, where
+    holding them spills) they stay live only as long as they are needed.
+    """
+    M: tl.constexpr = M1 * M2
+    N = N0 * M
+    pid_k, pid_h, first = _program(tl.program_id(0), NBC, STEPS, N0)
+    op_dtype = dft1_ptr.dtype.element_ty
+    offs_1 = tl.arange(0, M1)
+    offs_2 = tl.arange(0, M2)
+    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]  # [M1, M2]: t1 = M2 a + b
+    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
+    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
+    kf_row = kf_ptr + ((h0 + pid_h).to(tl.int64) * N0 + pid_k) * (2 * M)
+    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)  # [M1]
+    be_re, be_im = _twiddle(pid_k, offs_2, N, False)  # [M2]
+    al_re = al_re[:, None]
+    al_im = al_im[:, None]
+    be_re = be_re[None, :]
+    be_im = be_im[None, :]
+
+    for step in tl.range(0, STEPS):
+        bp_local = first + step
+        valid = bp_local < NBC
+        row = (pid_h * NBC + bp_local).to(tl.int64) * (2 * N) + pid_k * M
+        x_re = tl.load(buf_ptr + row + offs_tile, mask=valid, other=0.0)
+        x_im = tl.load(buf_ptr + row + N + offs_tile, mask=valid, other=0.0)
+
+        # forward stage 1 with both twiddles: alpha in the matrix, then beta and the inner one
+        f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, M1 * M1)  # [M1, M1]
+        ft_re = (f1_re * tl.trans(al_re) - f1_im * tl.trans(al_im)).to(op_dtype)
+        ft_im = (f1_re * tl.trans(al_im) + f1_im * tl.trans(al_re)).to(op_dtype)
+        b_re, b_im = _complex_dot(ft_re, ft_im, x_re, x_im, PRECISION)  # [M1, M2]
+        bb_re = b_re * be_re - b_im * be_im
+        bb_im = b_re * be_im + b_im * be_re
+        tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, M)  # [M1, M2] inner twiddle
+        c_re = (bb_re * tw_re - bb_im * tw_im).to(op_dtype)
+        c_im = (bb_re * tw_im + bb_im * tw_re).to(op_dtype)
+        f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, M2 * M2)  # [M2, M2]
+        x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [M1, M2] (k1 permuted)
+
+        k_re, k_im = _load_complex(kf_row, offs_tile, M)
+        s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+        s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+
+        d_re, d_im = _complex_dot(s_re, s_im, f2_re, -f2_im, PRECISION)
+        e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
+        e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
+        # conj(U_M1) @ E written out, without a negated table as an operand (triton_fwd, v3)
+        g_re, g_im = _load_complex(dft1_ptr, offs_f1, M1 * M1)
+        z_re = tl.dot(g_re, e_re, acc=_dot(g_im, e_im, PRECISION), input_precision=PRECISION)
+        z_im = _dot(g_re, e_im, PRECISION) - _dot(g_im, e_re, PRECISION)
+
+        # times conj(alpha) conj(beta)
+        zb_re = z_re * be_re + z_im * be_im
+        zb_im = z_im * be_re - z_re * be_im
+        out_re = (zb_re * al_re + zb_im * al_im).to(op_dtype)
+        out_im = (zb_im * al_re - zb_re * al_im).to(op_dtype)
+        tl.store(buf_ptr + row + offs_tile, out_re, mask=valid)
+        tl.store(buf_ptr + row + N + offs_tile, out_im, mask=valid)
+
+
+@triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
+def cols_inv_kernel(
+    buf_ptr,  # [count_h * NBC, 2, N0, M]
+    u_ptr,  # [B, H, L] bias source (unused unless HAS_BIAS)
+    pregate_ptr,  # [B, H, L] (unused unless HAS_BIAS and BIAS_GATED)
+    postgate_ptr,  # [B, H, L]
+    bias_ptr,  # [H]
+    y_ptr,  # [B, H, L]
+    dft_ptr,  # [2, N0T, N0T]
+    B,
+    H,
+    L,  # output length
+    h0,
+    b0,
+    NBC,
+    N0: tl.constexpr,
+    M: tl.constexpr,
+    N0T: tl.constexpr,
+    ROWS: tl.constexpr,  # output rows t0 computed, a power of two in [16, N0T]
+    BT: tl.constexpr,
+    STEPS: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    HAS_POSTGATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BIAS_GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(A'), one level: ``z = conj(U_N0)[:ROWS] @ E``; v's output is the real part, w's the
+    imaginary part; then the postgate and the bias term."""
+    N: tl.constexpr = N0 * M
+    pid_c, pid_h, first = _program(tl.program_id(0), NBC, STEPS, M // BT)
+    offs_r = tl.arange(0, ROWS)
+    offs_c = pid_c * BT + tl.arange(0, BT)
+    offs_k = tl.arange(0, N0T)
+    offs_e = offs_k[:, None] * M + offs_c[None, :]  # [N0T, BT]
+    mask_k = (offs_k[:, None] < N0) & (offs_c[None, :] < M)
+    offs_t = offs_r[:, None] * M + offs_c[None, :]  # [ROWS, BT]
+    g_re, g_im = _load_complex(dft_ptr, offs_r[:, None] * N0T + offs_k[None, :], N0T * N0T)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h0 + pid_h).to(tl.float32)
+    else:
+        bias = 0.0
+
+    for step in tl.range(0, STEPS):
+        row_v, row_w, valid, has_w, j = _pair(pid_h, first + step, h0, b0, NBC, B, H, L)
+        start = j.to(tl.int64) * (2 * N)
+        e_re = tl.load(buf_ptr + start + offs_e, mask=mask_k & valid, other=0.0)
+        e_im = tl.load(buf_ptr + start + N + offs_e, mask=mask_k & valid, other=0.0)
+        z_v = tl.dot(g_re, e_re, acc=_dot(g_im, e_im, PRECISION), input_precision=PRECISION)
+        z_w = _dot(g_re, e_im, PRECISION) - _dot(g_im, e_re, PRECISION)  # [ROWS, BT]
+        mask_v = (offs_t < L) & valid
+        _store_outputs(
+            z_v, z_w, offs_t, mask_v, mask_v & has_w, row_v, row_w, bias,
+            u_ptr, pregate_ptr, postgate_ptr, y_ptr,
+            HAS_PREGATE, HAS_POSTGATE, HAS_BIAS, BIAS_GATED,
+        )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
+def cols_inv2_kernel(
+    buf_ptr,
+    u_ptr,
+    pregate_ptr,
+    postgate_ptr,
+    bias_ptr,
+    y_ptr,
+    dft_p_ptr,
+    dft_q_ptr,
+    tw_ptr,
+    B,
+    H,
+    L,
+    h0,
+    b0,
+    NBC,
+    P: tl.constexpr,
+    Q: tl.constexpr,
+    M: tl.constexpr,
+    ROWS: tl.constexpr,  # values of a (t0 = Q a + b) computed, a power of two in [16, P]
+    BT: tl.constexpr,
+    STEPS: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    HAS_POSTGATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BIAS_GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """(A'), two levels: d -> b on the right (``conj(U_Q)``), the twiddle ``w_N0^(-b c)``,
+    c -> a on the left (``conj(U_P)[:ROWS]``); the tile is ``[c|a, column, d|b]``."""
+    N: tl.constexpr = P * Q * M
+    pid_c, pid_h, first = _program(tl.program_id(0), NBC, STEPS, M // BT)
+    op_dtype = dft_p_ptr.dtype.element_ty
+    offs_a = tl.arange(0, ROWS)
+    offs_p = tl.arange(0, P)
+    offs_q = tl.arange(0, Q)
+    offs_c = pid_c * BT + tl.arange(0, BT)
+    offs_e = (offs_p[:, None, None] + P * offs_q[None, None, :]) * M + offs_c[None, :, None]
+    offs_t = (offs_a[:, None, None] * Q + offs_q[None, None, :]) * M + offs_c[None, :, None]
+    fq_re, fq_im = _load_complex(dft_q_ptr, offs_q[:, None] * Q + offs_q[None, :], Q * Q)
+    fp_re, fp_im = _load_complex(dft_p_ptr, offs_a[:, None] * P + offs_p[None, :], P * P)
+    t_re, t_im = _load_complex(tw_ptr, offs_p[:, None] * Q + offs_q[None, :], P * Q)
+    t_re = t_re[:, None, :]
+    t_im = t_im[:, None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h0 + pid_h).to(tl.float32)
+    else:
+        bias = 0.0
+
+    for step in tl.range(0, STEPS):
+        row_v, row_w, valid, has_w, j = _pair(pid_h, first + step, h0, b0, NBC, B, H, L)
+        start = j.to(tl.int64) * (2 * N)
+        e_re = tl.reshape(tl.load(buf_ptr + start + offs_e, mask=valid, other=0.0), (P * BT, Q))
+        e_im = tl.reshape(tl.load(buf_ptr + start + N + offs_e, mask=valid, other=0.0), (P * BT, Q))
+        # level 1 over d -> b: E @ conj(U_Q), written out; then the twiddle w_N0^(-c b)
+        y_re = tl.dot(e_re, fq_re, acc=_dot(e_im, fq_im, PRECISION), input_precision=PRECISION)
+        y_im = _dot(e_im, fq_re, PRECISION) - _dot(e_re, fq_im, PRECISION)
+        y_re = tl.reshape(y_re, (P, BT, Q))
+        y_im = tl.reshape(y_im, (P, BT, Q))
+        g_re = tl.reshape((y_re * t_re + y_im * t_im).to(op_dtype), (P, BT * Q))
+        g_im = tl.reshape((y_im * t_re - y_re * t_im).to(op_dtype), (P, BT * Q))
+        # level 2 over c -> a: conj(U_P)[:ROWS] @ G, written out
+        z_v = tl.dot(fp_re, g_re, acc=_dot(fp_im, g_im, PRECISION), input_precision=PRECISION)
+        z_w = _dot(fp_re, g_im, PRECISION) - _dot(fp_im, g_re, PRECISION)
+        mask_v = (offs_t < L) & valid
+        _store_outputs(
+            tl.reshape(z_v, (ROWS, BT, Q)), tl.reshape(z_w, (ROWS, BT, Q)), offs_t, mask_v,
+            mask_v & has_w, row_v, row_w, bias, u_ptr, pregate_ptr, postgate_ptr, y_ptr,
+            HAS_PREGATE, HAS_POSTGATE, HAS_BIAS, BIAS_GATED,
+        )  # fmt: skip

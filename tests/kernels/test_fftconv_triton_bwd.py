@@ -1,0 +1,604 @@
+"""The fused Triton backward (``triton_bwd``) against float64 references.
+
+CPU: the kernel runs under TRITON_INTERPRET=1 (set before triton is imported), so the cases run
+in one subprocess (this file run as a module) and the tests check what it printed; fp32 and
+fp16 only (the interpreter's bf16 ``tl.dot`` is wrong), n = 256 and 512 only (it is slow).
+GPU (``gpu`` marker): the compiled kernel, every dtype and mode, torch.compile and autocast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from .fftconv_reference import conv_torch64, make_inputs, rel_err
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NAMES = ("u", "k", "pregate", "postgate", "bias")
+
+
+def grads_vs_reference(
+    B, H, L, Lk, mode, dtype, gated, wants=NAMES, pair=False, freq_keep=1.0, seed=0, device="cpu"
+):
+    """Backward of ``fftconv(backend="triton")`` and of a float64 reference on the same inputs:
+    on CPU the direct convolution (``conv_torch64``, no FFT); on the GPU (where the direct
+    float64 convolution of long filters is slow), and for frequency-sparse filters (which have
+    no direct form), the torch.fft backend in float64. Returns ({name: rel. error}, ok): ok is
+    False if a gradient is missing where wanted, present where not, or of a wrong dtype."""
+    from kernels import fftconv
+
+    inputs = dict(
+        zip(NAMES, make_inputs(B, H, L, Lk, dtype, gated, pair, seed, device), strict=True)
+    )
+    g = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(B, H, L, generator=g).to(device, dtype)
+    leaves = {
+        name: x.clone().requires_grad_(name in wants) if x is not None else None
+        for name, x in inputs.items()
+    }
+    refs = {
+        name: x.double().requires_grad_(name in wants) if x is not None else None
+        for name, x in inputs.items()
+    }
+
+    def call(x, backend):
+        return fftconv(
+            x["u"],
+            x["k"],
+            pregate=x["pregate"],
+            postgate=x["postgate"],
+            bias=x["bias"],
+            mode=mode,
+            freq_keep=freq_keep,
+            backend=backend,
+        )
+
+    call(leaves, "triton").backward(dy)
+    if freq_keep < 1.0 or device != "cpu":
+        call(refs, "torch").backward(dy.double())
+    else:
+        args = [refs[name] for name in NAMES]
+        conv_torch64(*args, mode=mode).backward(dy.double())
+    errs, ok = {}, True
+    for name in NAMES:
+        leaf, ref = leaves[name], refs[name]
+        if leaf is None:
+            continue
+        if name not in wants:
+            ok &= leaf.grad is None
+            continue
+        ok &= leaf.grad is not None and leaf.grad.dtype == leaf.dtype
+        errs[name] = rel_err(leaf.grad, ref.grad) if leaf.grad is not None else float("inf")
+    return errs, bool(ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: interpreter cases, run in a subprocess
+
+
+class Case(NamedTuple):
+    """A backward through the public call; every case here is a plan the fused backward covers
+    (n = 256 or 512, no fold)."""
+
+    B: int
+    H: int
+    L: int
+    Lk: int
+    mode: str = "causal"
+    dtype: str = "fp32"
+    gated: bool = True
+    wants: tuple[str, ...] = NAMES  # the inputs that require a gradient
+    pair: bool = False  # bidirectional filter as a (2, H, M) forward/reverse pair
+    freq_keep: float = 1.0
+
+
+CASES = {
+    "B3-H5-L128-K128-causal-fp32-gated": Case(3, 5, 128, 128),
+    "B2-H3-L256-K256-causal-fp16-gated": Case(2, 3, 256, 256, dtype="fp16"),
+    "B3-H3-L200-K57-causal-fp32-gated": Case(3, 3, 200, 57),
+    "B1-H3-L300-K150-causal-fp16-plain": Case(1, 3, 300, 150, dtype="fp16", gated=False),
+    "B3-H2-L130-K61-bidir-fp32-gated": Case(3, 2, 130, 61, "bidirectional"),
+    "B2-H3-L200-M40-bidir-fp16-pair": Case(2, 3, 200, 40, "bidirectional", "fp16", pair=True),
+    "B3-H1-L256-circular-fp32-gated": Case(3, 1, 256, 256, "circular"),
+    "B1-H2-L512-circular-fp16-plain": Case(1, 2, 512, 512, "circular", "fp16", gated=False),
+    "B3-H2-L200-K60-causal-fp32-sparse": Case(3, 2, 200, 60, freq_keep=0.5),
+    "B3-H3-L111-K100-causal-fp32-needs-u": Case(3, 3, 111, 100, wants=("u",)),
+    "B3-H3-L111-K100-causal-fp32-needs-k": Case(3, 3, 111, 100, wants=("k",)),
+    "B3-H3-L111-K100-causal-fp16-needs-post-bias": Case(
+        3, 3, 111, 100, dtype="fp16", wants=("postgate", "bias")
+    ),
+    "B3-H3-L111-K100-causal-fp32-needs-pre-k": Case(3, 3, 111, 100, wants=("pregate", "k")),
+}
+
+# Launcher cases, NaN-poisoned outputs: id -> (B, H, L, n, dtype, config, pairs_per_program),
+# config = (n1, num_warps, hoist, acc_in_memory) or None for the default
+LAUNCHER_CASES = {
+    "B5-H2-L300-n512-fp32-default": (5, 2, 300, 512, "fp32", None, None),
+    "B7-H3-L256-n256-fp32-loop3-acc-in-memory": (7, 3, 256, 256, "fp32", (16, 2, False, True), 3),
+    "B6-H1-L260-n512-fp16-loop2-reload": (6, 1, 260, 512, "fp16", (32, 2, False, False), 2),
+    "B4-H2-L500-n512-fp32-hoist-loop1": (4, 2, 500, 512, "fp32", (32, 2, True, False), 1),
+}
+SPECTRUM_CASE = "spectrum-n512-L200-fp32"
+DETERMINISM_CASE = "determinism-B9-H2-L256-fp32"
+
+
+def _run_case(c: Case):
+    return grads_vs_reference(
+        c.B, c.H, c.L, c.Lk, c.mode, DTYPES[c.dtype], c.gated, c.wants, c.pair, c.freq_keep
+    )
+
+
+def _launcher_reference(dy, u, kf, pre, post, bias, n):
+    """The five gradients in float64 by torch.fft (circular filter of length n)."""
+    from kernels.fftconv import core, reference
+    from kernels.fftconv.plan import ConvPlan
+
+    B, H, L = u.shape
+    plan = ConvPlan("causal", L, n, n, False, n // 2 + 1)
+    kc = torch.fft.irfft(kf.to(torch.complex128), n=n)
+    args = [None if x is None else x.double() for x in (dy, u, kc, None, pre, post, bias)]
+    needs = (True, True, pre is not None, post is not None, bias is not None)
+    return core.backward(*args, plan, reference, needs)
+
+
+def _run_launcher_case(B, H, L, n, dtype, config, pairs_per_program, device="cpu"):
+    from kernels.fftconv import triton_bwd
+
+    u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], True, seed=1, device=device)
+    kf = torch.fft.rfft(k, n=n)
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(2)).to(device, DTYPES[dtype])
+    out = tuple(torch.full_like(u, float("nan")) for _ in range(3))
+    d_u, dk_spec, d_pre, d_post, d_bias = triton_bwd.launch(
+        dy,
+        u,
+        kf,
+        pre,
+        post,
+        bias,
+        n,
+        (True,) * 5,
+        config=triton_bwd.Config(*config) if config else None,
+        pairs_per_program=pairs_per_program,
+        out=out,
+    )
+    d_k = triton_bwd.dk_from_spectrum(dk_spec, n, n // 2 + 1)
+    ref = _launcher_reference(dy, u, kf, pre, post, bias, n)
+    errs = {
+        name: rel_err(a, b)
+        for name, a, b in zip(NAMES, (d_u, d_k, d_pre, d_post, d_bias), ref, strict=True)
+    }
+    errs["unwritten"] = float(sum(x.isnan().sum() for x in out))
+    return errs, all(a is b for a, b in zip(out, (d_u, d_pre, d_post), strict=True))
+
+
+def _run_spectrum_case():
+    """A filter prepared for a longer length (n = 512) serves L = 200: ROWS < N1."""
+    from kernels import fftconv, filter_spectrum
+
+    u, k, pre, post, bias = make_inputs(3, 2, 200, 40, torch.float32, True, seed=3)
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn(3, 2, 200, generator=torch.Generator().manual_seed(4))
+    spec = filter_spectrum(leaves[1], 256, backend="triton")
+    fftconv(leaves[0], spec, pregate=leaves[2], postgate=leaves[3], bias=leaves[4]).backward(dy)
+    conv_torch64(*refs).backward(dy.double())
+    errs = {name: rel_err(a.grad, b.grad) for name, a, b in zip(NAMES, leaves, refs, strict=True)}
+    return errs, spec.plan.fft_size == 512
+
+
+def _run_determinism_case():
+    """The same backward twice, bit for bit (several chunks per channel: partial sums)."""
+    from kernels import fftconv
+
+    u, k, pre, post, bias = make_inputs(9, 2, 256, 256, torch.float32, True, seed=5)
+    dy = torch.randn(9, 2, 256, generator=torch.Generator().manual_seed(6))
+    runs = []
+    for _ in range(2):
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        fftconv(
+            leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
+            backend="triton",
+        ).backward(dy)  # fmt: skip
+        runs.append([x.grad for x in leaves])
+    same = all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    return {}, same
+
+
+def _interpreter_main() -> None:
+    """Runs every CPU case under the interpreter; prints one JSON line of results."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from kernels.fftconv import triton_bwd
+
+    calls = []
+    fused = triton_bwd.fftconv_bwd
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    triton_bwd.fftconv_bwd = counted
+    jobs = [(cid, _run_case, (case,)) for cid, case in CASES.items()]
+    jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
+    jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (DETERMINISM_CASE, _run_determinism_case, ())]
+    results = {}
+    for cid, run, args in jobs:
+        calls.clear()
+        errs, ok = run(*args)
+        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls)}
+    print(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.test_fftconv_triton_bwd"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interpreter_backward(interpreted, case):
+    c = CASES[case]
+    res = interpreted[case]
+    assert res["fused"], "the fused backward was not taken"
+    assert res["ok"], "a gradient is missing, unexpected or of the wrong dtype"
+    assert set(res["errs"]) <= set(c.wants)
+    for name, err in res["errs"].items():
+        assert err < TOL[DTYPES[c.dtype]], (name, err)
+
+
+@pytest.mark.parametrize("case", list(LAUNCHER_CASES))
+def test_interpreter_launcher_poisoned(interpreted, case):
+    dtype = LAUNCHER_CASES[case][4]
+    res = interpreted[case]
+    assert res["ok"], "out tensors were not the ones returned"
+    errs = dict(res["errs"])
+    assert errs.pop("unwritten") == 0
+    for name, err in errs.items():
+        assert err < TOL[DTYPES[dtype]], (name, err)
+
+
+def test_interpreter_spectrum_for_longer_length(interpreted):
+    res = interpreted[SPECTRUM_CASE]
+    assert res["ok"] and res["fused"]
+    for name, err in res["errs"].items():
+        assert err < TOL[torch.float32], (name, err)
+
+
+def test_interpreter_deterministic(interpreted):
+    res = interpreted[DETERMINISM_CASE]
+    assert res["fused"] and res["ok"], "two identical backward passes differ"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: validation (raised before any launch, so no interpreter needed)
+
+
+def _launch_args(n=512, B=3, H=2, L=300, dtype=torch.float32):
+    u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, True)
+    return [u.clone(), u, torch.fft.rfft(k, n=n), pre, post, bias, n, (True,) * 5]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        pytest.param({6: 128}, r"n in \[256, 8192\].*n=128", id="n-too-small"),
+        pytest.param({6: 16384}, r"n in \[256, 8192\].*n=16384", id="n-too-large"),
+        pytest.param({6: 256}, r"L <= n.*L=300", id="L-past-n"),
+        pytest.param({0: torch.zeros(3, 2, 299)}, r"dy must have the shape of u", id="dy-shape"),
+        pytest.param({2: torch.zeros(2, 129, dtype=torch.complex64)}, r"kf must be", id="kf"),
+        pytest.param({3: None}, r"gradient of pregate, but pregate is None", id="needs-pre"),
+        pytest.param({5: None}, r"gradient of bias, but bias is None", id="needs-bias"),
+    ],
+)
+def test_launch_rejects_bad_input(change, match):
+    from kernels.fftconv import triton_bwd
+
+    args = _launch_args()
+    for index, value in change.items():
+        args[index] = value
+    with pytest.raises(ValueError, match=match):
+        triton_bwd.launch(*args)
+
+
+def test_launch_rejects_fp64_and_bad_config():
+    from kernels.fftconv import triton_bwd
+
+    args = _launch_args()
+    args[1] = args[1].double()
+    with pytest.raises(ValueError, match=r"dtypes.*torch.float64"):
+        triton_bwd.launch(*args)
+    with pytest.raises(ValueError, match=r"config.n1 must be.*got n1=16"):
+        triton_bwd.launch(*_launch_args(), config=triton_bwd.Config(16, 4))
+    with pytest.raises(ValueError, match=r"config.num_warps.*got 3"):
+        triton_bwd.launch(*_launch_args(), config=triton_bwd.Config(32, 3))
+    with pytest.raises(ValueError, match=r"pairs_per_program must be >= 1; got 0"):
+        triton_bwd.launch(*_launch_args(), pairs_per_program=0)
+
+
+def test_fused_backward_declines_uncovered_plans():
+    """n < 256 and fp64 are left to the primitives (None), before any kernel runs."""
+    from kernels.fftconv import triton as backend
+    from kernels.fftconv.plan import make_plan
+
+    u, k, *_ = make_inputs(2, 3, 97, 31, torch.float32, False)
+    plan = make_plan("causal", 97, 31)
+    kf = torch.fft.rfft(k, n=plan.fft_size)
+    assert plan.fft_size < 256
+    needs = (True, True, False, False, False)
+    assert backend.fused_backward(u, u, k, kf, None, None, None, plan, needs) is None
+    plan = make_plan("causal", 300, 300)
+    kf = torch.fft.rfft(k.double(), n=plan.fft_size)
+    assert (
+        backend.fused_backward(u.double(), u.double(), k, kf, None, None, None, plan, needs) is None
+    )
+
+
+def test_dk_from_spectrum_matches_torch_fft():
+    """The host half of the filter gradient: kernel layout -> natural order -> real part, with
+    the frequency cut-off, against the same correlation by torch.fft."""
+    from kernels.fftconv import triton_bwd
+
+    n, m, keep, N1, N2 = 512, 300, 97, 32, 16
+    g = torch.Generator().manual_seed(7)
+    dz, v = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+    P, Q = torch.fft.fft(v) / n**0.5, torch.fft.fft(dz) / n**0.5  # complex: a pair of rows each
+    S = Q * P.conj()  # [3, n] natural order
+    layout = S.reshape(3, N2, N1).transpose(1, 2)  # bin k1 + N1*k2 at [k1, k2]
+    spec = torch.stack([layout.real, layout.imag], dim=1).float()
+    want_full = torch.fft.ifft(S * n).real
+    V, DZ = torch.fft.rfft(v), torch.fft.rfft(dz)
+    V[:, keep:] = 0
+    want_keep = torch.fft.irfft(DZ * V.conj(), n=n)
+    assert rel_err(triton_bwd.dk_from_spectrum(spec, m, n // 2 + 1), want_full[:, :m]) < 1e-6
+    assert rel_err(triton_bwd.dk_from_spectrum(spec, m, keep), want_keep[:, :m]) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+
+
+def _full_filter_len(L, mode):
+    return 2 * L - 1 if mode == "bidirectional" else L
+
+
+def _fused_taken(monkeypatch):
+    from kernels.fftconv import triton_bwd
+
+    calls = []
+    fused = triton_bwd.fftconv_bwd
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(triton_bwd, "fftconv_bwd", counted)
+    return calls
+
+
+GPU_SHAPES = [  # (B, H, L); L = 1 and 97 (n < 256) go to the primitives
+    pytest.param(2, 111, 1, id="B2-H111-L1"),
+    pytest.param(3, 111, 97, id="B3-H111-L97"),
+    pytest.param(3, 111, 256, id="B3-H111-L256"),
+    pytest.param(1, 111, 256, id="B1-H111-L256"),
+    pytest.param(2, 111, 1000, id="B2-H111-L1000"),
+    pytest.param(3, 111, 1024, id="B3-H111-L1024"),
+    pytest.param(5, 111, 4096, id="B5-H111-L4096"),
+]
+GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("mode", ["causal", "bidirectional", "circular"])
+@pytest.mark.parametrize(("B", "H", "L"), GPU_SHAPES)
+def test_gpu_backward(B, H, L, mode, dtype, gated, monkeypatch):
+    """Every plan gets right gradients; the fused kernel takes exactly the non-fold plans with
+    256 <= n <= 8192 (folded circular plans go to triton_long, n < 256 to the primitives)."""
+    from kernels.fftconv.plan import make_plan
+
+    calls = _fused_taken(monkeypatch)
+    Lk = _full_filter_len(L, mode)
+    errs, ok = grads_vs_reference(B, H, L, Lk, mode, dtype, gated, device="cuda")
+    assert ok
+    plan = make_plan(mode, L, Lk)
+    assert bool(calls) == (256 <= plan.fft_size <= 8192 and not plan.fold), "fused path choice"
+    for name, err in errs.items():
+        assert err < TOL[dtype], (name, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("B", "H", "L", "Lk", "mode", "pair", "freq_keep"),
+    [
+        pytest.param(3, 111, 1000, 300, "causal", False, 1.0, id="B3-H111-L1000-K300-causal"),
+        pytest.param(2, 7, 1000, 300, "bidirectional", True, 1.0, id="B2-H7-L1000-M300-pair"),
+        pytest.param(3, 5, 4096, 100, "causal", False, 1.0, id="B3-H5-L4096-K100-causal"),
+        pytest.param(4, 9, 2000, 2000, "causal", False, 0.25, id="B4-H9-L2000-sparse"),
+    ],
+)
+def test_gpu_backward_partial(B, H, L, Lk, mode, pair, freq_keep, dtype, monkeypatch):
+    calls = _fused_taken(monkeypatch)
+    errs, ok = grads_vs_reference(
+        B, H, L, Lk, mode, dtype, True, pair=pair, freq_keep=freq_keep, device="cuda"
+    )
+    assert ok and calls
+    for name, err in errs.items():
+        assert err < TOL[dtype], (name, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "wants",
+    [("u",), ("k",), ("pregate",), ("postgate", "bias"), ("u", "k"), ("k", "postgate")],
+    ids=lambda w: "+".join(w),
+)
+def test_gpu_backward_needs(wants):
+    errs, ok = grads_vs_reference(
+        3, 111, 1000, 1000, "causal", torch.bfloat16, True, wants, device="cuda"
+    )
+    assert ok and set(errs) == set(wants)
+    for name, err in errs.items():
+        assert err < TOL[torch.bfloat16], (name, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L", [256, 1000, 4096])
+def test_gpu_fp32_within_twice_torch_error(L):
+    """flash-attention's rule: at most 2x the torch.fft path's error in the same precision (a
+    floor at a fifth of the tolerance: tf32x3 dots sit near 1e-6)."""
+    from kernels import fftconv
+
+    u, k, pre, post, bias = make_inputs(3, 16, L, L, torch.float32, True, device="cuda")
+    dy = torch.randn(3, 16, L, generator=torch.Generator().manual_seed(1)).cuda()
+    grads = {}
+    for backend in ("triton", "torch"):
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        fftconv(
+            leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
+            backend=backend,
+        ).backward(dy)  # fmt: skip
+        grads[backend] = [x.grad for x in leaves]
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    conv_torch64(*refs).backward(dy.double())
+    for name, a, b, ref in zip(NAMES, grads["triton"], grads["torch"], refs, strict=True):
+        err, err_torch = rel_err(a, ref.grad), rel_err(b, ref.grad)
+        assert err <= max(2 * err_torch, TOL[torch.float32] / 5), (name, err, err_torch)
+
+
+# (n, L, config) covering every tile-row count of the default tiles and the alternatives
+GPU_LAUNCH = [
+    pytest.param(512, 300, None, id="n512-L300"),
+    pytest.param(1024, 200, None, id="n1024-L200-rows16"),
+    pytest.param(2048, 1027, None, id="n2048-L1027-rows64"),
+    pytest.param(2048, 1000, (64, 4, True, False), id="n2048-hoist"),
+    pytest.param(2048, 1000, (64, 4, False, True), id="n2048-acc-in-memory"),
+    pytest.param(4096, 300, None, id="n4096-L300"),
+    pytest.param(4096, 2051, None, id="n4096-L2051"),
+    pytest.param(4096, 2048, (64, 4, False, False), id="n4096-64x64-w4"),
+    pytest.param(4096, 2048, (128, 8, False, False), id="n4096-128x32-acc-in-registers"),
+    pytest.param(8192, 1500, None, id="n8192-L1500"),
+    pytest.param(8192, 5000, None, id="n8192-L5000"),
+    pytest.param(8192, 4096, (256, 16, False, True), id="n8192-256x32-w16"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("n", "L", "config"), GPU_LAUNCH)
+def test_gpu_launcher_poisoned(n, L, config, dtype):
+    """Every output element written, every tile-row count and configuration right."""
+    from kernels.fftconv import triton_bwd
+
+    name = {v: k for k, v in DTYPES.items()}[dtype]
+    errs, ok = _run_launcher_case(5, 7, L, n, name, config, None, device="cuda")
+    assert ok
+    assert errs.pop("unwritten") == 0
+    for name, err in errs.items():
+        assert err < TOL[dtype], (name, err)
+    assert triton_bwd.dot_flops(5, 7, L, n) > 0
+
+
+def _compiled_step(u, k, pre, post, bias, dy):
+    from kernels import fftconv
+
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
+    (y * dy).sum().backward()
+
+
+@pytest.mark.gpu
+def test_gpu_compile_fullgraph_and_autocast(monkeypatch):
+    """torch.compile(fullgraph=True) and autocast run the fused backward and agree with eager."""
+    from kernels import fftconv
+
+    calls = _fused_taken(monkeypatch)
+    u, k, pre, post, bias = make_inputs(3, 64, 1000, 1000, torch.float32, True, device="cuda")
+    dy = torch.randn(3, 64, 1000, generator=torch.Generator().manual_seed(1)).cuda()
+
+    def run(fn, autocast):
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            y = fn(*leaves)
+        (y.float() * dy).sum().backward()
+        return [x.grad for x in leaves]
+
+    def conv(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
+
+    compiled = torch.compile(conv, fullgraph=True)
+    for autocast in (False, True):
+        eager, graph = run(conv, autocast), run(compiled, autocast)
+        # the reference sees u and the gates rounded as autocast rounds them
+        low = (u, pre, post) if autocast else ()
+        refs = [
+            (x.to(torch.bfloat16) if any(x is y for y in low) else x).double().requires_grad_()
+            for x in (u, k, pre, post, bias)
+        ]
+        conv_torch64(*refs).backward(dy.double())
+        tol = TOL[torch.bfloat16 if autocast else torch.float32]
+        for name, a, b, ref in zip(NAMES, eager, graph, refs, strict=True):
+            assert a.dtype == torch.float32 and b.dtype == torch.float32, name
+            assert rel_err(a, ref.grad) < tol, (name, autocast, rel_err(a, ref.grad))
+            assert rel_err(b, ref.grad) < tol, (name, autocast, rel_err(b, ref.grad))
+    assert calls
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic():
+    from kernels import fftconv
+
+    u, k, pre, post, bias = make_inputs(64, 32, 2048, 2048, torch.bfloat16, True, device="cuda")
+    dy = torch.randn_like(u)
+    runs = []
+    for _ in range(2):
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        fftconv(
+            leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
+            backend="triton",
+        ).backward(dy)  # fmt: skip
+        runs.append([x.grad for x in leaves])
+    for name, a, b in zip(NAMES, *runs, strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+def test_gpu_offsets_past_2_31():
+    """B*H*L > 2^31: the last sequences' gradients land where 32-bit offsets would wrap."""
+    from kernels.fftconv import triton_bwd
+
+    B, H, L, n = 64, 131073, 256, 512
+    assert B * H * L > 2**31
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=g)
+    dy = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(H, L, device="cuda", generator=g) / 16
+    kf = torch.fft.rfft(k, n=n)
+    d_u, *_ = triton_bwd.launch(dy, u, kf, None, None, None, n, (True, False, False, False, False))
+    tail = (slice(-1, None), slice(-4, None))
+    ref = _launcher_reference(dy[tail], u[tail], kf[-4:], None, None, None, n)[0]
+    assert rel_err(d_u[tail], ref) < TOL[torch.bfloat16]
+
+
+if __name__ == "__main__":
+    _interpreter_main()
