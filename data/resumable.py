@@ -7,9 +7,15 @@ epoch it has handed out; on resume its ``ResumableSampler`` skips exactly those 
 training continues at the same step on the same data as a run that was never interrupted.
 
 The order of an epoch is a permutation seeded by ``(seed, epoch)``, sharded across ranks as
-``DistributedSampler`` does (it is one: Lightning then leaves it in place under DDP/FSDP).
+``DistributedSampler`` does (it is one: Lightning then leaves it in place under DDP/FSDP):
+rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` of the permutation. So at every
+step the ranks' batches of ``B`` together are positions ``[s W B, (s + 1) W B)`` of the same
+permutation: the batch of one process with batch size ``W B`` (the same global batch), and an
+epoch visits each sample at most once over all ranks (``drop_last`` drops fewer than ``W B``).
 Counting happens where batches leave the loader, in the main process, so worker prefetching
 does not move the saved position. Loaders with a length are not prefetched by Lightning.
+A checkpoint resumes only with the same number of ranks: the saved position counts batches of
+this rank, and Lightning's own loop counters count them too.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class ResumableDataLoader(DataLoader):
             "batch_size": self.batch_size,
             "seed": self.sampler.seed,
             "num_samples": len(self.dataset),
+            "num_replicas": self.sampler.num_replicas,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
@@ -92,13 +99,18 @@ class ResumableDataLoader(DataLoader):
                 ("batch_size", self.batch_size),
                 ("seed", self.sampler.seed),
                 ("num_samples", len(self.dataset)),
+                ("num_replicas", self.sampler.num_replicas),
             )
             if key in state and state[key] != now
         }
         if mismatch:
+            hint = ""
+            if "num_replicas" in mismatch:
+                hint = "; resume on as many processes (trainer.devices x trainer.num_nodes)"
             raise ValueError(
                 "cannot resume the data order: the checkpoint's loader differs in "
                 + ", ".join(f"{k} (checkpoint {a}, now {b})" for k, (a, b) in mismatch.items())
+                + hint
             )
         self.sampler.set_epoch(state["epoch"])
         self._resume = (state["epoch"], state["batches"])

@@ -103,6 +103,7 @@ MIN_INNER = triton_fwd.MIN_FFT  # 256
 MAX_INNER = triton_fwd.MAX_FFT  # 8192
 MAX_FFT = 2**23  # N0 <= 1024 at m = 8192
 MAX_OUTER = 1024
+MAX_FFT_FP32 = MAX_OUTER * 4096  # fp32 keeps m <= 4096 (shared memory)
 ONE_LEVEL_MAX = 128  # outer sizes from 256 on take two levels
 DTYPES = triton_fwd.DTYPES
 MAX_INTERMEDIATE_BYTES = 2**30
@@ -135,21 +136,23 @@ class LongSplit:
         return max(16, self.n0)
 
 
-def split_for(n: int) -> int:
-    """The default outer size ``N0`` for FFT size ``n > 8192``."""
+def split_for(n: int, dtype: torch.dtype | None = None) -> int:
+    """The default outer size ``N0`` for FFT size ``n > 8192``. fp32 keeps ``m <= 4096``: its
+    rows kernel at m = 8192 needs more shared memory than an H200 SM has (262 KB > 227 KB)."""
     if n <= 2**16:
         return 16  # m = 1024 .. 4096
-    if n <= 2**19:
-        return n // 4096  # 32 .. 128, m = 4096
+    if n <= 2**19 or dtype == torch.float32:
+        return n // 4096  # 32 .. 1024, m = 4096
     return max(256, n // 8192)  # two levels; m = 4096 at 2^20, then 8192
 
 
-def make_split(n: int, n0: int | None = None) -> LongSplit:
-    """Validates ``n`` and the outer size (default ``split_for(n)``) into a ``LongSplit``."""
+def make_split(n: int, n0: int | None = None, dtype: torch.dtype | None = None) -> LongSplit:
+    """Validates ``n`` and the outer size (default ``split_for(n, dtype)``) into a
+    ``LongSplit``."""
     if not _is_pow2(n) or n < MIN_INNER or n > MAX_FFT:
         raise ValueError(f"n must be a power of two in [{MIN_INNER}, {MAX_FFT}]; got {n!r}")
     if n0 is None:
-        n0 = split_for(n) if n > MAX_INNER else max(1, n // 1024)
+        n0 = split_for(n, dtype) if n > MAX_INNER else max(1, n // 1024)
     if not _is_pow2(n0) or n0 > MAX_OUTER:
         raise ValueError(f"n0 must be a power of two in [1, {MAX_OUTER}]; got {n0!r}")
     m = n // n0
@@ -168,7 +171,7 @@ def supports(plan: ConvPlan, dtype: torch.dtype) -> bool:
     """The plans this module runs: n > 8192 (every mode), and folded plans of every size (below
     n = 256 only without a frequency cut-off, which would make the filter n taps long)."""
     n = plan.fft_size
-    if dtype not in DTYPES or n > MAX_FFT:
+    if dtype not in DTYPES or n > (MAX_FFT_FP32 if dtype == torch.float32 else MAX_FFT):
         return False
     if plan.fold:
         return n >= MIN_INNER or plan.keep_bins == n // 2 + 1
@@ -228,10 +231,10 @@ def constants(split: LongSplit, device: torch.device, dtype: torch.dtype) -> tup
 
 def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
     """Builds every table the default plans of size n use here (before CUDA graph capture)."""
-    if dtype not in DTYPES or n > MAX_FFT:
+    if dtype not in DTYPES or n > (MAX_FFT_FP32 if dtype == torch.float32 else MAX_FFT):
         return
     if n > MAX_INNER:
-        split = make_split(n)
+        split = make_split(n, dtype=dtype)
         constants(split, device, dtype)
         triton_fwd.constants(split.m, _canonical(device), dtype)
     else:  # folded plans at n <= 8192 run triton_fwd's kernel at max(n, 256)
@@ -476,7 +479,7 @@ def _linear(
     """``irfft(rfft(x * pregate, n) * kf (or conj), n)[:out_len]`` with no other gate, fp32 for
     the long kernels; x's dtype for ``triton_fwd``'s (it writes its input's dtype)."""
     if plan.fft_size > MAX_INNER or options.get("n0") is not None:
-        split = make_split(plan.fft_size, options.pop("n0", None))
+        split = make_split(plan.fft_size, options.pop("n0", None), x.dtype)
         return conv_long(
             x,
             spectrum_layout(kf, split, conj),
@@ -525,7 +528,7 @@ def long_forward(
         return None
     L = plan.seq_len
     if not plan.fold:
-        split = make_split(plan.fft_size, options.pop("n0", None))
+        split = make_split(plan.fft_size, options.pop("n0", None), u.dtype)
         spectrum = spectrum_layout(kf, split)
         return conv_long(
             u, spectrum, split, pregate=pregate, postgate=postgate, bias=bias, **options
@@ -580,7 +583,7 @@ def long_backward(
             if bias is not None:
                 dv = dv + bias.float()[:, None] * dy.float()
         else:
-            split = make_split(n, options.get("n0"))
+            split = make_split(n, options.get("n0"), u.dtype)
             launch = {k: v for k, v in options.items() if k != "n0"}
             dv = conv_long(
                 dy.to(u.dtype),

@@ -373,6 +373,11 @@ def test_supports_covers_long_and_folded_plans():
     assert triton_long.supports(make_plan("causal", 8192, 8192), torch.bfloat16)  # n = 16384
     assert triton_long.supports(make_plan("causal", 2**22, 2**22), torch.float16)  # n = 2^23
     assert not triton_long.supports(make_plan("causal", 2**23, 2**23), torch.float16)  # 2^24
+    # fp32 keeps the inner size <= 4096 (shared memory), so its outer size caps n at 2^22
+    assert triton_long.supports(make_plan("causal", 2**21, 2**21), torch.float32)  # n = 2^22
+    assert not triton_long.supports(make_plan("causal", 2**22, 2**22), torch.float32)
+    assert triton_long.make_split(2**21, dtype=torch.float32).m == 4096
+    assert triton_long.make_split(2**21, dtype=torch.bfloat16).m == 8192
     assert not triton_long.supports(make_plan("causal", 4096, 4096), torch.float32)  # fused
     assert triton_long.supports(make_plan("circular", 97, 97), torch.float32)  # fold, n = 256
     assert triton_long.supports(make_plan("circular", 31, 31), torch.float32)  # fold, n = 64
