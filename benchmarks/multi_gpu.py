@@ -16,8 +16,8 @@ Lightning launches its other ranks, as it does for ``train.py``.
   micro-batch per GPU (weak scaling; 1.0 = perfect).
 - Peak memory per GPU: ``torch.cuda.max_memory_allocated`` on each rank over the whole run,
   gathered to rank 0 (on CPU, ``--smoke``: each process's peak resident set size instead).
-- No gradient clipping by default (``--gradient-clip-val``): Lightning's FSDP refuses clipping
-  by norm unless the task clips through FSDP, and the settings should do the same work.
+- Gradient clipping at 1.0 as in training (``--gradient-clip-val``; under FSDP the task clips
+  through FSDP's ``clip_grad_norm_``).
 
 ``--smoke``: ``hyena-tiny`` at L = 64 on two CPU processes over gloo (``trainer=cpu``,
 ``trainer=ddp trainer.accelerator=cpu``, ``trainer=fsdp_cpu``), a few steps; exercises the
@@ -303,7 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 5)")
     parser.add_argument("--precision", default="bf16-mixed", help="GPU precision")
-    parser.add_argument("--gradient-clip-val", type=float, default=None)
+    parser.add_argument("--gradient-clip-val", type=float, default=1.0)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per setting")
     parser.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

@@ -11,6 +11,8 @@ Design choices:
   logits are trained down like any unused token.
 - ``filter_len`` can be changed when loading (``from_pretrained(dir, filter_len=...)``): it does
   not change any parameter, only how many filter taps are used.
+- ``generate`` samples by recomputing the whole forward for every new token (no recurrent
+  state); its context is cropped to ``context_window`` (see there).
 """
 
 from __future__ import annotations
@@ -141,8 +143,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         embed_dropout=0.0,
     ),
     "hyena-s": _HYENA_S,
+    # the paper's Hyena-s-4K/8K: the same model trained at a longer context
     "hyena-s-4k": _HYENA_S | {"l_max": 4096},
+    "hyena-s-8k": _HYENA_S | {"l_max": 8192},
 }
+
+
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token per row of ``logits`` [B, V]: argmax at temperature 0, else a draw from the
+    softmax at ``temperature`` restricted to the ``top_k`` most likely tokens and then to the
+    smallest set of them whose probability reaches ``top_p``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        top = torch.topk(logits, top_k, dim=-1)  # exactly k tokens, ties or not
+        logits = torch.full_like(logits, -math.inf).scatter(-1, top.indices, top.values)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the more likely ones alone already reach top_p (the first is kept)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
 class MLP(nn.Module):
@@ -225,6 +256,118 @@ class HyenaLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -----------------------------------------------------------------------------------------
+    # Sampling
+
+    @property
+    def context_window(self) -> int:
+        """Tokens of context that decide the next token, and where ``generate`` crops.
+
+        Without ``filter_len`` the model runs on at most ``l_max`` tokens (a sliding window past
+        that). With a partial convolution every layer looks back a bounded number of positions:
+        ``order - 1`` long convolutions of ``filter_len`` taps after a short conv of
+        ``short_filter`` taps, so the last position depends on exactly the last
+        ``n_layer * ((order - 1) * (filter_len - 1) + short_filter - 1) + 1`` tokens (no
+        positional embeddings), and cropping to them changes nothing.
+        """
+        c = self.config
+        if c.filter_len is None:
+            return c.l_max
+        per_layer = (c.order - 1) * (c.filter_len - 1) + c.short_filter - 1
+        return c.n_layer * per_layer + 1
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Autoregressive sampling: token ids ``idx`` [B, T] -> [B, T + max_new_tokens].
+
+        Each step runs the full forward on the last ``context_window`` tokens and samples the
+        next token from the last position's logits (only the ``vocab_size`` real tokens, never
+        the padding rows of the embedding). A step therefore costs a whole forward pass,
+        O(n_layer * W log W) for a window of W tokens, and N new tokens cost N of them: fine for
+        sampling a few hundred tokens from a long-convolution model, which has no cheap
+        recurrent state to carry (that would need distilling the filters into a recurrence).
+
+        Args:
+            idx: prompts of equal length, int64 on the model's device.
+            max_new_tokens: tokens to append (>= 0).
+            temperature: softmax temperature; 0 = greedy (argmax; top_k/top_p do not apply).
+            top_k: keep the k most likely tokens (None = all).
+            top_p: nucleus sampling, keep the smallest set of tokens with probability >= top_p
+                (None = all).
+            eos_token_id: a row stops once it produced this token; later positions of that row
+                hold ``pad_token_id``. Generation ends early when every row has stopped.
+            pad_token_id: filler after eos (None = eos_token_id).
+            generator: torch.Generator on the model's device for reproducible sampling.
+
+        Runs in eval mode under ``torch.no_grad`` and restores the previous mode.
+        """
+        vocab = self.config.vocab_size
+        device = self.wte.weight.device
+        if not isinstance(idx, Tensor) or idx.ndim != 2 or idx.shape[1] < 1:
+            shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a [batch, length >= 1] tensor of token ids; got {shape}")
+        if idx.dtype != torch.long:
+            raise TypeError(f"idx must be int64 (torch.long) token ids; got {idx.dtype}")
+        if idx.device != device:
+            raise ValueError(f"idx is on {idx.device} but the model is on {device}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab):
+            raise ValueError(
+                f"idx token ids must be in [0, vocab_size={vocab}); got min {int(idx.min())}, "
+                f"max {int(idx.max())}"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise TypeError(f"max_new_tokens must be an int; got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+            raise TypeError(f"top_k must be None or an int; got {top_k!r}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be None or >= 1; got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be None or in (0, 1]; got {top_p}")
+        for name, token in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+            if token is not None and not 0 <= token < vocab:
+                raise ValueError(f"{name} must be None or in [0, vocab_size={vocab}); got {token}")
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the model is on {device}; "
+                f"use torch.Generator(device={str(device)!r})"
+            )
+        pad = eos_token_id if pad_token_id is None else pad_token_id
+
+        was_training = self.training
+        self.eval()
+        try:
+            window = self.context_window
+            total = idx.shape[1] + max_new_tokens
+            finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)
+            while idx.shape[1] < total:
+                logits = self(idx[:, -window:])[:, -1, :vocab].float()  # [B, vocab]
+                token = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+                if eos_token_id is not None:
+                    token = token.masked_fill(finished, pad)
+                    finished |= token == eos_token_id
+                idx = torch.cat([idx, token[:, None]], dim=1)
+                if eos_token_id is not None and bool(finished.all()):
+                    filler = idx.new_full((idx.shape[0], total - idx.shape[1]), pad)
+                    idx = torch.cat([idx, filler], dim=1)
+        finally:
+            self.train(was_training)
+        return idx
 
     # -----------------------------------------------------------------------------------------
     # HF-style export

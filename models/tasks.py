@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
+IGNORE_INDEX = -100  # targets with this value are not supervised (F.cross_entropy's default)
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 
 
@@ -127,6 +128,12 @@ def as_factory(spec: Callable[..., Any] | Mapping[str, Any]) -> Callable[..., An
 class LanguageModelTask(L.LightningModule):
     """Next-token prediction: batches of (inputs [B, L], targets [B, L]) token ids.
 
+    Targets equal to ``IGNORE_INDEX`` (-100, as in PyTorch and HF) are left out of the loss and
+    of the accuracy: a synthetic task such as associative recall supervises only its answer
+    positions, and ``val/acc`` is then exactly the accuracy on those. Loss and accuracy are
+    means over the supervised targets (token-weighted across batches), so a batch of plain
+    LM targets (no ignored position) is treated exactly as before.
+
     Logs ``train/loss``, ``val/loss``, ``val/ppl``, ``val/acc`` and the same for ``test/``.
     """
 
@@ -147,12 +154,25 @@ class LanguageModelTask(L.LightningModule):
     def forward(self, idx: Tensor) -> Tensor:
         return self.net(idx)
 
-    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean loss, accuracy, number of supervised targets) of a batch; the count stays a
+        tensor so that no step waits on the device."""
         inputs, targets = batch
         logits = self(inputs)  # [B, L, V]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        correct = (logits.argmax(-1) == targets).float().mean()
-        return loss, correct, targets.numel()
+        supervised = targets != IGNORE_INDEX  # [B, L]
+        n = supervised.sum()
+        loss_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            targets.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        # a batch with nothing to supervise gives loss 0 with weight 0, not NaN
+        denom = n.clamp(min=1)
+        loss = loss_sum / denom
+        hits = (logits.argmax(-1) == targets) & supervised
+        acc = hits.sum() / denom
+        return loss, acc, n
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
@@ -188,6 +208,25 @@ class LanguageModelTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Under FSDP the gradients are sharded, so the norm is the wrapped model's
+        ``clip_grad_norm_`` (one all-reduce across ranks); Lightning's FSDP refuses to clip."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if gradient_clip_val and isinstance(strategy, L.pytorch.strategies.FSDPStrategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(
+                    "FSDP clips gradients by norm only; got "
+                    f"gradient_clip_algorithm={gradient_clip_algorithm!r}"
+                )
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         optimizer = as_factory(self.hparams.optimizer)(params=param_groups(self.net))

@@ -421,28 +421,25 @@ def test_fsdp_configs_build_the_intended_strategy(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single_reference_unclipped(tmp_path_factory, cache_dir):
-    out = tmp_path_factory.mktemp("single-unclipped")
+def single_reference_short(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("single-short")
     overrides = [
         *common_overrides(cache_dir),
         f"data.batch_size={2 * B}",
         f"trainer.max_steps={CKPT_EVERY}",
-        "trainer.gradient_clip_val=null",
     ]
     return run_in_process(overrides, out)
 
 
 def test_fsdp_on_cpu_trains_like_one_process_checkpoints_exports_and_tests(
-    single_reference_unclipped, tmp_path, cache_dir
+    single_reference_short, tmp_path, cache_dir
 ):
-    # Lightning's FSDP refuses gradient clipping by norm unless the task clips through FSDP, so
-    # this run and its reference do not clip
+    # gradient clipping at the default 1.0: the task clips through FSDP's clip_grad_norm_
     overrides = [
         *common_overrides(cache_dir),
         "trainer=fsdp_cpu",
         f"data.batch_size={B}",
         f"trainer.max_steps={CKPT_EVERY}",
-        "trainer.gradient_clip_val=null",
         "export=true",
         "test=true",
     ]
@@ -450,7 +447,7 @@ def test_fsdp_on_cpu_trains_like_one_process_checkpoints_exports_and_tests(
     check_ok(proc)
     records = read_probe(tmp_path / "probe")
     assert sorted(records) == [0, 1]
-    steps, want = global_steps(records), global_steps(single_reference_unclipped)
+    steps, want = global_steps(records), global_steps(single_reference_short)
     assert_steps_match(steps, want, range(1, CKPT_EVERY + 1), LOSS_RTOL)
 
     # last.ckpt holds the full (unsharded) weights: loadable without FSDP; the export is them
@@ -517,7 +514,6 @@ def test_two_gpus_train_like_one_checkpoint_export_and_test(strategy, tmp_path, 
     common = [
         *common_overrides(cache_dir, accelerator="gpu"),
         f"trainer.max_steps={CKPT_EVERY}",
-        "trainer.gradient_clip_val=null",
         "trainer.precision=bf16-mixed",
     ]
     single = [*common, "trainer=gpu", f"data.batch_size={2 * B}"]

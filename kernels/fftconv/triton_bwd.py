@@ -390,17 +390,19 @@ class Config:
 
 
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16) -> Config:
-    """The default configuration at FFT size n: the fewest spills of the sm_90 compile (see the
-    module notes; not yet timed against the alternatives)."""
+    """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
+    (benchmarks/NOTES.md, backward v1: 2 warps at n = 1024, the filter-gradient accumulator in
+    registers from n = 4096); fp32: the fewest spills of the sm_90 compile (fp32 tables take
+    twice the registers and shared memory)."""
     N1, _ = split(n)
-    hoist = dtype != torch.float32  # fp32 operands are twice the registers
+    half = dtype != torch.float32
     if n <= 512:
-        return Config(N1, 2, hoist=hoist)
+        return Config(N1, 2, hoist=half)
     if n <= 1024:
-        return Config(N1, 4, hoist=hoist)
+        return Config(N1, 2 if half else 4, hoist=half)
     if n <= 2048:
         return Config(N1, 4, acc_in_memory=True)
-    return Config(128, 8, acc_in_memory=True)
+    return Config(128, 8, acc_in_memory=not half)
 
 
 def _check_config(n: int, config: Config) -> None:

@@ -1,0 +1,199 @@
+"""HyenaLM.generate and sample_logits: greedy, top-k/top-p, seeds, EOS, context cropping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.lm import HyenaConfig, HyenaLM, sample_logits
+
+VOCAB = 61  # padded to 64: the padding rows must never be sampled
+
+
+def tiny_model(**overrides) -> HyenaLM:
+    config = dict(
+        vocab_size=VOCAB,
+        n_layer=2,
+        d_model=32,
+        d_inner=64,
+        l_max=64,
+        filter_order=16,
+        emb_dim=3,
+        embed_dropout=0.1,  # generate must switch it off (eval mode)
+        fftconv_backend="torch",
+    )
+    torch.manual_seed(0)
+    return HyenaLM(HyenaConfig(**(config | overrides)))
+
+
+def prompts(batch: int = 3, length: int = 7, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=g)
+
+
+def greedy_reference(model: HyenaLM, idx: torch.Tensor, n: int, window: int) -> torch.Tensor:
+    """Argmax of the last position of a fresh full forward, n times."""
+    model.eval()
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(idx[:, -window:])[:, -1, :VOCAB]
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def test_greedy_equals_argmax_of_repeated_forwards() -> None:
+    model = tiny_model().train()
+    idx = prompts()
+    out = model.generate(idx, 9, temperature=0.0)
+    assert model.training  # the mode is restored
+    assert out.shape == (3, 16) and torch.equal(out[:, :7], idx)
+    assert torch.equal(out, greedy_reference(model, idx, 9, window=64))
+    assert int(out.max()) < VOCAB
+
+
+def test_top_k_1_equals_greedy() -> None:
+    model = tiny_model()
+    idx = prompts()
+    greedy = model.generate(idx, 8, temperature=0.0)
+    for temperature in (1.0, 0.5):
+        g = torch.Generator().manual_seed(3)
+        sampled = model.generate(idx, 8, temperature=temperature, top_k=1, generator=g)
+        assert torch.equal(sampled, greedy)
+
+
+def test_seeded_sampling_is_reproducible() -> None:
+    model = tiny_model()
+    idx = prompts()
+
+    def draw(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return model.generate(idx, 12, temperature=1.0, top_p=0.95, generator=g)
+
+    first, again, other = draw(7), draw(7), draw(8)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, model.generate(idx, 12, temperature=0.0))  # it does sample
+
+
+def test_rows_stop_at_eos_and_are_padded() -> None:
+    model = tiny_model()
+    idx = prompts(batch=4)
+    free = model.generate(idx, 10, temperature=0.0)
+    eos = int(free[0, 7 + 2])  # a token row 0 produces at its third step
+    out = model.generate(idx, 10, temperature=0.0, eos_token_id=eos, pad_token_id=VOCAB - 1)
+    assert out.shape == free.shape
+    for row_free, row in zip(free[:, 7:].tolist(), out[:, 7:].tolist(), strict=True):
+        if eos in row_free:
+            stop = row_free.index(eos)
+            assert row[: stop + 1] == row_free[: stop + 1]
+            assert row[stop + 1 :] == [VOCAB - 1] * (len(row) - stop - 1)
+        else:
+            assert row == row_free
+    # without pad_token_id the padding is eos itself; all rows stopped: still full length
+    out = model.generate(idx[:1], 10, temperature=0.0, eos_token_id=eos)
+    assert out.shape == (1, 17) and out[0, 7:].tolist() == free[0, 7:10].tolist() + [eos] * 7
+
+
+def test_context_is_cropped_to_l_max() -> None:
+    model = tiny_model(l_max=32)
+    idx = prompts(batch=2, length=45)  # longer than l_max: the window slides
+    assert model.context_window == 32
+    out = model.generate(idx, 5, temperature=0.0)
+    assert torch.equal(out, greedy_reference(model, idx, 5, window=32))
+
+
+def test_partial_conv_window_is_exact() -> None:
+    # larger weights than GPT-2's init, so that the oldest token's effect is well above rounding
+    model = tiny_model(l_max=32, filter_len=5, short_filter=3, initializer_range=0.3).eval()
+    window = model.context_window
+    assert window == 2 * ((2 - 1) * (5 - 1) + 3 - 1) + 1  # n_layer * (taps + short - 2) + 1
+    idx = prompts(batch=2, length=3 * window)
+    with torch.no_grad():
+        full = model(idx)[:, -1]
+        cropped = model(idx[:, -window:])[:, -1]
+        torch.testing.assert_close(cropped, full, rtol=0, atol=1e-4)
+        changed = idx.clone()
+        changed[:, -window] = (changed[:, -window] + 1) % VOCAB  # the oldest token it sees
+        assert (model(changed)[:, -1] - full).abs().max() > 1e-3
+        changed = idx.clone()
+        changed[:, -window - 1] = (changed[:, -window - 1] + 1) % VOCAB  # just outside
+        torch.testing.assert_close(model(changed)[:, -1], full, rtol=0, atol=1e-4)
+    # past l_max: generation keeps going with the bounded window
+    out = model.generate(idx, 4, temperature=0.0)
+    assert torch.equal(out, greedy_reference(model, idx, 4, window=window))
+
+
+def test_sample_logits_support_and_frequencies() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
+    logits = probs.log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def freq(tokens: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(tokens, minlength=5).float() / len(tokens)
+
+    plain = freq(sample_logits(logits, generator=g))
+    torch.testing.assert_close(plain, probs, atol=0.015, rtol=0)
+    top_k = freq(sample_logits(logits, top_k=2, generator=g))
+    torch.testing.assert_close(top_k, torch.tensor([0.625, 0.375, 0, 0, 0]), atol=0.015, rtol=0)
+    # nucleus 0.85: tokens 0, 1, 2 (the first two alone reach only 0.8)
+    top_p = freq(sample_logits(logits, top_p=0.85, generator=g))
+    torch.testing.assert_close(top_p, torch.tensor([5, 3, 1, 0, 0]) / 9, atol=0.015, rtol=0)
+    cold = freq(sample_logits(logits, temperature=0.5, generator=g))
+    torch.testing.assert_close(cold, (probs.log() / 0.5).softmax(0), atol=0.015, rtol=0)
+    assert torch.equal(sample_logits(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        pytest.param({"max_new_tokens": -1}, ValueError, "max_new_tokens", id="negative-n"),
+        pytest.param({"max_new_tokens": 2.0}, TypeError, "max_new_tokens", id="float-n"),
+        pytest.param({"temperature": -0.5}, ValueError, "temperature", id="temperature"),
+        pytest.param({"top_k": 0}, ValueError, "top_k", id="top_k"),
+        pytest.param({"top_p": 0.0}, ValueError, "top_p", id="top_p-0"),
+        pytest.param({"top_p": 1.5}, ValueError, "top_p", id="top_p-1.5"),
+        pytest.param({"eos_token_id": VOCAB}, ValueError, "eos_token_id", id="eos"),
+        pytest.param({"pad_token_id": -1}, ValueError, "pad_token_id", id="pad"),
+        pytest.param({"idx": torch.zeros(5, dtype=torch.long)}, ValueError, "idx", id="idx-1d"),
+        pytest.param({"idx": torch.zeros(2, 0, dtype=torch.long)}, ValueError, "idx", id="empty"),
+        pytest.param({"idx": torch.zeros(2, 3)}, TypeError, "idx must be int64", id="idx-float"),
+        pytest.param({"idx": torch.full((1, 3), VOCAB)}, ValueError, "vocab_size=61", id="ids"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, match) -> None:
+    model = tiny_model()
+    args = {"idx": prompts(), "max_new_tokens": 2} | kwargs
+    with pytest.raises(error, match=match):
+        model.generate(args.pop("idx"), args.pop("max_new_tokens"), **args)
+
+
+def test_zero_new_tokens_returns_the_prompt() -> None:
+    idx = prompts()
+    assert torch.equal(tiny_model().generate(idx, 0), idx)
+
+
+def test_hyena_s_8k_is_hyena_s_at_8k() -> None:
+    s, s8k = HyenaConfig.from_name("hyena-s"), HyenaConfig.from_name("hyena-s-8k")
+    assert s8k.l_max == 8192 and s8k.name == "hyena-s-8k"
+    assert s8k.to_dict() | {"l_max": 2048, "name": "hyena-s"} == s.to_dict()
+
+
+@pytest.mark.gpu
+def test_generate_on_cuda() -> None:
+    """On the GPU (Triton fftconv): greedy equals the argmax loop, seeded sampling on a CUDA
+    generator repeats, and bf16 autocast runs."""
+    model = tiny_model(fftconv_backend="auto").cuda()
+    idx = prompts().cuda()
+    out = model.generate(idx, 6, temperature=0.0)
+    assert torch.equal(out, greedy_reference(model, idx, 6, window=64))
+
+    def draw() -> torch.Tensor:
+        g = torch.Generator(device="cuda").manual_seed(5)
+        return model.generate(idx, 6, temperature=1.0, top_k=20, top_p=0.9, generator=g)
+
+    assert torch.equal(draw(), draw())
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        model.generate(idx, 1, generator=torch.Generator())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.generate(idx, 6, temperature=0.7, top_p=0.9)
+    assert out.shape == (3, 13) and int(out.max()) < VOCAB
