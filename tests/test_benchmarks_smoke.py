@@ -20,7 +20,8 @@ HAS_CUDA = torch.cuda.is_available()
 
 
 def run_benchmark(out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "2"}
     env.pop("TRITON_INTERPRET", None)  # the interpreted kernel is far too slow for a smoke run
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_throughput", *args, "--out", str(out)],

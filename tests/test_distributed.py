@@ -163,7 +163,10 @@ def run_in_process(overrides: list[str], out: Path) -> dict[int, list[dict]]:
 def run_cli(overrides: list[str], out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python train.py`` in a new session (Lightning starts the other ranks in it), killed as
     a group if it outlives ``timeout``."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "train.py", f"hydra.run.dir={out}", *overrides]
     proc = subprocess.Popen(
         command,
@@ -469,7 +472,10 @@ def test_fsdp_on_cpu_trains_like_one_process_checkpoints_exports_and_tests(
 
 
 def run_benchmark(out: Path, *args: str) -> dict:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.multi_gpu", *args, "--out", str(out)],
         cwd=ROOT,

@@ -260,7 +260,9 @@ def test_bad_sample_settings_name_the_setting(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_cli_sampling(partial_run, tmp_path, cache_dir):
     out_file = tmp_path / "samples.json"
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    }
     proc = subprocess.run(
         [
             sys.executable,

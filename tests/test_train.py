@@ -288,7 +288,9 @@ def test_finished_run_extends_at_the_same_data_position(tmp_path, cache_dir, mon
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess:
     """``python *argv`` from the repository root; fails the test on a non-zero exit."""
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    }
     proc = subprocess.run(
         [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
