@@ -37,14 +37,12 @@ TOL_BF16 = 1e-2
 # which n); None: the launcher's default
 KERNEL_VARIANTS = {
     "default": (True, None, None, None, lambda n: True),
-    "pair-s1": (True, None, 1, 1, lambda n: n >= 4096),
-    "pair-s4": (True, None, 4, 1, lambda n: True),
-    "pair-s8": (True, None, 8, 1, lambda n: True),
-    "pair-s16": (True, None, 16, 1, lambda n: n <= 4096),
+    "pair-s1-p1": (True, None, 1, 1, lambda n: n >= 4096),
+    "pair-s8-p1": (True, None, 8, 1, lambda n: True),
+    "pair-s16-p1": (True, None, 16, 1, lambda n: n <= 4096),
     "pair-s8-p2": (True, None, 8, 2, lambda n: True),
     "pair-s16-p2": (True, None, 16, 2, lambda n: n <= 4096),
-    "pair-w8-s8": (True, 8, 8, 1, lambda n: n == 4096),
-    "pair-w4-s4": (True, 4, 4, 1, lambda n: n == 8192),
+    "pair-s16-p3": (True, None, 16, 3, lambda n: n <= 2048),
 }
 
 
@@ -204,7 +202,7 @@ def time_kernel(inputs, n: int) -> dict:
                 pair=pair,
                 num_warps=warps,
                 steps=steps,
-                stages=stages or 1,
+                stages=stages,
             )
 
         out.fill_(float("nan"))

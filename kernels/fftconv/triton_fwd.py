@@ -37,8 +37,10 @@ Design choices:
   for a causal convolution with a full-length filter and N1 >= 32.
 - A program takes ``STEPS`` consecutive steps (pairs or single sequences) of one channel: the
   DFT matrices, twiddles and filter spectrum are loaded once and held across its loop
-  (``steps_for`` picks as many as keep 16 programs per SM busy, at most 8). Programs are
-  ordered channel-major so that consecutive programs share the filter spectrum in L2.
+  (``steps_for`` picks as many as keep 8 programs per SM busy, at most 16), and the loop is
+  software-pipelined (``STAGES`` 3 for fp16/bf16 up to n = 2048, then 2: the next steps'
+  loads are issued during this one's products; measured 1.1-1.8x, most on the gated kernels). Programs are ordered
+  channel-major so that consecutive programs share the filter spectrum in L2.
 - Warps (measured on an H200, benchmarks/NOTES.md): 2 for n <= 512, 4 up to 4096, 8 at 8192
   (4 spill there). Pairing measured 1.7-1.8x faster than one sequence per program.
 - Frequency-sparse spectra are right through their zeroed bins; their zero blocks are not
@@ -62,7 +64,7 @@ MIN_FFT = 256
 MAX_FFT = 8192
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_STEPS = 16
-PROGRAMS_PER_SM = 16
+PROGRAMS_PER_SM = 8
 
 
 def split(n: int) -> tuple[int, int]:
@@ -344,7 +346,7 @@ def launch(
     out: Tensor | None = None,
     pair: bool | None = None,
     steps: int | None = None,
-    stages: int = 1,
+    stages: int | None = None,
     num_warps: int | None = None,
     precision: str | None = None,
 ) -> Tensor:
@@ -353,7 +355,8 @@ def launch(
     ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
     channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
     ``steps_for``). ``stages``: software-pipelining depth of that loop (loads of the next step
-    issued during this one; 1: none). ``num_warps``, ``precision``: override the defaults.
+    issued during this one; 1: none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for
+    fp32, whose tables leave no shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
     """
     B, H, L = u.shape
     if not supports(n, False, u.dtype) or L > n:
@@ -386,6 +389,10 @@ def launch(
     # fp32 at n = 8192: the held fp32 tables need more shared memory than an SM has (295-490 KB
     # > 227 KB on an H200), so one step per program (tables reloaded per sequence)
     steps = 1 if u.dtype == torch.float32 and n >= 8192 else min(steps, per_channel)
+    if stages is None:  # measured on the H200 (benchmarks/NOTES.md, v6)
+        stages = 1 if u.dtype == torch.float32 else (3 if n <= 2048 else 2)
+    if stages < 1:
+        raise ValueError(f"stages must be >= 1; got {stages}")
     grid = (H * triton.cdiv(per_channel, steps),)
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
         _fftconv_fwd_kernel[grid](
