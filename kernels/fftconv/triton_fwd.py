@@ -39,8 +39,9 @@ Design choices:
   DFT matrices, twiddles and filter spectrum are loaded once and held across its loop
   (``steps_for`` picks as many as keep 8 programs per SM busy, at most 16), and the loop is
   software-pipelined (``STAGES`` 3 for fp16/bf16 up to n = 2048, then 2: the next steps'
-  loads are issued during this one's products; measured 1.1-1.8x, most on the gated kernels). Programs are ordered
-  channel-major so that consecutive programs share the filter spectrum in L2.
+  loads are issued during this one's products; measured 1.1-1.8x, most on the gated
+  kernels). Programs are ordered channel-major so that consecutive programs share the filter
+  spectrum in L2.
 - Warps (measured on an H200, benchmarks/NOTES.md): 2 for n <= 512, 4 up to 4096, 8 at 8192
   (4 spill there). Pairing measured 1.7-1.8x faster than one sequence per program.
 - Frequency-sparse spectra are right through their zeroed bins; their zero blocks are not
@@ -356,7 +357,8 @@ def launch(
     channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
     ``steps_for``). ``stages``: software-pipelining depth of that loop (loads of the next step
     issued during this one; 1: none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for
-    fp32, whose tables leave no shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
+    fp32, whose tables leave no shared memory for a second stage). ``num_warps``,
+    ``precision``: override the defaults.
     """
     B, H, L = u.shape
     if not supports(n, False, u.dtype) or L > n:
