@@ -42,15 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .packed import PackedDataset, token_dtype
-from .resumable import ResumableDataLoader, ResumableSampler
+from .resumable import SplitDataModule
 from .stdlib_text import default_cache_dir
 from .tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 
@@ -295,7 +293,7 @@ class Pass:
     carve: dict[str, float]
 
 
-class LMCorpusDataModule(L.LightningDataModule):
+class LMCorpusDataModule(SplitDataModule):
     """Language modelling on any text corpus, tokenized once into cached token files.
 
     Args:
@@ -598,45 +596,3 @@ class LMCorpusDataModule(L.LightningDataModule):
                 f"the train split has {len(self.datasets['train'])} windows, fewer than "
                 f"data.batch_size={self.hparams.batch_size} x {num_replicas} rank(s)"
             )
-
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        hp = self.hparams
-        num_replicas, rank = self._world()
-        dataset = self.datasets["train"]
-        sampler = ResumableSampler(
-            dataset,
-            shuffle=True,
-            seed=hp.seed,
-            drop_last=True,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        return ResumableDataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=hp.batch_size,
-            drop_last=True,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.eval_batch_size or hp.batch_size,
-            shuffle=False,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")

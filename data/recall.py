@@ -31,13 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .resumable import ResumableDataLoader, ResumableSampler
+from .resumable import SplitDataModule
 
 IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
@@ -161,7 +160,7 @@ class RecallDataset(Dataset):
         return torch.from_numpy(seq[:-1]), torch.from_numpy(targets)
 
 
-class RecallDataModule(L.LightningDataModule):
+class RecallDataModule(SplitDataModule):
     """Associative recall (see the module docstring).
 
     Args:
@@ -232,45 +231,3 @@ class RecallDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
-
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        hp = self.hparams
-        num_replicas, rank = self._world()
-        dataset = self.datasets["train"]
-        sampler = ResumableSampler(
-            dataset,
-            shuffle=True,
-            seed=hp.seed,
-            drop_last=True,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        return ResumableDataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=hp.batch_size,
-            drop_last=True,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.eval_batch_size or hp.batch_size,
-            shuffle=False,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -114,3 +115,57 @@ class ResumableDataLoader(DataLoader):
             )
         self.sampler.set_epoch(state["epoch"])
         self._resume = (state["epoch"], state["batches"])
+
+
+class SplitDataModule(L.LightningDataModule):
+    """The loaders every datamodule here shares: a seeded, resumable, rank-sharded training
+    loader and plain in-order val/test loaders over ``self.datasets[split]``.
+
+    Subclasses fill ``self.datasets`` ({"train", "val", "test"}) in ``setup`` and have the
+    hyperparameters ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers`` and
+    ``pin_memory``.
+    """
+
+    datasets: dict[str, Dataset]
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        hp = self.hparams
+        num_replicas, rank = self._world()
+        dataset = self.datasets["train"]
+        sampler = ResumableSampler(
+            dataset,
+            shuffle=True,
+            seed=hp.seed,
+            drop_last=True,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+        return ResumableDataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=hp.batch_size,
+            drop_last=True,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def _eval_dataloader(self, split: str) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.eval_batch_size or hp.batch_size,
+            shuffle=False,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("test")

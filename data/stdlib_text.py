@@ -26,12 +26,10 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
 from .packed import PackedDataset, token_dtype, write_token_file
-from .resumable import ResumableDataLoader, ResumableSampler
+from .resumable import SplitDataModule
 from .tokenizers import ByteTokenizer
 
 SPLITS = ("train", "val", "test")
@@ -76,7 +74,7 @@ def split_of(relpath: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-class StdlibTextDataModule(L.LightningDataModule):
+class StdlibTextDataModule(SplitDataModule):
     """Byte-level language modelling on the Python standard library's source.
 
     Args:
@@ -213,45 +211,3 @@ class StdlibTextDataModule(L.LightningDataModule):
                 f"the train split has {len(self.datasets['train'])} windows, fewer than "
                 f"data.batch_size={self.hparams.batch_size}; increase data.max_bytes"
             )
-
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        hp = self.hparams
-        num_replicas, rank = self._world()
-        dataset = self.datasets["train"]
-        sampler = ResumableSampler(
-            dataset,
-            shuffle=True,
-            seed=hp.seed,
-            drop_last=True,
-            num_replicas=num_replicas,
-            rank=rank,
-        )
-        return ResumableDataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=hp.batch_size,
-            drop_last=True,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
-            batch_size=hp.eval_batch_size or hp.batch_size,
-            shuffle=False,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
