@@ -25,7 +25,6 @@ Design choices:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .lm import CONFIG_NAME, MLP, WEIGHTS_NAME
+from .lm import CONFIG_NAME, MLP, WEIGHTS_NAME, init_gpt2
 
 MODEL_TYPE = "gpt-lm"
 
@@ -208,17 +207,7 @@ class GPTLM(nn.Module):
             self.lm_head.weight = self.wte.weight
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        # GPT-2: the projections that write into the residual stream shrink with depth
-        if isinstance(module, (CausalSelfAttention, MLP)):
-            proj = module.out_proj if isinstance(module, CausalSelfAttention) else module.fc2
-            nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        init_gpt2(module, self.config.initializer_range, self.config.n_layer, CausalSelfAttention)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTLM:

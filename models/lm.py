@@ -216,6 +216,21 @@ class HyenaBlock(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
+def init_gpt2(module: nn.Module, std: float, n_layer: int, mixer: type[nn.Module]) -> None:
+    """GPT-2 init of one module (``model.apply``): linear and embedding weights normal(0, std),
+    biases zero, and the projections that write into the residual stream (the ``mixer``'s
+    ``out_proj``, the MLP's ``fc2``) at std / sqrt(2 n_layer)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, (mixer, MLP)):
+        proj = module.out_proj if isinstance(module, mixer) else module.fc2
+        nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * n_layer))
+
+
 class HyenaLM(nn.Module):
     """Causal LM: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
 
@@ -232,17 +247,7 @@ class HyenaLM(nn.Module):
             self.lm_head.weight = self.wte.weight
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        # GPT-2: the projections that write into the residual stream shrink with depth
-        if isinstance(module, (HyenaOperator, MLP)):
-            proj = module.out_proj if isinstance(module, HyenaOperator) else module.fc2
-            nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        init_gpt2(module, self.config.initializer_range, self.config.n_layer, HyenaOperator)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> HyenaLM:
