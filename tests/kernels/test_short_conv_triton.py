@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +24,8 @@ from torch import nn
 
 from kernels import short_conv
 
-ROOT = Path(__file__).resolve().parents[2]
+from .interpreted import run_interpreted
+
 TOL = {
     torch.float32: 1e-5,
     torch.float16: 3e-3,
@@ -273,19 +271,7 @@ def _interpreter_main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.test_short_conv_triton"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted("tests.kernels.test_short_conv_triton")
 
 
 def _assert_within(res: dict, dtype: torch.dtype) -> None:
