@@ -55,7 +55,9 @@ def fused_forward(
     if kf.dtype != torch.complex64:
         return None
     if triton_fwd.supports(plan.fft_size, plan.fold, u.dtype):
-        return triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, plan.fft_size)
+        return triton_fwd.fftconv_fwd(
+            u, kf, pregate, postgate, bias, plan.fft_size, keep_bins=plan.keep_bins
+        )
     return triton_long.long_forward(u, kf, pregate, postgate, bias, plan)
 
 

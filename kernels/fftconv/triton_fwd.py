@@ -44,8 +44,11 @@ Design choices:
   spectrum in L2.
 - Warps (measured on an H200, benchmarks/NOTES.md): 2 for n <= 512, 4 up to 4096, 8 at 8192
   (4 spill there). Pairing measured 1.7-1.8x faster than one sequence per program.
-- Frequency-sparse spectra are right through their zeroed bins; their zero blocks are not
-  skipped yet.
+- Frequency-sparse filters (``keep_bins``): the nonzero bins ``k = k1 + N1 k2`` sit in the
+  first and last columns ``k2`` of the spectrum tile, so the second forward stage computes
+  only those columns (``C @ F_N2[:, kept]``) and the first inverse stage sums over them only
+  (``S @ conj(F_N2)[kept, :]``): with 75% of the bins zero, those two stages do a quarter of
+  the work (``kept_columns``; at least 16 columns, so from N2 = 32, i.e. n >= 2048).
 - Sizes: ``MIN_FFT <= n <= MAX_FFT``. Smaller n would need a DFT factor below 16; larger n
   does not fit one program's registers. ``supports`` says which plans run here; the caller
   falls back to the unfused primitives for the rest.
@@ -121,14 +124,41 @@ def constants(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor,
     return _CONSTANTS[key]
 
 
-def spectrum_layout(kf: Tensor, n: int) -> Tensor:
-    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, N2]`` fp32, the kernel's order:
-    ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum."""
+def kept_columns(n: int, keep_bins: int | None) -> tuple[int, int]:
+    """The frequency columns ``k2`` of the [N1, N2] spectrum tile that hold nonzero bins of a
+    spectrum whose rfft bins ``>= keep_bins`` are zero: ``(low, high)``, the first ``low`` and
+    the last ``high`` columns, together a power of two >= 16 (``tl.dot``'s minimum; extra
+    columns come from the zero middle). ``(N2, 0)`` when that would not be fewer than N2."""
+    N1, N2 = split(n)
+    if keep_bins is None or keep_bins >= n // 2 + 1:
+        return N2, 0
+    low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
+    high = N2 - (n - keep_bins + 1) // N1  # their mirrors k > n - keep_bins
+    width = max(16, triton.next_power_of_2(low + high))
+    if width >= N2:
+        return N2, 0
+    return width - high, high
+
+
+def select_columns(t: Tensor, n: int, keep_bins: int | None) -> Tensor:
+    """The kept columns (``kept_columns``) of a [..., N2] tile, by slicing (no index tensor:
+    capture-safe)."""
+    low, high = kept_columns(n, keep_bins)
+    if high == 0:
+        return t[..., :low]
+    return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
+
+
+def spectrum_layout(kf: Tensor, n: int, keep_bins: int | None = None) -> Tensor:
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, K2]`` fp32, the kernel's order:
+    ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum,
+    for the kept columns of a frequency-sparse filter (``kept_columns``; all N2 if dense)."""
     N1, N2 = split(n)
     H = kf.shape[0]
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
-    return torch.stack([perm.real, perm.imag], dim=1).float().contiguous()
+    spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
+    return select_columns(spectrum, n, keep_bins).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +196,9 @@ def _fftconv_fwd_kernel(
     pregate_ptr,  # [B, H, L] (unused unless HAS_PREGATE)
     postgate_ptr,  # [B, H, L] (unused unless HAS_POSTGATE)
     bias_ptr,  # [H] (unused unless HAS_BIAS)
-    kf_ptr,  # [H, 2, N1, N2] fp32, the filter spectrum in the kernel's order
+    kf_ptr,  # [H, 2, N1, K2] fp32, the filter spectrum in the kernel's order (kept columns)
     dft1_ptr,  # [2, N1, N1] operand dtype
-    dft2_ptr,  # [2, N2, N2] operand dtype
+    dft2_ptr,  # [2, N2, K2] operand dtype: the columns of F_N2 that meet nonzero filter bins
     twiddle_ptr,  # [2, N1, N2] fp32
     y_ptr,  # [B, H, L]
     B,
@@ -176,6 +206,7 @@ def _fftconv_fwd_kernel(
     L,
     N1: tl.constexpr,
     N2: tl.constexpr,
+    K2: tl.constexpr,
     ROWS: tl.constexpr,
     PAIR: tl.constexpr,
     STEPS: tl.constexpr,
@@ -195,7 +226,7 @@ def _fftconv_fwd_kernel(
     first_b = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
     op_dtype = dft1_ptr.dtype.element_ty
 
-    kf_start = pid_h.to(tl.int64) * (2 * N1 * N2)
+    kf_start = pid_h.to(tl.int64) * (2 * N1 * K2)
     offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
@@ -203,13 +234,20 @@ def _fftconv_fwd_kernel(
     offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
     offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
     offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
-    offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
+    offs_k2 = tl.arange(0, K2)  # the kept frequency columns k2 (all N2 for a dense filter)
+    offs_f2 = offs_n2[:, None] * K2 + offs_k2[None, :]  # [N2, K2]
+    offs_spec = offs_n1[:, None] * K2 + offs_k2[None, :]  # [N1, K2]
 
     # per channel, loaded once: DFT matrices, twiddles, the filter in the permuted order
     f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, N1 * N1)  # [N1, ROWS]
     tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, N1 * N2)  # [N1, N2]
-    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * N2)  # [N2, N2]
-    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_tile, N1 * N2)  # [N1, N2]
+    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * K2)  # [N2, K2]
+    if K2 < N2:  # frequency-sparse: the inverse stage sums over the kept columns only
+        offs_g2 = offs_k2[:, None] + offs_n2[None, :] * K2  # [K2, N2]: F_N2 is symmetric
+        g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, N2 * K2)
+    else:
+        g2_re, g2_im = f2_re, f2_im
+    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
@@ -242,14 +280,14 @@ def _fftconv_fwd_kernel(
         c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
 
         # forward stage 2: X = C @ F_N2
-        x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, N2]
+        x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, K2]
 
         # the filter, in the same permuted order
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
         # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
-        d_re, d_im = _complex_dot(s_re, s_im, f2_re, -f2_im, PRECISION)  # [N1, N2]
+        d_re, d_im = _complex_dot(s_re, s_im, g2_re, -g2_im, PRECISION)  # [N1, N2]
         e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
         e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
 
@@ -321,19 +359,23 @@ def fftconv_fwd(
     postgate: Tensor | None,
     bias: Tensor | None,
     n: int,
+    keep_bins: int | None = None,
     **launch_options,
 ) -> Tensor:
     """``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u * pregate)``.
 
     u, gates: ``[B, H, L]`` with ``L <= n``; kf: ``[H, n//2+1]`` complex64 (rfft order); bias
-    ``[H]``. Returns y ``[B, H, L]`` in u's dtype. ``launch_options``: those of ``launch``.
+    ``[H]``. ``keep_bins``: kf's bins from there on are zero (a frequency-sparse filter): the
+    kernel then skips the frequency columns that hold only zeros. Returns y ``[B, H, L]`` in
+    u's dtype. ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
     if kf.shape != (H, n // 2 + 1) or kf.dtype != torch.complex64:
         raise ValueError(
             f"kf must be complex64 of shape ({H}, {n // 2 + 1}); got {kf.dtype} {tuple(kf.shape)}"
         )
-    return launch(u, spectrum_layout(kf, n), pregate, postgate, bias, n, **launch_options)
+    spectrum = spectrum_layout(kf, n, keep_bins)
+    return launch(u, spectrum, pregate, postgate, bias, n, keep_bins=keep_bins, **launch_options)
 
 
 def launch(
@@ -344,6 +386,7 @@ def launch(
     bias: Tensor | None,
     n: int,
     *,
+    keep_bins: int | None = None,
     out: Tensor | None = None,
     pair: bool | None = None,
     steps: int | None = None,
@@ -351,7 +394,8 @@ def launch(
     num_warps: int | None = None,
     precision: str | None = None,
 ) -> Tensor:
-    """The kernel on a spectrum already in its order (``spectrum_layout``).
+    """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
+    ``keep_bins``).
 
     ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
     channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
@@ -367,12 +411,16 @@ def launch(
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
         )
     N1, N2 = split(n)
-    if spectrum.shape != (H, 2, N1, N2) or spectrum.dtype != torch.float32:
+    low, high = kept_columns(n, keep_bins)
+    K2 = low + high
+    if spectrum.shape != (H, 2, N1, K2) or spectrum.dtype != torch.float32:
         raise ValueError(
-            f"spectrum must be fp32 of shape {(H, 2, N1, N2)}; got "
+            f"spectrum must be fp32 of shape {(H, 2, N1, K2)} (keep_bins={keep_bins}); got "
             f"{spectrum.dtype} {tuple(spectrum.shape)}"
         )
     dft1, dft2, twiddle = constants(n, u.device, u.dtype)
+    if K2 < N2:
+        dft2 = select_columns(dft2, n, keep_bins).contiguous()
     u = u.contiguous()
     spectrum = spectrum.contiguous()
     pregate = pregate.contiguous() if pregate is not None else None
@@ -412,6 +460,7 @@ def launch(
             L,
             N1=N1,
             N2=N2,
+            K2=K2,
             ROWS=tile_rows(L, n),
             PAIR=pair,
             STEPS=steps,
@@ -425,12 +474,15 @@ def launch(
     return y
 
 
-def dot_flops(B: int, H: int, L: int, n: int, pair: bool | None = None) -> int:
-    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip included."""
-    N1, N2 = split(n)
+def dot_flops(
+    B: int, H: int, L: int, n: int, pair: bool | None = None, keep_bins: int | None = None
+) -> int:
+    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
+    frequency-column skip of a sparse filter (``keep_bins``) included."""
     rows = tile_rows(L, n)
+    K2 = sum(kept_columns(n, keep_bins))
     pair = B >= 2 if pair is None else pair
     if pair:  # 16 dots per two sequences: 4 in each of the four stages
-        per_program = 8 * n * (2 * rows + 2 * N2)
+        per_program = 8 * n * (2 * rows + 2 * K2)
         return H * triton.cdiv(B, 2) * per_program
-    return B * H * (8 * n * rows + 16 * n * N2)  # 2 + 4 + 4 + 2 dots
+    return B * H * (8 * n * rows + 16 * n * K2)  # 2 + 4 + 4 + 2 dots

@@ -55,6 +55,24 @@ FORWARD_CASES = {
     "B2-H3-L256-circular-fp32-gated": (2, 3, 256, 256, "circular", "fp32", True, 1.0, True),
     "B1-H2-L4096-K4096-causal-fp16-gated": (1, 2, 4096, 4096, "causal", "fp16", True, 1.0, True),
     "B3-H2-L200-K60-causal-fp32-sparse": (3, 2, 200, 60, "causal", "fp32", True, 0.5, True),
+    # n = 2048 (64 x 32): 75% of the bins zero -> 16 of 32 frequency columns computed
+    "B3-H2-L1000-K1000-causal-fp32-sparse75": (
+        3,
+        2,
+        1000,
+        1000,
+        "causal",
+        "fp32",
+        True,
+        0.25,
+        True,
+    ),
+    "B2-H3-L900-K500-causal-fp16-sparse75": (2, 3, 900, 500, "causal", "fp16", True, 0.25, True),
+    # n = 4096 (64 x 64), 1/16 of the bins: 16 of 64 columns (14 low, 2 high)
+    "B1-H2-L2000-K2000-causal-fp32-sparse94": (
+        *(1, 2, 2000, 2000, "causal", "fp32"),
+        *(True, 0.0625, True),
+    ),
     "B2-H3-L97-K31-causal-fp32-fallback": (2, 3, 97, 31, "causal", "fp32", True, 1.0, False),
     # circular, L not a power of two: the linear convolution on the fused kernel, then folded
     "B2-H3-L200-circular-fp32-folded": (2, 3, 200, 200, "circular", "fp32", True, 1.0, True),
@@ -343,6 +361,35 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
     ref = z * post.double() + bias.double()[:, None] * v
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("L", "freq_keep"),
+    [(1000, 0.25), (1024, 0.5), (2048, 0.25), (2000, 0.0625), (4096, 0.25), (3001, 0.125)],
+)
+def test_gpu_frequency_sparse_skips_columns(L, freq_keep, dtype):
+    """The kernel computes only the kept frequency columns, and the result is the dense
+    convolution with the filter's spectrum cut at keep_bins (float64 torch.fft reference)."""
+    from kernels import fftconv
+    from kernels.fftconv import triton_fwd
+    from kernels.fftconv.plan import make_plan
+
+    plan = make_plan("causal", L, L, freq_keep)
+    low, high = triton_fwd.kept_columns(plan.fft_size, plan.keep_bins)
+    assert low + high < triton_fwd.split(plan.fft_size)[1], "no columns skipped"
+    u, k, pre, post, bias = make_inputs(3, 7, L, L, dtype, True, seed=14, device="cuda")
+    y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep, backend="triton")
+    ref = fftconv(
+        *(x.double() for x in (u, k)),
+        pregate=pre.double(),
+        postgate=post.double(),
+        bias=bias.double(),
+        freq_keep=freq_keep,
+        backend="torch",
+    )
+    assert rel_err(y, ref) < TOL[dtype]
 
 
 @pytest.mark.gpu
