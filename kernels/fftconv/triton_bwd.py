@@ -72,7 +72,6 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -416,52 +415,11 @@ def _check_config(n: int, config: Config) -> None:
         raise ValueError(f"config.num_warps must be 1, 2, 4, 8 or 16; got {config.num_warps}")
 
 
-_CONSTANTS: dict[tuple[int, int, torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
-
-
-def constants(
-    N1: int, N2: int, device: torch.device, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dft1, dft2, twiddle)`` for the factors ``N1 x N2`` (layouts as in
-    ``triton_fwd.constants``, whose tables are shared when the factors are the forward's)."""
-    n = N1 * N2
-    if (N1, N2) == split(n):
-        return triton_fwd.constants(n, device, dtype)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    key = (N1, N2, device, dtype)
-    if key not in _CONSTANTS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"the Triton FFT backward tables for n={n} ({dtype}) are built on first use; "
-                "call FFTConv.prepare(...) or run a backward pass once before CUDA graph capture"
-            )
-        k1 = torch.arange(N1, dtype=torch.float64, device=device)
-        t2 = torch.arange(N2, dtype=torch.float64, device=device)
-        angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
-        twiddle = torch.stack([angle.cos(), angle.sin()]).float().contiguous()
-        dft1 = triton_fwd._unitary_dft(N1, device).to(dtype).contiguous()
-        dft2 = triton_fwd._unitary_dft(N2, device).to(dtype).contiguous()
-        _CONSTANTS[key] = (dft1, dft2, twiddle)
-    return _CONSTANTS[key]
-
-
 def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
     """Builds the tables of size n's default configuration (before CUDA graph capture)."""
     if supports(n, False, dtype):
         N1 = config_for(n, dtype).n1
-        constants(N1, n // N1, torch.device(device), dtype)
-
-
-def spectrum_layout(kf: Tensor, N1: int, N2: int) -> Tensor:
-    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, N2]`` fp32: real|imag of bin
-    ``k1 + N1*k2`` of the full (Hermitian) spectrum at ``[h, 0|1, k1, k2]``."""
-    n = N1 * N2
-    H = kf.shape[0]
-    # conj_physical: a lazy .conj() is dropped inside a compiled graph's custom op (core.py)
-    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
-    perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
-    return torch.stack([perm.real, perm.imag], dim=1).float().contiguous()
+        triton_fwd.constants(n, torch.device(device), dtype, N1=N1)
 
 
 def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:
@@ -562,8 +520,8 @@ def launch(
     if pairs_per_program is not None and pairs_per_program < 1:
         raise ValueError(f"pairs_per_program must be >= 1; got {pairs_per_program}")
 
-    dft1, dft2, twiddle = constants(N1, N2, u.device, u.dtype)
-    spectrum = spectrum_layout(kf, N1, N2)
+    dft1, dft2, twiddle = triton_fwd.constants(N1 * N2, u.device, u.dtype, N1=N1)
+    spectrum = triton_fwd.spectrum_layout(kf, N1 * N2, N1=N1)
     dy, u = dy.contiguous(), u.contiguous()
     pregate = pregate.contiguous() if pregate is not None else None
     postgate = postgate.contiguous() if postgate is not None else None

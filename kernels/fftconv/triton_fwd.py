@@ -91,7 +91,7 @@ def supports(n: int, fold: bool, dtype: torch.dtype) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Constants: DFT matrices and twiddles, built on the device (no host copy: capture-safe)
 
-_CONSTANTS: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
+_CONSTANTS: dict[tuple[int, int, torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
 
 
 def _unitary_dft(size: int, device: torch.device) -> Tensor:
@@ -100,12 +100,16 @@ def _unitary_dft(size: int, device: torch.device) -> Tensor:
     return torch.stack([angle.cos(), angle.sin()]) / math.sqrt(size)  # [2, size, size]
 
 
-def constants(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def constants(
+    n: int, device: torch.device, dtype: torch.dtype, N1: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(dft1 [2, N1, N1], dft2 [2, N2, N2])`` in ``dtype`` and ``twiddle [2, N1, N2]`` fp32
-    (real and imaginary planes), cached per (n, device, dtype)."""
+    (real and imaginary planes) for the factors ``N1 x N2 = n`` (default ``split(n)``; the
+    backward picks its own), cached per (N1, N2, device, dtype) and shared by every kernel."""
     if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one entry
         device = torch.device("cuda", torch.cuda.current_device())
-    key = (n, device, dtype)
+    N1, N2 = split(n) if N1 is None else (N1, n // N1)
+    key = (N1, N2, device, dtype)
     if key not in _CONSTANTS:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             # built inside a capture they would stay unwritten until the graph replays
@@ -113,7 +117,6 @@ def constants(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor,
                 f"the Triton FFT tables for n={n} ({dtype}) are built on first use; call "
                 "FFTConv.prepare(...) or run the convolution once before CUDA graph capture"
             )
-        N1, N2 = split(n)
         k1 = torch.arange(N1, dtype=torch.float64, device=device)
         t2 = torch.arange(N2, dtype=torch.float64, device=device)
         angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
@@ -149,11 +152,16 @@ def select_columns(t: Tensor, n: int, keep_bins: int | None) -> Tensor:
     return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
 
 
-def spectrum_layout(kf: Tensor, n: int, keep_bins: int | None = None) -> Tensor:
+def spectrum_layout(
+    kf: Tensor, n: int, keep_bins: int | None = None, N1: int | None = None
+) -> Tensor:
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, K2]`` fp32, the kernel's order:
     ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum,
-    for the kept columns of a frequency-sparse filter (``kept_columns``; all N2 if dense)."""
-    N1, N2 = split(n)
+    for the kept columns of a frequency-sparse filter (``kept_columns``; all N2 if dense).
+    ``N1``: the factors ``N1 x n / N1`` (default ``split(n)``); ``keep_bins`` needs those."""
+    if N1 is not None and keep_bins is not None:
+        raise ValueError("spectrum_layout: keep_bins applies to the default factors only")
+    N1, N2 = split(n) if N1 is None else (N1, n // N1)
     H = kf.shape[0]
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
