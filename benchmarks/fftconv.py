@@ -23,12 +23,20 @@ import torch
 import triton
 from triton.testing import do_bench
 
+from benchmarks.common import (
+    HBM_BYTES_PER_S,
+    MATMUL_FLOPS_PER_S,
+    fmt,
+    measure_copy_bandwidth,
+    measure_matmul_rate,
+    median_ms,
+    ratio,
+    rel_err,
+)
 from kernels import fftconv
 from kernels.fftconv import triton_fwd
 from kernels.fftconv.plan import make_plan
 
-HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (shared/device/README.md)
-MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
 TOTAL = 2**27  # B * H * L
 H = 1024
 LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -53,29 +61,6 @@ def kernel_variants(n: int, gated: bool) -> list[tuple]:
         for name, (pair, warps, steps, stages, sizes) in KERNEL_VARIANTS.items()
         if sizes(n) and (pair or not gated)
     ]
-
-
-def _median_ms(fn) -> float:
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def measure_copy_bandwidth() -> float:
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    ms = _median_ms(lambda: y.copy_(x))
-    return 2 * x.numel() / (ms * 1e-3)
-
-
-def measure_matmul_rate() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = _median_ms(lambda: a @ b)
-    return 2 * 8192**3 / (ms * 1e-3)
-
-
-def rel_err(out, ref) -> float:
-    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
-    return ((out.to(dtype) - ref).norm() / ref.norm()).item()
 
 
 def torch_path_fp32(u, k, pre, post, bias):
@@ -154,7 +139,7 @@ def time_forward(inputs, use_compile: bool) -> dict:
         ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
     del refs
     for name, fn in fns.items():
-        row[f"fwd_ms_{name}"] = _median_ms(fn) if ok[name] else None
+        row[f"fwd_ms_{name}"] = median_ms(fn) if ok[name] else None
     row["ok"] = ok
     return row
 
@@ -211,7 +196,7 @@ def time_kernel(inputs, n: int) -> dict:
         if not row[f"err_kernel_{name}"] < TOL_BF16:  # NaN (unwritten) fails too
             row[f"kernel_ms_{name}"] = None
             continue
-        ms = row[f"kernel_ms_{name}"] = _median_ms(run)
+        ms = row[f"kernel_ms_{name}"] = median_ms(run)
         row[f"kernel_tflops_{name}"] = triton_fwd.dot_flops(B, H, L, n, pair) / (ms * 1e-3) / 1e12
     row["dot_flops"] = triton_fwd.dot_flops(B, H, L, n)
     row["flop_floor_ms"] = row["dot_flops"] / MATMUL_FLOPS_PER_S * 1e3
@@ -244,10 +229,6 @@ def accuracy_summary() -> dict:
     return out
 
 
-def _fmt(x, spec=".3f"):
-    return "-" if x is None else format(x, spec)
-
-
 def print_table(rows: list[dict]) -> None:
     """Markdown: one line per (L, gating)."""
     cols = [
@@ -256,15 +237,15 @@ def print_table(rows: list[dict]) -> None:
             lambda r: f"{r['B']}x{r['H']}x{r['L']} {'gated' if r['gated'] else 'plain'}",
         ),
         ("n", lambda r: str(r["n"])),
-        ("torch fp32", lambda r: _fmt(r.get("fwd_ms_torch"))),
-        ("compile", lambda r: _fmt(r.get("fwd_ms_compile"))),
-        ("monarch", lambda r: _fmt(r.get("fwd_ms_monarch"))),
-        ("triton", lambda r: _fmt(r.get("fwd_ms_triton"))),
-        ("speedup", lambda r: _ratio(r.get("fwd_ms_torch"), r.get("fwd_ms_triton"))),
-        ("x floor", lambda r: _ratio(r.get("fwd_ms_triton"), r["floor_fwd_ms"], ".1f")),
-        ("kernel", lambda r: _fmt(r.get("kernel_ms_best"))),
-        ("kernel x floor", lambda r: _ratio(r.get("kernel_ms_best"), r["floor_fwd_ms"], ".1f")),
-        ("TFLOP/s", lambda r: _fmt(r.get("kernel_tflops_best"), ".0f")),
+        ("torch fp32", lambda r: fmt(r.get("fwd_ms_torch"))),
+        ("compile", lambda r: fmt(r.get("fwd_ms_compile"))),
+        ("monarch", lambda r: fmt(r.get("fwd_ms_monarch"))),
+        ("triton", lambda r: fmt(r.get("fwd_ms_triton"))),
+        ("speedup", lambda r: ratio(r.get("fwd_ms_torch"), r.get("fwd_ms_triton"))),
+        ("x floor", lambda r: ratio(r.get("fwd_ms_triton"), r["floor_fwd_ms"], ".1f")),
+        ("kernel", lambda r: fmt(r.get("kernel_ms_best"))),
+        ("kernel x floor", lambda r: ratio(r.get("kernel_ms_best"), r["floor_fwd_ms"], ".1f")),
+        ("TFLOP/s", lambda r: fmt(r.get("kernel_tflops_best"), ".0f")),
         (
             "partial L/8 torch / triton",
             lambda r: _pair(r, "fwd_ms_torch_partial", "fwd_ms_triton_partial"),
@@ -276,9 +257,9 @@ def print_table(rows: list[dict]) -> None:
         ("fwd+bwd torch / triton", lambda r: _pair(r, "fwdbwd_ms_torch", "fwdbwd_ms_triton")),
         (
             "fwd+bwd / fwd",
-            lambda r: _ratio(r.get("fwdbwd_ms_triton"), r.get("fwd_ms_triton"), ".1f"),
+            lambda r: ratio(r.get("fwdbwd_ms_triton"), r.get("fwd_ms_triton"), ".1f"),
         ),
-        ("err", lambda r: _fmt(r.get("err_triton"), ".1e")),
+        ("err", lambda r: fmt(r.get("err_triton"), ".1e")),
     ]
     print("| " + " | ".join(name for name, _ in cols) + " |")
     print("|" + " --- |" * len(cols))
@@ -290,12 +271,8 @@ def print_table(rows: list[dict]) -> None:
     )
 
 
-def _ratio(a, b, spec=".2f"):
-    return _fmt(a / b if a and b else None, spec)
-
-
 def _pair(r, a, b):
-    return f"{_fmt(r.get(a))} / {_fmt(r.get(b))}"
+    return f"{fmt(r.get(a))} / {fmt(r.get(b))}"
 
 
 def plot(rows: list[dict], path: Path) -> bool:

@@ -37,14 +37,12 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.testing import do_bench
 
+from benchmarks.common import HBM_BYTES_PER_S, MATMUL_FLOPS_PER_S, fmt, median_ms, rel_err
 from kernels import fftconv
 from kernels.fftconv import core, reference, triton_bwd
 from kernels.fftconv.plan import make_plan
 
-HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (benchmarks/NOTES.md)
-MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
 TOTAL = 2**27  # B * H * L
 H = 1024
 LENGTHS = (256, 512, 1024, 2048, 4096)
@@ -76,14 +74,6 @@ def variants(n: int) -> dict[str, dict]:
         out["256x32-w16-acc-mem"] = {"config": C(256, 16, acc_in_memory=True)}
     out["default-1-pair-per-program"] = {"pairs_per_program": 1}
     return out
-
-
-def _median_ms(fn, grad_to_none=None) -> float:
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
-
-
-def rel_err(out, ref) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def floor_ms(gated: bool, backward: bool) -> float:
@@ -162,8 +152,8 @@ def time_public(inputs, dy, ref, needs) -> dict:
         ok = all(e < TOL_BF16 for e in errs.values())  # NaN fails too
         row[f"ok_{name}"] = ok
         with torch.no_grad():
-            row[f"fwd_ms_{name}"] = _median_ms(forward) if ok else None
-        row[f"fwdbwd_ms_{name}"] = _median_ms(step, grad_to_none=grads) if ok else None
+            row[f"fwd_ms_{name}"] = median_ms(forward) if ok else None
+        row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=grads) if ok else None
     fwd, fb = row["fwd_ms_triton"], row["fwdbwd_ms_triton"]
     row["ratio_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     row["meets_target"] = bool(fwd and fb and fb / fwd <= TARGET_RATIO)
@@ -184,7 +174,7 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
     errs = {nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None}
     row["fused_bwd_err"] = errs
     ok = all(e < TOL_BF16 for e in errs.values())
-    row["fused_bwd_ms"] = _median_ms(whole) if ok else None
+    row["fused_bwd_ms"] = median_ms(whole) if ok else None
     del got
 
     outs = tuple(torch.empty_like(u) for _ in range(3))
@@ -213,7 +203,7 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
         if not all(e < TOL_BF16 for e in errs.values()):
             row[f"kernel_ms_{name}"] = None
             continue
-        ms = row[f"kernel_ms_{name}"] = _median_ms(run)
+        ms = row[f"kernel_ms_{name}"] = median_ms(run)
         config = options.get("config") or triton_bwd.config_for(n)
         flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1)
         row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
@@ -310,10 +300,6 @@ def run_static(lengths: list[int], out: Path) -> None:
                 out.write_text(json.dumps({"rows": rows}, indent=1))
 
 
-def _fmt(x, spec=".3f"):
-    return "-" if x is None else format(x, spec)
-
-
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'shape (BxHxL) gate':<24}{'n':>6}{'fwd trit':>9}{'fb torch':>9}{'fb trit':>9}"
@@ -328,12 +314,12 @@ def print_table(rows: list[dict]) -> None:
         best = r.get("kernel_best")
         tflops = r.get(f"kernel_tflops_{best}") if best else None
         print(
-            f"{shape:<24}{r['n']:>6}{_fmt(r.get('fwd_ms_triton')):>9}{_fmt(fbt):>9}{_fmt(fbf):>9}"
-            f"{_fmt(r.get('ratio_fwdbwd_over_fwd_triton'), '.2f'):>7}"
-            f"{_fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
-            f"{_fmt(r.get('fused_bwd_ms')):>8}{_fmt(kern):>8}"
-            f"{_fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
-            f"{_fmt(tflops, '.0f'):>6}  {best or '-'}"
+            f"{shape:<24}{r['n']:>6}{fmt(r.get('fwd_ms_triton')):>9}{fmt(fbt):>9}{fmt(fbf):>9}"
+            f"{fmt(r.get('ratio_fwdbwd_over_fwd_triton'), '.2f'):>7}"
+            f"{fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
+            f"{fmt(r.get('fused_bwd_ms')):>8}{fmt(kern):>8}"
+            f"{fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
+            f"{fmt(tflops, '.0f'):>6}  {best or '-'}"
         )
     print(
         f"ms: medians; fb: forward+backward (public call); fb/fwd: triton's ratio (target <= "

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.testing import do_bench
 
+from benchmarks.common import fmt, measure_copy_bandwidth, median_ms, rel_err
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv import triton_long
 
@@ -48,21 +48,6 @@ def shape_for(L: int) -> tuple[int, int]:
     """(B, H) with B * H * L = TOTAL and at least 8 sequences per channel (4 pairs)."""
     H = max(1, min(1024, TOTAL // (8 * L)))
     return TOTAL // (H * L), H
-
-
-def _median_ms(fn) -> float:
-    return do_bench(fn, warmup=10, rep=60, return_mode="median")
-
-
-def measure_copy_bandwidth() -> float:
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    ms = _median_ms(lambda: y.copy_(x))
-    return 2 * x.numel() / (ms * 1e-3)
-
-
-def rel_err(out, ref) -> float:
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 def make_inputs(L: int, gated: bool):
@@ -155,17 +140,15 @@ def bench_length(L: int, gated: bool, splits: bool, with_torch: bool, copy_bw: f
         result = fn()
         err = rel_err(out if result is None else result, ref)
         row[f"err_{name}"] = err
-        ms = _median_ms(fn) if err < TOL_BF16 else None  # NaN (unwritten) fails too
+        ms = (
+            median_ms(fn, warmup=10, rep=60) if err < TOL_BF16 else None
+        )  # NaN (unwritten) fails too
         row[f"ms_{name}"] = ms
         row[f"floor_x_{name}"] = ms / floor_ms if ms else None
         if name == "kernel" and ms:
             row["kernel_split_ms"] = kernel_split_ms(fn)
     del ref
     return row
-
-
-def _fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -177,15 +160,15 @@ def print_table(rows: list[dict]) -> None:
     print("-" * len(head))
     for r in rows:
         split = r.get("kernel_split_ms") or {}
-        parts = "/".join(_fmt(split.get(k), ".2f") for k in KERNEL_NAMES) if split else "-"
+        parts = "/".join(fmt(split.get(k), ".2f") for k in KERNEL_NAMES) if split else "-"
         shape, split_ = f"{r['B']}x{r['H']}", f"{r['split'][0]}x{r['split'][1]}"
         print(
             f"{r['L']:>8} {'gated' if r['gated'] else 'plain':<6}{shape:>10}{split_:>11}"
-            f"{_fmt(r['floor_ms'], '.3f'):>7}"
-            f"{_fmt(r.get('ms_torch_fp32')):>8}{_fmt(r.get('ms_torch_bf16')):>8}"
-            f"{_fmt(r.get('ms_triton')):>8}{_fmt(r.get('ms_kernel'), '.3f'):>8}"
-            f"{_fmt(r.get('floor_x_kernel'), '.1f'):>7}{_fmt(r.get('ms_kernel_l2'), '.3f'):>8}"
-            f"{parts:>20}{_fmt(r.get('err_kernel'), '.1e'):>9}"
+            f"{fmt(r['floor_ms'], '.3f'):>7}"
+            f"{fmt(r.get('ms_torch_fp32'), '.2f'):>8}{fmt(r.get('ms_torch_bf16'), '.2f'):>8}"
+            f"{fmt(r.get('ms_triton'), '.2f'):>8}{fmt(r.get('ms_kernel'), '.3f'):>8}"
+            f"{fmt(r.get('floor_x_kernel'), '.1f'):>7}{fmt(r.get('ms_kernel_l2'), '.3f'):>8}"
+            f"{parts:>20}{fmt(r.get('err_kernel'), '.1e'):>9}"
         )
     print(
         "ms: do_bench medians; floor: u, y (+ gates) at 2 B/element over the measured copy "
@@ -202,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv_long needs a CUDA device")
-    copy_bw = measure_copy_bandwidth()
+    copy_bw = measure_copy_bandwidth(warmup=10, rep=60)
     meta = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -23,13 +23,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
 
+from benchmarks.common import (
+    HBM_BYTES_PER_S,
+    fmt,
+    measure_copy_bandwidth,
+    median_ms,
+    ratio,
+    rel_err,
+)
 from kernels import short_conv
 from kernels.short_conv import reference
 from kernels.short_conv import triton as triton_backend
 
-HBM_BYTES_PER_S = 4.2e12  # H200 copy bandwidth (benchmarks/NOTES.md)
 TOTAL = 2**27  # B * D * L, approximately
 CHANNELS = (1024, 2592)  # 2592 = 3 * 864: hyena-s's short-conv width (in_proj to 3 * d_model)
 LENGTHS = (1024, 2048, 8192)
@@ -42,20 +48,6 @@ KERNEL_VARIANTS = {
     "t4096-w8": (4096, 8),
     "t8192-w8": (8192, 8),
 }
-
-
-def _median_ms(fn, grad_to_none=None) -> float:
-    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
-
-
-def measure_copy_bandwidth() -> float:
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    return 2 * x.numel() / (_median_ms(lambda: y.copy_(x)) * 1e-3)
-
-
-def rel_err(out, ref) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def conv1d_path(x, w, bias, layout: str):
@@ -122,12 +114,12 @@ def bench_shape(layout: str, D: int, L: int, K: int) -> dict:
             row[f"fwd_ms_{name}"] = row[f"fwdbwd_ms_{name}"] = None
             continue
         with torch.no_grad():
-            row[f"fwd_ms_{name}"] = _median_ms(lambda fn=fn: fn(x, w, bias))
+            row[f"fwd_ms_{name}"] = median_ms(lambda fn=fn: fn(x, w, bias))
 
         def step(fn=fn):
             fn(*leaves).backward(dy)
 
-        row[f"fwdbwd_ms_{name}"] = _median_ms(step, grad_to_none=leaves)
+        row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=leaves)
     row.update(time_kernels(x, w, bias, dy, layout))
     return row
 
@@ -158,36 +150,28 @@ def time_kernels(x, w, bias, dy, layout: str) -> dict:
         if not err < TOL_BF16:
             row[f"kernel_fwd_ms_{name}"] = row[f"kernel_bwd_ms_{name}"] = None
             continue
-        row[f"kernel_fwd_ms_{name}"] = _median_ms(fwd)
-        row[f"kernel_bwd_ms_{name}"] = _median_ms(bwd)
+        row[f"kernel_fwd_ms_{name}"] = median_ms(fwd)
+        row[f"kernel_bwd_ms_{name}"] = median_ms(bwd)
     return row
-
-
-def _fmt(x, spec=".3f"):
-    return "-" if x is None else format(x, spec)
-
-
-def _ratio(a, b, spec=".2f"):
-    return _fmt(a / b if a and b else None, spec)
 
 
 def print_table(rows: list[dict]) -> None:
     cols = [
         ("layout BxDxL K", lambda r: f"{r['layout']} {r['B']}x{r['D']}x{r['L']} {r['K']}"),
-        ("fwd torch", lambda r: _fmt(r["fwd_ms_torch"])),
-        ("fwd conv1d", lambda r: _fmt(r["fwd_ms_conv1d"])),
-        ("fwd triton", lambda r: _fmt(r["fwd_ms_triton"])),
-        ("vs torch", lambda r: _ratio(r["fwd_ms_torch"], r["fwd_ms_triton"])),
-        ("vs conv1d", lambda r: _ratio(r["fwd_ms_conv1d"], r["fwd_ms_triton"])),
-        ("x floor", lambda r: _ratio(r["fwd_ms_triton"], r["floor_fwd_ms"], ".1f")),
-        ("fwd+bwd torch", lambda r: _fmt(r["fwdbwd_ms_torch"])),
-        ("fwd+bwd conv1d", lambda r: _fmt(r["fwdbwd_ms_conv1d"])),
-        ("fwd+bwd triton", lambda r: _fmt(r["fwdbwd_ms_triton"])),
-        ("vs torch", lambda r: _ratio(r["fwdbwd_ms_torch"], r["fwdbwd_ms_triton"])),
-        ("vs conv1d", lambda r: _ratio(r["fwdbwd_ms_conv1d"], r["fwdbwd_ms_triton"])),
-        ("x floor", lambda r: _ratio(r["fwdbwd_ms_triton"], r["floor_fwdbwd_ms"], ".1f")),
+        ("fwd torch", lambda r: fmt(r["fwd_ms_torch"])),
+        ("fwd conv1d", lambda r: fmt(r["fwd_ms_conv1d"])),
+        ("fwd triton", lambda r: fmt(r["fwd_ms_triton"])),
+        ("vs torch", lambda r: ratio(r["fwd_ms_torch"], r["fwd_ms_triton"])),
+        ("vs conv1d", lambda r: ratio(r["fwd_ms_conv1d"], r["fwd_ms_triton"])),
+        ("x floor", lambda r: ratio(r["fwd_ms_triton"], r["floor_fwd_ms"], ".1f")),
+        ("fwd+bwd torch", lambda r: fmt(r["fwdbwd_ms_torch"])),
+        ("fwd+bwd conv1d", lambda r: fmt(r["fwdbwd_ms_conv1d"])),
+        ("fwd+bwd triton", lambda r: fmt(r["fwdbwd_ms_triton"])),
+        ("vs torch", lambda r: ratio(r["fwdbwd_ms_torch"], r["fwdbwd_ms_triton"])),
+        ("vs conv1d", lambda r: ratio(r["fwdbwd_ms_conv1d"], r["fwdbwd_ms_triton"])),
+        ("x floor", lambda r: ratio(r["fwdbwd_ms_triton"], r["floor_fwdbwd_ms"], ".1f")),
         ("best kernel fwd / bwd", lambda r: r.get("kernel_best", "-")),
-        ("err", lambda r: _fmt(r["err_triton"], ".1e")),
+        ("err", lambda r: fmt(r["err_triton"], ".1e")),
     ]
     print("| " + " | ".join(name for name, _ in cols) + " |")
     print("|" + " --- |" * len(cols))

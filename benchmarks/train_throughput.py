@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from benchmarks.common import fmt
 from kernels.fftconv.interface import resolve_backend
 from models.gpt import GPTLM
 from models.lm import HyenaLM
@@ -302,10 +303,6 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict) -> str:
     lines = [
         f"Training step of {'tiny models (smoke)' if meta['smoke'] else 'hyena-s / gpt-s'} on "
@@ -319,13 +316,13 @@ def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict)
     for r in rows:
         if r.get("status") == "ok":
             cells = (
-                _fmt(r["ms_per_step"], ".1f"),
-                _fmt(r["tokens_per_s"], ",.0f"),
-                _fmt(r.get("peak_gib"), ".1f"),
+                fmt(r["ms_per_step"], ".1f"),
+                fmt(r["tokens_per_s"], ",.0f"),
+                fmt(r.get("peak_gib"), ".1f"),
             )
         else:
             cells = (r["status"], "-", "-")
-        params = _fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".1f")
+        params = fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".1f")
         lines.append(
             f"| {r['model']} | {r['L']} | {r['batch']} | {' | '.join(cells)} | {params}M |"
         )
@@ -339,14 +336,14 @@ def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict)
         for n in names:
             r = next((r for r in rows if r["model"] == n and r["L"] == seq_len), None)
             ok = r is not None and r.get("status") == "ok"
-            tps.append(_fmt(r["tokens_per_s"], ",.0f") if ok else (r["status"] if r else "-"))
-        tt = _fmt(ratio(rows, "hyena-triton", "hyena-torch", seq_len), ".2f")
-        hg = _fmt(ratio(rows, "hyena-triton", "gpt-sdpa", seq_len), ".2f")
+            tps.append(fmt(r["tokens_per_s"], ",.0f") if ok else (r["status"] if r else "-"))
+        tt = fmt(ratio(rows, "hyena-triton", "hyena-torch", seq_len), ".2f")
+        hg = fmt(ratio(rows, "hyena-triton", "gpt-sdpa", seq_len), ".2f")
         lines.append(f"| {seq_len} | {' | '.join(tps)} | {tt}x | {hg}x |")
     lines.append("")
     for t in targets(rows):
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        lines.append(f"- {t['target']}: {_fmt(t['ratio'], '.2f')}x, {verdict}")
+        lines.append(f"- {t['target']}: {fmt(t['ratio'], '.2f')}x, {verdict}")
     return "\n".join(lines)
 
 
@@ -411,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["status"] == "ok":
             result = (
                 f"{row['ms_per_step']:.1f} ms/step  {row['tokens_per_s']:,.0f} tokens/s  "
-                f"peak {_fmt(row.get('peak_gib'), '.1f')} GiB"
+                f"peak {fmt(row.get('peak_gib'), '.1f')} GiB"
             )
         else:
             result = f"{row['status']}: {row.get('error', '')[:200]}"

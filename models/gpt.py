@@ -24,24 +24,21 @@ Design choices:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .lm import CONFIG_NAME, MLP, WEIGHTS_NAME, init_gpt2
+from .lm import MLP, CausalLM, LMConfig
 
 MODEL_TYPE = "gpt-lm"
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(LMConfig):
     name: str = "custom"  # preset this config came from (informational)
     vocab_size: int = 256  # tokens of the tokenizer
     pad_vocab_multiple: int = 8  # embedding rows padded up to a multiple of this
@@ -93,25 +90,6 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.pad_vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown model name {name!r}; known: {sorted(PRESETS)}")
-        return cls(**(PRESETS[name] | {"name": name} | overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**({k: v for k, v in d.items() if k in known} | overrides))
-
 
 PRESETS: dict[str, dict[str, Any]] = {
     # hyena-tiny's twin: CPU tests and the benchmark's smoke run
@@ -135,6 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         embed_dropout=0.1,
     ),
 }
+GPTConfig.presets = PRESETS
 
 
 def rotary_angles(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
@@ -191,27 +170,15 @@ class GPTBlock(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class GPTLM(nn.Module):
-    """Causal LM: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+class GPTLM(CausalLM):
+    """Causal LM with attention mixers: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+
+    MODEL_TYPE = MODEL_TYPE
+    CONFIG = GPTConfig
+    MIXER = CausalSelfAttention
 
     def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.padded_vocab_size, config.d_model)
-        self.drop = nn.Dropout(config.embed_dropout)
-        self.blocks = nn.ModuleList(GPTBlock(config) for _ in range(config.n_layer))
-        self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
-        self.apply(self._init_weights)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_gpt2(module, self.config.initializer_range, self.config.n_layer, CausalSelfAttention)
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTLM:
-        return cls(GPTConfig.from_name(name, **overrides))
+        super().__init__(config, GPTBlock)
 
     def forward(self, idx: Tensor) -> Tensor:
         if idx.ndim != 2:
@@ -226,37 +193,3 @@ class GPTLM(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.lm_head(self.norm_f(x))  # [B, L, V]
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    # -----------------------------------------------------------------------------------------
-    # HF-style export
-
-    def save_pretrained(self, save_directory: str | Path) -> Path:
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, "architectures": [type(self).__name__]}
-        config |= self.config.to_dict()
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        return out
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
-    ) -> GPTLM:
-        """Loads a ``save_pretrained`` directory; ``overrides`` replace config fields that do not
-        change parameter shapes (e.g. dropouts, ``l_max``)."""
-        directory = Path(directory)
-        config_file = directory / CONFIG_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found: not a save_pretrained directory")
-        raw = json.loads(config_file.read_text())
-        if raw.get("model_type") != MODEL_TYPE:
-            raise ValueError(
-                f"{config_file} has model_type={raw.get('model_type')!r}, expected {MODEL_TYPE!r}"
-            )
-        model = cls(GPTConfig.from_dict(raw, **overrides))
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(map_location))
-        return model

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -37,8 +37,34 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "hyena-lm"
 
 
+class LMConfig:
+    """What the LM configs (dataclasses) share: presets by name, plain dicts for export, and the
+    padded vocabulary. A subclass sets ``presets`` (its named configurations)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> LMConfig:
+        if name not in cls.presets:
+            raise ValueError(f"unknown model name {name!r}; known: {sorted(cls.presets)}")
+        return cls(**(cls.presets[name] | {"name": name} | overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> LMConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**({k: v for k, v in d.items() if k in known} | overrides))
+
+
 @dataclass
-class HyenaConfig:
+class HyenaConfig(LMConfig):
     name: str = "custom"  # preset this config came from (informational)
     vocab_size: int = 256  # tokens of the tokenizer
     pad_vocab_multiple: int = 8  # embedding rows padded up to a multiple of this
@@ -96,25 +122,6 @@ class HyenaConfig:
                 f"model.fftconv_backend must be one of {BACKENDS}; got {self.fftconv_backend!r}"
             )
 
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.pad_vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> HyenaConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown model name {name!r}; known: {sorted(PRESETS)}")
-        return cls(**(PRESETS[name] | {"name": name} | overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides: Any) -> HyenaConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**({k: v for k, v in d.items() if k in known} | overrides))
-
 
 # Hyena paper's 153M GPT-style model on the Pile (GPT-2 tokenizer), 2K context
 _HYENA_S: dict[str, Any] = dict(
@@ -147,6 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hyena-s-4k": _HYENA_S | {"l_max": 4096},
     "hyena-s-8k": _HYENA_S | {"l_max": 8192},
 }
+HyenaConfig.presets = PRESETS
 
 
 def sample_logits(
@@ -231,15 +239,25 @@ def init_gpt2(module: nn.Module, std: float, n_layer: int, mixer: type[nn.Module
         nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * n_layer))
 
 
-class HyenaLM(nn.Module):
-    """Causal LM: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+class CausalLM(nn.Module):
+    """Token ids [B, L] -> logits [B, L, padded_vocab_size]: embedding, ``n_layer`` pre-norm
+    blocks, final norm, head tied to the embedding, GPT-2 init, HF-style export.
 
-    def __init__(self, config: HyenaConfig) -> None:
+    A subclass sets ``MODEL_TYPE`` (its ``config.json`` tag), ``CONFIG`` (its config class)
+    and ``MIXER`` (the sequence mixer whose ``out_proj`` writes into the residual stream),
+    passes its block class to ``__init__`` and writes ``forward``.
+    """
+
+    MODEL_TYPE: ClassVar[str]
+    CONFIG: ClassVar[type[LMConfig]]
+    MIXER: ClassVar[type[nn.Module]]
+
+    def __init__(self, config: LMConfig, block: type[nn.Module]) -> None:
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.drop = nn.Dropout(config.embed_dropout)
-        self.blocks = nn.ModuleList(HyenaBlock(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(block(config) for _ in range(config.n_layer))
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -247,20 +265,60 @@ class HyenaLM(nn.Module):
             self.lm_head.weight = self.wte.weight
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_gpt2(module, self.config.initializer_range, self.config.n_layer, HyenaOperator)
+        init_gpt2(module, self.config.initializer_range, self.config.n_layer, self.MIXER)
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> HyenaLM:
-        return cls(HyenaConfig.from_name(name, **overrides))
+    def from_name(cls, name: str, **overrides: Any) -> CausalLM:
+        return cls(cls.CONFIG.from_name(name, **overrides))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": self.MODEL_TYPE, "architectures": [type(self).__name__]}
+        config |= self.config.to_dict()
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+    ) -> CausalLM:
+        """Loads a ``save_pretrained`` directory; ``overrides`` replace config fields that do not
+        change parameter shapes (e.g. ``filter_len``, ``fftconv_backend``, dropouts)."""
+        directory = Path(directory)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a save_pretrained directory")
+        raw = json.loads(config_file.read_text())
+        if raw.get("model_type") != cls.MODEL_TYPE:
+            raise ValueError(
+                f"{config_file} has model_type={raw.get('model_type')!r}, "
+                f"expected {cls.MODEL_TYPE!r}"
+            )
+        model = cls(cls.CONFIG.from_dict(raw, **overrides))
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(map_location))
+        return model
+
+
+class HyenaLM(CausalLM):
+    """Causal LM with Hyena mixers: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+
+    MODEL_TYPE = MODEL_TYPE
+    CONFIG = HyenaConfig
+    MIXER = HyenaOperator
+
+    def __init__(self, config: HyenaConfig) -> None:
+        super().__init__(config, HyenaBlock)
 
     def forward(self, idx: Tensor) -> Tensor:
         x = self.drop(self.wte(idx))  # [B, L, d]
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.norm_f(x))  # [B, L, V]
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # -----------------------------------------------------------------------------------------
     # Sampling
@@ -373,34 +431,3 @@ class HyenaLM(nn.Module):
         finally:
             self.train(was_training)
         return idx
-
-    # -----------------------------------------------------------------------------------------
-    # HF-style export
-
-    def save_pretrained(self, save_directory: str | Path) -> Path:
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, "architectures": [type(self).__name__]}
-        config |= self.config.to_dict()
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_model(self, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        return out
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
-    ) -> HyenaLM:
-        """Loads a ``save_pretrained`` directory; ``overrides`` replace config fields that do not
-        change parameter shapes (e.g. ``filter_len``, ``fftconv_backend``, dropouts)."""
-        directory = Path(directory)
-        config_file = directory / CONFIG_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found: not a save_pretrained directory")
-        raw = json.loads(config_file.read_text())
-        if raw.get("model_type") != MODEL_TYPE:
-            raise ValueError(
-                f"{config_file} has model_type={raw.get('model_type')!r}, expected {MODEL_TYPE!r}"
-            )
-        model = cls(HyenaConfig.from_dict(raw, **overrides))
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(map_location))
-        return model

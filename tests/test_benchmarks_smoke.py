@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,13 @@ import pytest
 import torch
 
 from benchmarks import train_throughput as tt
+from tests.helpers import ROOT, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
 
 
 def run_benchmark(out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "2"}
+    env = subprocess_env(OMP_NUM_THREADS="2")
     env.pop("TRITON_INTERPRET", None)  # the interpreted kernel is far too slow for a smoke run
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_throughput", *args, "--out", str(out)],

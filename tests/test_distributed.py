@@ -21,12 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import FSDPPrecision
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch.distributed.fsdp import ShardingStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -35,9 +33,8 @@ from data.resumable import ResumableDataLoader, ResumableSampler
 from data.stdlib_text import StdlibTextDataModule
 from models import HyenaLM
 from models.lm import HyenaBlock
+from tests.helpers import ROOT, make_cfg, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 SEQ_LEN = 64
 B = 2  # sequences per rank and step on 2 ranks; the single-process reference takes 2 * B
 STEPS = 8
@@ -145,28 +142,16 @@ def common_overrides(cache_dir: Path, accelerator: str = "cpu") -> list[str]:
     ]
 
 
-def make_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
-
-
 def run_in_process(overrides: list[str], out: Path) -> dict[int, list[dict]]:
     """train.py's ``train(cfg)`` in this process (one rank); returns the probe's records."""
-    train_entry.train(make_cfg([*overrides, *probe_overrides(out / "probe")], out))
+    train_entry.train(make_cfg("train", [*overrides, *probe_overrides(out / "probe")], out))
     return read_probe(out / "probe")
 
 
 def run_cli(overrides: list[str], out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python train.py`` in a new session (Lightning starts the other ranks in it), killed as
     a group if it outlives ``timeout``."""
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = subprocess_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", f"hydra.run.dir={out}", *overrides]
     proc = subprocess.Popen(
         command,
@@ -268,20 +253,22 @@ def test_world_size_resolves_devices_as_lightning_does(trainer, expected):
 
 def test_global_batch_size_sets_accumulation_or_refuses_a_conflict(tmp_path, capsys):
     base = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"]
-    cfg = make_cfg([*base, "global_batch_size=32"], tmp_path)
+    cfg = make_cfg("train", [*base, "global_batch_size=32"], tmp_path)
     assert train_entry.apply_global_batch_size(cfg) == 2
     assert cfg.trainer.accumulate_grad_batches == 4
     assert "global batch 32 = data.batch_size 4 x 2 process(es) x 4" in capsys.readouterr().out
 
-    cfg = make_cfg([*base, "global_batch_size=32", "+trainer.accumulate_grad_batches=2"], tmp_path)
+    cfg = make_cfg(
+        "train", [*base, "global_batch_size=32", "+trainer.accumulate_grad_batches=2"], tmp_path
+    )
     with pytest.raises(ValueError, match="needs trainer.accumulate_grad_batches=4, but the config"):
         train_entry.apply_global_batch_size(cfg)
-    cfg = make_cfg([*base, "global_batch_size=20"], tmp_path)
+    cfg = make_cfg("train", [*base, "global_batch_size=20"], tmp_path)
     with pytest.raises(
         ValueError, match=r"global_batch_size=20 .* data.batch_size=4 x world size 2"
     ):
         train_entry.apply_global_batch_size(cfg)
-    cfg = make_cfg(base, tmp_path)
+    cfg = make_cfg("train", base, tmp_path)
     assert train_entry.apply_global_batch_size(cfg) is None
     assert "accumulate_grad_batches" not in cfg.trainer
 
@@ -406,7 +393,7 @@ def test_ddp_killed_run_resumes_at_the_same_step_and_data(ddp_run, tmp_path, cac
 
 
 def test_fsdp_configs_build_the_intended_strategy(tmp_path):
-    cfg = make_cfg(["trainer=fsdp"], tmp_path)
+    cfg = make_cfg("train", ["trainer=fsdp"], tmp_path)
     mixed = FSDPPrecision(cfg.trainer.precision).mixed_precision_config
     assert (mixed.param_dtype, mixed.reduce_dtype) == (torch.bfloat16, torch.bfloat16)
     strategy = instantiate(cfg.trainer.strategy)
@@ -416,7 +403,7 @@ def test_fsdp_configs_build_the_intended_strategy(tmp_path):
     policy = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(policy, ModuleWrapPolicy) and policy._module_classes == {HyenaBlock}
 
-    cfg = make_cfg(["trainer=fsdp_cpu"], tmp_path)
+    cfg = make_cfg("train", ["trainer=fsdp_cpu"], tmp_path)
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer.strategy, train_entry.FSDPStrategy)
     assert trainer.world_size == 2 and trainer.strategy.root_device.type == "cpu"
@@ -472,10 +459,7 @@ def test_fsdp_on_cpu_trains_like_one_process_checkpoints_exports_and_tests(
 
 
 def run_benchmark(out: Path, *args: str) -> dict:
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.multi_gpu", *args, "--out", str(out)],
         cwd=ROOT,

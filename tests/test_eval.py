@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict
 
 import eval as eval_entry
 import train as train_entry
@@ -23,20 +20,9 @@ from data.recall import RecallDataModule
 from data.stdlib_text import StdlibTextDataModule
 from data.tokenizers import ByteTokenizer
 from models.lm import HyenaLM
+from tests.helpers import ROOT, make_cfg, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 SMALL = ["data.max_bytes=300000", "model.l_max=64"]
-
-
-def make_cfg(name: str, overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +246,7 @@ def test_bad_sample_settings_name_the_setting(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_cli_sampling(partial_run, tmp_path, cache_dir):
     out_file = tmp_path / "samples.json"
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    }
+    env = subprocess_env()
     proc = subprocess.run(
         [
             sys.executable,

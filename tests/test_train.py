@@ -4,40 +4,26 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import eval as eval_entry
 import train as train_entry
 from models import HyenaLM
 from models.tasks import LanguageModelTask
+from tests.helpers import CONFIG_DIR, ROOT, make_cfg, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 HAS_CUDA = torch.cuda.is_available()
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "fsdp")}
 
 SMALL_DATA = ["data.max_bytes=1000000"]
-
-
-def make_cfg(name: str, overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-    return cfg
 
 
 def config_options() -> list[tuple[str, str]]:
@@ -288,9 +274,7 @@ def test_finished_run_extends_at_the_same_data_position(tmp_path, cache_dir, mon
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess:
     """``python *argv`` from the repository root; fails the test on a non-zero exit."""
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    }
+    env = subprocess_env()
     proc = subprocess.run(
         [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

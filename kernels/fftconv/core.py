@@ -47,7 +47,7 @@ def _as_compute(kf: Tensor, dtype: torch.dtype) -> Tensor:
     return kf.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
-def _window(z_lin: Tensor, plan: ConvPlan) -> Tensor:
+def window(z_lin: Tensor, plan: ConvPlan) -> Tensor:
     if not plan.fold:
         return z_lin
     L = plan.seq_len
@@ -55,13 +55,13 @@ def _window(z_lin: Tensor, plan: ConvPlan) -> Tensor:
     return torch.cat([head[..., : L - 1] + tail, head[..., L - 1 :]], dim=-1)
 
 
-def _window_adjoint(dz: Tensor, plan: ConvPlan) -> Tensor:
+def window_adjoint(dz: Tensor, plan: ConvPlan) -> Tensor:
     if not plan.fold:
         return dz
     return torch.cat([dz, dz[..., : plan.seq_len - 1]], dim=-1)
 
 
-def _gated_input(u: Tensor, pregate: Tensor | None, dtype: torch.dtype) -> Tensor:
+def gated_input(u: Tensor, pregate: Tensor | None, dtype: torch.dtype) -> Tensor:
     v = u.to(dtype)
     return v * pregate.to(dtype) if pregate is not None else v
 
@@ -84,8 +84,8 @@ def forward(
         y = fused(u, kf, pregate, postgate, bias, plan)
         if y is not None:
             return y
-    v = _gated_input(u, pregate, dtype)
-    z = _window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
+    v = gated_input(u, pregate, dtype)
+    z = window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
     y = z * postgate.to(dtype) if postgate is not None else z
     if bias is not None:
         y = y + bias.to(dtype)[:, None] * v
@@ -115,19 +115,19 @@ def backward(
         if grads is not None:
             return grads
     dy = dy.to(dtype)
-    v = _gated_input(u, pregate, dtype)
+    v = gated_input(u, pregate, dtype)
     V = backend.rfft(v, n, keep) if (need_k or need_post) else None
 
     d_post = None
     if need_post:
-        z = _window(backend.irfft(V * kf, n, plan.out_len, keep), plan)
+        z = window(backend.irfft(V * kf, n, plan.out_len, keep), plan)
         d_post = (dy * z).to(postgate.dtype)
     dz = dy * postgate.to(dtype) if postgate is not None else dy
     d_bias = (dy * v).sum(dim=(0, 2)).to(bias.dtype) if need_bias else None
 
     d_u = d_pre = d_k = None
     if need_u or need_pre or need_k:
-        DL = backend.rfft(_window_adjoint(dz, plan), n, keep)
+        DL = backend.rfft(window_adjoint(dz, plan), n, keep)
         if need_k:
             d_k = backend.irfft((DL * torch.conj_physical(V)).sum(dim=0), n, kc.shape[-1], keep).to(
                 kc.dtype

@@ -8,13 +8,13 @@ convolution one opaque node for autograd and ``torch.compile``; the backends do 
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ..backends import triton_unusable
 from . import core
 from .plan import MODES, ConvPlan, make_plan
 
@@ -31,29 +31,18 @@ def _backend_module(name: str) -> ModuleType:
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
-@torch.compiler.assume_constant_result  # a constant to torch.compile: no import traced
-def _triton_unusable(device_type: str) -> str | None:
-    """None when the Triton backend can run on this device type, else the reason it cannot."""
-    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device_type}"
-    try:
-        _backend_module("triton")
-    except ImportError as err:
-        return f"it could not be imported ({err})"
-    return None
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs: ``"auto"`` is Triton on CUDA when it can run, torch otherwise; an
+    explicit ``"triton"`` that cannot run raises."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    if backend == "triton":
-        reason = _triton_unusable(device.type)
-        if reason is not None:
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        reason = triton_unusable(device.type, _BACKEND_MODULES["triton"])
+        if reason is None:
+            return "triton"
+        if backend == "triton":
             raise ValueError(f"backend='triton' is not usable here: {reason}")
-    if backend == "auto":
-        usable = device.type == "cuda" and _triton_unusable(device.type) is None
-        return "triton" if usable else "torch"
-    return backend
+    return "torch" if backend == "auto" else backend
 
 
 class FilterSpectrum(NamedTuple):

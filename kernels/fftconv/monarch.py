@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..backends import canonical_device
+
 # Factor rule: complex sizes up to SINGLE_MATRIX_MAX are one DFT matrix (order 1); larger sizes
 # use the fewest factors of at most 2**MAX_FACTOR_LOG2 each, and never fewer than two.
 SINGLE_MATRIX_MAX = 16
@@ -261,13 +263,6 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
 
 
-def _canonical_device(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _tables(n: int, device: torch.device, cdtype: torch.dtype) -> _Tables:
     key = (n, device, cdtype)
     if key not in _CACHE:
@@ -298,7 +293,7 @@ def prepare(n: int, device: torch.device | str, dtype: torch.dtype) -> None:
     every layer.
     """
     _log2_exact(n, "n", 2)
-    _tables(n, _canonical_device(device), _complex_dtype(dtype))
+    _tables(n, canonical_device(device), _complex_dtype(dtype))
 
 
 def _stage_matrices(tabs: _Tables, plan: TransformPlan) -> list[Tensor]:
@@ -446,7 +441,7 @@ def rfft(x: Tensor, n: int, keep_bins: int) -> Tensor:
     if keep <= 0 or x.numel() == 0:
         return torch.zeros(*batch, N + 1, dtype=cdtype, device=x.device)
 
-    tabs = _tables(n, _canonical_device(x.device), cdtype)
+    tabs = _tables(n, canonical_device(x.device), cdtype)
     plan = _cached_rfft_plan(n, m, keep)
     layout = _layout(tabs, plan.freq_digits, keep)
     row = N // tabs.factors[0]
@@ -483,7 +478,7 @@ def irfft(X: Tensor, n: int, out_len: int, keep_bins: int) -> Tensor:
     if keep <= 0 or X.numel() == 0:
         return torch.zeros(*batch, out_len, dtype=rdtype, device=X.device)
 
-    tabs = _tables(n, _canonical_device(X.device), cdtype)
+    tabs = _tables(n, canonical_device(X.device), cdtype)
     plan = _cached_irfft_plan(n, out_len, keep)
     layout = _layout(tabs, plan.freq_digits, keep)
 

@@ -79,6 +79,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backends import sm_count
 from . import triton_fwd
 from .triton_fwd import (
     DTYPES,
@@ -439,16 +440,10 @@ def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:
     return torch.fft.ifft(S, norm="forward").real[:, :m]
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few chunks per channel, to exercise the partial sums
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
+    return sm_count(device)
 
 
 def pairs_per_program_for(B: int, H: int, device: torch.device) -> int:

@@ -64,6 +64,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backends import canonical_device, sm_count
+
 MIN_FFT = 256
 MAX_FFT = 8192
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -106,8 +108,7 @@ def constants(
     """``(dft1 [2, N1, N1], dft2 [2, N2, N2])`` in ``dtype`` and ``twiddle [2, N1, N2]`` fp32
     (real and imaginary planes) for the factors ``N1 x N2 = n`` (default ``split(n)``; the
     backward picks its own), cached per (N1, N2, device, dtype) and shared by every kernel."""
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one entry
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = canonical_device(device)  # "cuda" and "cuda:0": one entry
     N1, N2 = split(n) if N1 is None else (N1, n // N1)
     key = (N1, N2, device, dtype)
     if key not in _CONSTANTS:
@@ -342,18 +343,12 @@ def num_warps_for(n: int) -> int:
     return 8 if n >= 8192 else 4
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
 def steps_for(n: int, H: int, per_channel: int, device: torch.device) -> int:
     """Steps per program: as many as keep at least ``PROGRAMS_PER_SM`` programs per SM (the
     tables and filter are then loaded once for several sequences), at most ``MAX_STEPS``."""
     if device.type != "cuda":
         return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    target = PROGRAMS_PER_SM * _SM_COUNT[index]
+    target = PROGRAMS_PER_SM * sm_count(device)
     steps = 1
     while steps < MAX_STEPS and H * triton.cdiv(per_channel, 2 * steps) >= target:
         steps *= 2

@@ -89,7 +89,8 @@ import torch
 import triton
 from torch import Tensor
 
-from . import reference, triton_fwd
+from ..backends import canonical_device, sm_count
+from . import core, reference, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
     cols_fwd2_kernel,
@@ -194,18 +195,11 @@ def _unitary_dft(size: int, tile: int, device: torch.device) -> Tensor:
     return out
 
 
-def _canonical(device: torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0": one entry
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def constants(split: LongSplit, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """One level: ``(dft [2, T, T],)`` with ``T = n0_tile``; two levels:
     ``(dft_p [2, P, P], dft_q [2, Q, Q], twiddle [2, P, Q])``, the twiddle ``w_N0^(c b)`` fp32,
     the DFT matrices in ``dtype``. Cached per (outer sizes, device, dtype)."""
-    device = _canonical(device)
+    device = canonical_device(device)
     key = (split.p, split.q, device, dtype)
     if key not in _CONSTANTS:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -236,9 +230,9 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
     if n > MAX_INNER:
         split = make_split(n, dtype=dtype)
         constants(split, device, dtype)
-        triton_fwd.constants(split.m, _canonical(device), dtype)
+        triton_fwd.constants(split.m, canonical_device(device), dtype)
     else:  # folded plans at n <= 8192 run triton_fwd's kernel at max(n, 256)
-        triton_fwd.constants(max(n, MIN_INNER), _canonical(device), dtype)
+        triton_fwd.constants(max(n, MIN_INNER), canonical_device(device), dtype)
 
 
 def spectrum_layout(kf: Tensor, split: LongSplit, conj: bool = False) -> Tensor:
@@ -296,9 +290,6 @@ def _chunks(H: int, nbp: int, per_signal: int, limit: int):
             yield h0, 1, b0, min(bc, nbp - b0)
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
 def _steps_for(inner: int, channels: int, pairs: int, device: torch.device) -> int:
     """Pairs per program: the most (a power of two, at most ``MAX_STEPS`` and the pairs per
     channel) that keep ``PROGRAMS_PER_SM`` programs per SM; the interpreter takes all of them
@@ -306,10 +297,7 @@ def _steps_for(inner: int, channels: int, pairs: int, device: torch.device) -> i
     cap = min(MAX_STEPS, triton.next_power_of_2(pairs))
     if device.type != "cuda":
         return cap
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    target = PROGRAMS_PER_SM * _SM_COUNT[index]
+    target = PROGRAMS_PER_SM * sm_count(device)
     steps = 1
     while steps * 2 <= cap and inner * channels * triton.cdiv(pairs, 2 * steps) >= target:
         steps *= 2
@@ -401,7 +389,7 @@ def conv_long(
     )
     y = torch.empty(B, H, out_len, device=x.device, dtype=out_dtype) if out is None else out
     tables = constants(split, x.device, x.dtype)
-    inner = triton_fwd.constants(m, _canonical(x.device), x.dtype)
+    inner = triton_fwd.constants(m, canonical_device(x.device), x.dtype)
     precision = precision or triton_fwd.dot_precision(x)
     num_warps = num_warps or default_num_warps(split, bt)
     rows_warps = rows_warps or triton_fwd.num_warps_for(m)
@@ -497,17 +485,6 @@ def _linear(
     return triton_fwd.launch(v, spectrum, None, None, None, n)[..., :out_len]
 
 
-def _fold(lin: Tensor, L: int) -> Tensor:
-    """``y[t] = lin[t] + lin[t + L]`` (t < L - 1), ``y[L - 1] = lin[L - 1]``: the circular
-    convolution of length L from the first 2L - 1 samples of the linear one."""
-    lin = lin.float()
-    return torch.cat([lin[..., : L - 1] + lin[..., L : 2 * L - 1], lin[..., L - 1 : L]], dim=-1)
-
-
-def _gated(u: Tensor, pregate: Tensor | None) -> Tensor:
-    return u.float() * pregate.float() if pregate is not None else u.float()
-
-
 def long_forward(
     u: Tensor,
     kf: Tensor,
@@ -533,10 +510,10 @@ def long_forward(
         return conv_long(
             u, spectrum, split, pregate=pregate, postgate=postgate, bias=bias, **options
         )
-    z = _fold(_linear(u, kf, plan, 2 * L - 1, pregate=pregate, **options), L)
+    z = core.window(_linear(u, kf, plan, 2 * L - 1, pregate=pregate, **options).float(), plan)
     y = z * postgate.float() if postgate is not None else z
     if bias is not None:
-        y = y + bias.float()[:, None] * _gated(u, pregate)
+        y = y + bias.float()[:, None] * core.gated_input(u, pregate, torch.float32)
     return y.to(u.dtype)
 
 
@@ -569,22 +546,26 @@ def long_backward(
     out_lin = plan.out_len
     d_u = d_k = d_pre = d_post = d_bias = None
 
+    # dz and v in fp32, each computed once for whichever gradients need it
+    dz = v = None
+    if need_k or (plan.fold and (need_u or need_pre)):
+        dz = dy.float() * postgate.float() if postgate is not None else dy.float()
+    if need_bias or need_k:
+        v = core.gated_input(u, pregate, torch.float32)
     if need_post:
         z = _linear(u, kf, plan, out_lin, pregate=pregate, **dict(options))
-        z = _fold(z, L) if plan.fold else z.float()
-        d_post = (dy.float() * z).to(postgate.dtype)
+        d_post = (dy.float() * core.window(z.float(), plan)).to(postgate.dtype)
     if need_bias:
-        d_bias = (dy.float() * _gated(u, pregate)).sum(dim=(0, 2)).to(bias.dtype)
+        d_bias = (dy.float() * v).sum(dim=(0, 2)).to(bias.dtype)
     if need_u or need_pre:
         if plan.fold:
-            dz = dy.float() * postgate.float() if postgate is not None else dy.float()
-            dlin = torch.cat([dz, dz[..., : L - 1]], dim=-1).to(u.dtype)
+            dlin = core.window_adjoint(dz, plan).to(u.dtype)
             dv = _linear(dlin, kf, plan, L, conj=True, **dict(options)).float()
             if bias is not None:
                 dv = dv + bias.float()[:, None] * dy.float()
         else:
             split = make_split(n, options.get("n0"), u.dtype)
-            launch = {k: v for k, v in options.items() if k != "n0"}
+            launch = {key: val for key, val in options.items() if key != "n0"}
             dv = conv_long(
                 dy.to(u.dtype),
                 spectrum_layout(kf, split, conj=True),
@@ -600,10 +581,7 @@ def long_backward(
         if need_u:
             d_u = (dv * pregate.float() if pregate is not None else dv).to(u.dtype)
     if need_k:
-        dz = dy.float() * postgate.float() if postgate is not None else dy.float()
-        dlin = torch.cat([dz, dz[..., : L - 1]], dim=-1) if plan.fold else dz
-        spec = reference.rfft(dlin, n, keep) * torch.conj_physical(
-            reference.rfft(_gated(u, pregate), n, keep)
-        )
+        dlin = core.window_adjoint(dz, plan)
+        spec = reference.rfft(dlin, n, keep) * torch.conj_physical(reference.rfft(v, n, keep))
         d_k = reference.irfft(spec.sum(dim=0), n, kc.shape[-1], keep).to(kc.dtype)
     return d_u, d_k, d_pre, d_post, d_bias

@@ -8,12 +8,12 @@ convolution one opaque node for autograd and ``torch.compile``; the backend does
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from ..backends import triton_unusable
 from .reference import LAYOUTS, PADDINGS
 
 BACKENDS = ("auto", "torch", "triton")
@@ -28,20 +28,6 @@ def _backend_module(name: str) -> ModuleType:
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
-# Called, not traced, by torch.compile (its result baked into the graph): dynamo refuses
-# importlib.import_module.
-@torch.compiler.assume_constant_result
-def _triton_unusable(device_type: str) -> str | None:
-    """None when the Triton backend can run on this device type, else the reason it cannot."""
-    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device_type}"
-    try:
-        _backend_module("triton")
-    except ImportError as err:
-        return f"it could not be imported ({err})"
-    return None
-
-
 @torch.compiler.assume_constant_result
 def _triton_max_taps() -> int:
     return _backend_module("triton").MAX_TAPS
@@ -54,7 +40,7 @@ def resolve_backend(backend: str, device: torch.device, taps: int) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return "torch"
-    reason = _triton_unusable(device.type)
+    reason = triton_unusable(device.type, _BACKEND_MODULES["triton"])
     if reason is None and taps > _triton_max_taps():
         reason = f"it takes filters of up to {_triton_max_taps()} taps; got w with K={taps} taps"
     if reason is None:

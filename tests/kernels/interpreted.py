@@ -8,21 +8,18 @@ and prints one JSON line of results, which its tests then check.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, subprocess_env
 
 
 def run_interpreted(module: str, *args: str, timeout: int = 600) -> dict:
     """``python -m module *args`` under TRITON_INTERPRET=1; the last stdout line, parsed."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = subprocess_env(TRITON_INTERPRET="1", OMP_NUM_THREADS="2")
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

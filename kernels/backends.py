@@ -1,0 +1,44 @@
+"""What the kernels share about their backends and devices: whether Triton can run, one cache
+key per device, the SM count."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+
+# Called, not traced, by torch.compile (its result baked into the graph): dynamo refuses
+# importlib.import_module.
+@torch.compiler.assume_constant_result
+def triton_unusable(device_type: str, module: str) -> str | None:
+    """None when the Triton backend ``module`` can run on this device type, else the reason it
+    cannot (off CUDA it needs TRITON_INTERPRET=1; the module imports triton)."""
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"it runs on CUDA devices (or on CPU under TRITON_INTERPRET=1); got {device_type}"
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        return f"it could not be imported ({err})"
+    return None
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index made explicit ("cuda" -> "cuda:<current>"): one cache entry
+    per physical device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (queried once per device)."""
+    return _sm_count(canonical_device(device).index)
