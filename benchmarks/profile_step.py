@@ -4,7 +4,10 @@ of ``benchmarks.train_throughput``'s step (bf16 autocast, AdamW, clipping), kern
     python -m benchmarks.profile_step --model hyena-triton --lengths 4096 8192 [--out f.json]
 
 Prints, per (model, length), the top kernels by total CUDA time and the share of time in
-each group (fftconv kernels, short conv, matmuls, elementwise/other).
+each group (fftconv kernels, short conv, matmuls, elementwise/other). ``--attribute`` also
+charges each kernel to the operator that launched it: the op, its callers up the op tree
+(``autograd::engine::evaluate_function: XBackward0`` for the backward), the input shapes and
+the first frame in this repository's code, so that a copy kernel names its caller.
 """
 
 from __future__ import annotations
@@ -35,7 +38,32 @@ def group_of(name: str) -> str:
     return "elementwise/other"
 
 
-def profile_config(name: str, seq_len: int, tokens: int, steps: int) -> dict:
+OWN_CODE = ("models/", "kernels/", "benchmarks/", "data/")
+
+
+def attribute(prof, steps: int, top: int = 30) -> list[dict]:
+    """Kernel time per step, charged to (op chain, input shapes, first own frame)."""
+    charged: dict[tuple, float] = {}
+    for evt in prof.events():
+        us = getattr(evt, "self_device_time_total", None)
+        if us is None:
+            us = getattr(evt, "self_cuda_time_total", 0.0)
+        if not us or evt.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        chain, parent = [evt.name], evt.cpu_parent
+        while parent is not None and len(chain) < 5:
+            chain.append(parent.name)
+            parent = parent.cpu_parent
+        frame = next((f for f in (evt.stack or []) if any(k in f for k in OWN_CODE)), "")
+        key = (" < ".join(chain), str(evt.input_shapes)[:160], frame)
+        charged[key] = charged.get(key, 0.0) + us / steps / 1e3
+    rows = sorted(charged.items(), key=lambda kv: -kv[1])[:top]
+    return [{"ms": ms, "ops": c, "shapes": sh, "frame": fr} for (c, sh, fr), ms in rows]
+
+
+def profile_config(
+    name: str, seq_len: int, tokens: int, steps: int, with_attribution: bool = False
+) -> dict:
     device = torch.device("cuda")
     batch = max(1, tokens // seq_len)
     model = MODELS[name].build(False, seq_len).to(device)
@@ -47,17 +75,24 @@ def profile_config(name: str, seq_len: int, tokens: int, steps: int) -> dict:
     for _ in range(3):
         step(inputs, targets)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA]
+    if with_attribution:
+        activities.append(ProfilerActivity.CPU)
+    with profile(
+        activities=activities, record_shapes=with_attribution, with_stack=with_attribution
+    ) as prof:
         for _ in range(steps):
             step(inputs, targets)
         torch.cuda.synchronize()
+    attributed = attribute(prof, steps) if with_attribution else []
     kernels: dict[str, float] = {}
     for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
-        if us > 0 and evt.key:
-            kernels[evt.key] = kernels.get(evt.key, 0.0) + us / steps / 1e3  # ms per step
-    # key_averages also lists the CPU-side ops that launched kernels: keep kernels only,
-    # i.e. the entries whose time is not the sum of others (names without "aten::")
+        # with CPU activity on, CPU ops are listed too (their time is their kernels' sum)
+        if evt.device_type != torch.autograd.DeviceType.CPU or not with_attribution:
+            us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+            if us > 0 and evt.key:
+                kernels[evt.key] = kernels.get(evt.key, 0.0) + us / steps / 1e3  # ms per step
+    # without CPU activity, the ops that launched kernels still appear: keep kernels only
     kernels = {k: v for k, v in kernels.items() if not k.startswith(("aten::", "autograd::"))}
     total = sum(kernels.values())
     groups: dict[str, float] = {}
@@ -73,6 +108,7 @@ def profile_config(name: str, seq_len: int, tokens: int, steps: int) -> dict:
         "ms_per_step": total,
         "groups": groups,
         "top": top,
+        "attributed": attributed,
     }
 
 
@@ -82,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=[4096, 8192])
     parser.add_argument("--tokens-per-step", type=int, default=65536)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--attribute", action="store_true", help="charge kernels to their ops")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -89,13 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.models:
         for L in args.lengths:
-            row = profile_config(name, L, args.tokens_per_step, args.steps)
+            row = profile_config(name, L, args.tokens_per_step, args.steps, args.attribute)
             rows.append(row)
             print(f"\n## {name} L={L} batch={row['batch']}: {row['ms_per_step']:.1f} ms of kernels")
             for g, ms in sorted(row["groups"].items(), key=lambda kv: -kv[1]):
                 print(f"  {g:<22}{ms:8.1f} ms  {100 * ms / row['ms_per_step']:5.1f}%")
             for k, ms in row["top"][:10]:
                 print(f"    {ms:7.2f} ms  {k[:100]}")
+            for a in row["attributed"][:25]:
+                print(f"    {a['ms']:7.2f} ms  {a['ops'][:110]}  {a['shapes'][:70]}  {a['frame']}")
     if args.out:
         args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1))
 

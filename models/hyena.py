@@ -6,6 +6,9 @@ step (positional features -> MLP with Sin activations -> exponential decay windo
 gated long convolutions with a D skip, out_proj.
 
 Design choices that differ from the reference, and why:
+- ``in_proj`` and ``out_proj`` are matmuls that write and read the convolutions' [B, D, L]
+  layout directly (``models.projections``), and ``in_proj``'s bias is added by the short
+  conv's kernel: the operator makes no transposed copy of its activations.
 - Every long convolution is one fused ``kernels.fftconv`` call (gates, skip and convolution
   in one kernel). The kernel adds its ``bias`` outside the postgate, while the paper's last
   step gates the skip too (``y = x0 * (h * v + D v)``); on that step we add ``D`` to lag 0
@@ -29,6 +32,7 @@ from torch import Tensor, nn
 
 from kernels import FFTConv
 from kernels.short_conv import short_conv
+from models.projections import linear_from_channels, linear_to_channels
 
 
 def check_seq_len(seq_len: int, l_max: int, filter_len: int | None) -> int:
@@ -214,8 +218,16 @@ class HyenaOperator(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         L = u.shape[1]
         taps = check_seq_len(L, self.l_max, self.filter_len)
-        z = self.in_proj(u).transpose(1, 2)  # [B, (order+1) d, L]
-        z = short_conv(z, self.short_filter, self.short_filter_bias, padding="causal")
+        # in_proj and out_proj write and read [B, channels, L] directly (no transposed copies);
+        # in_proj's bias is added inside the short conv's kernel (its gradient too)
+        z = linear_to_channels(u, self.in_proj.weight)  # [B, (order+1) d, L]
+        z = short_conv(
+            z,
+            self.short_filter,
+            self.short_filter_bias,
+            input_bias=self.in_proj.bias,
+            padding="causal",
+        )
         *x, v = z.split(self.d_model, dim=1)  # order gates x0..x_{order-1} and the value v
         k = self.filter(taps).reshape(self.order - 1, self.d_model, taps)  # [order-1, d, taps]
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
@@ -229,4 +241,4 @@ class HyenaOperator(nn.Module):
                 v = self.fftconv(v, k_last, pregate=pregate, postgate=x[0])
             else:
                 v = self.fftconv(v, k[step], pregate=pregate, bias=skip[step])
-        return self.out_proj(v.transpose(1, 2))
+        return linear_from_channels(v, self.out_proj.weight, self.out_proj.bias)  # [B, L, d]

@@ -97,9 +97,9 @@ def _check_w(w: Tensor, D: int) -> None:
         raise ValueError(f"w must have at least one tap (K >= 1); got shape {tuple(w.shape)}")
 
 
-def _check_bias(bias: Tensor, D: int) -> None:
+def _check_bias(bias: Tensor, D: int, name: str = "bias") -> None:
     if bias.shape != (D,):
-        raise ValueError(f"bias must have shape (D,) = ({D},); got {tuple(bias.shape)}")
+        raise ValueError(f"{name} must have shape (D,) = ({D},); got {tuple(bias.shape)}")
 
 
 def _check_same_device(name: str, t: Tensor, x: Tensor) -> None:
@@ -113,15 +113,21 @@ def _check_same_device(name: str, t: Tensor, x: Tensor) -> None:
 
 @torch.library.custom_op("longconv::short_conv", mutates_args=())
 def _short_conv_op(
-    x: Tensor, w: Tensor, bias: Tensor | None, padding: str, layout: str, backend: str
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    input_bias: Tensor | None,
+    padding: str,
+    layout: str,
+    backend: str,
 ) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):
-        y = _backend_module(backend).forward(x, w, bias, padding, layout)
+        y = _backend_module(backend).forward(x, w, bias, padding, layout, input_bias=input_bias)
     return y.to(x.dtype).contiguous()
 
 
 @_short_conv_op.register_fake
-def _(x, w, bias, padding, layout, backend):
+def _(x, w, bias, input_bias, padding, layout, backend):
     return x.new_empty(x.shape)
 
 
@@ -131,41 +137,46 @@ def _short_conv_backward_op(
     x: Tensor,
     w: Tensor,
     bias: Tensor | None,
+    input_bias: Tensor | None,
     padding: str,
     layout: str,
     backend: str,
     needs: list[bool],
 ) -> list[Tensor]:
     with torch.autocast(x.device.type, enabled=False):
-        grads = _backend_module(backend).backward(dy, x, w, padding, layout, tuple(needs))
+        grads = _backend_module(backend).backward(
+            dy, x, w, padding, layout, tuple(needs), input_bias=input_bias
+        )
     # custom ops return tensors only: an unneeded gradient travels as an empty tensor
     return [
         g.to(like.dtype).contiguous() if g is not None else dy.new_empty(0)
-        for g, like in zip(grads, (x, w, bias), strict=True)
+        for g, like in zip(grads, (x, w, bias, input_bias), strict=True)
     ]
 
 
 @_short_conv_backward_op.register_fake
-def _(dy, x, w, bias, padding, layout, backend, needs):
+def _(dy, x, w, bias, input_bias, padding, layout, backend, needs):
     return [
         t.new_empty(t.shape) if (need and t is not None) else dy.new_empty(0)
-        for need, t in zip(needs, (x, w, bias), strict=True)
+        for need, t in zip(needs, (x, w, bias, input_bias), strict=True)
     ]
 
 
 def _setup_context(ctx, inputs, output):
-    x, w, bias, *static = inputs
-    ctx.save_for_backward(x, w, bias)
+    x, w, bias, input_bias, *static = inputs
+    ctx.save_for_backward(x, w, bias, input_bias)
     ctx.static = static
 
 
 def _backward(ctx, dy):
-    x, w, bias = ctx.saved_tensors
+    x, w, bias, input_bias = ctx.saved_tensors
     n = ctx.needs_input_grad
-    needs = [n[0], n[1], n[2] and bias is not None]
-    grads = torch.ops.longconv.short_conv_backward(dy.contiguous(), x, w, bias, *ctx.static, needs)
-    dx, dw, dbias = (g if need else None for g, need in zip(grads, needs, strict=True))
-    return dx, dw, dbias, *([None] * len(ctx.static))
+    needs = [n[0], n[1], n[2] and bias is not None, n[3] and input_bias is not None]
+    grads = torch.ops.longconv.short_conv_backward(
+        dy.contiguous(), x, w, bias, input_bias, *ctx.static, needs
+    )
+    dx, dw, dbias, dib = (g if need else None for g, need in zip(grads, needs, strict=True))
+    return dx, dw, dbias, dib, *([None] * len(ctx.static))
 
 
 _short_conv_op.register_autograd(_backward, setup_context=_setup_context)
@@ -180,6 +191,7 @@ def short_conv(
     w: Tensor,
     bias: Tensor | None = None,
     *,
+    input_bias: Tensor | None = None,
     padding: str = "causal",
     layout: str = "bdl",
     backend: str = "auto",
@@ -201,11 +213,16 @@ def short_conv(
 
     ``K > L`` is allowed: taps that fall outside the sequence see zeros.
 
+    ``input_bias`` is added to ``x`` inside the sequence before the convolution (the padding
+    stays zero): the bias of a linear layer that feeds the convolution, folded in so that
+    its broadcast add and the reduction of its gradient cost nothing extra.
+
     Args:
         x: ``[B, D, L]`` (``layout="bdl"``) or ``[B, L, D]`` (``layout="bld"``), fp32/fp16/bf16
             (fp64 accepted, computed in fp64). ``L >= 1``.
         w: ``[D, K]`` depthwise filter, ``K >= 1`` (Hyena: 3), any float dtype.
         bias: ``[D]`` (any float dtype) or None.
+        input_bias: ``[D]`` (any float dtype) or None, added to x before the convolution.
         padding: "causal" or "same".
         layout: "bdl" or "bld"; the output has the layout of ``x``.
         backend: "auto", "torch" (the reference: K fused multiply-adds over the tensor) or
@@ -230,10 +247,14 @@ def short_conv(
     if bias is not None:
         _check_bias(bias, D)
         _check_same_device("bias", bias, x)
+    if input_bias is not None:
+        input_bias = _check_tensor("input_bias", input_bias)
+        _check_bias(input_bias, D, "input_bias")
+        _check_same_device("input_bias", input_bias, x)
 
     if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype(x.device.type))
-    return _short_conv_op(x.contiguous(), w, bias, padding, layout, name)
+    return _short_conv_op(x.contiguous(), w, bias, input_bias, padding, layout, name)
 
 
 __all__ = ["short_conv", "resolve_backend"]

@@ -12,6 +12,10 @@ after, so the correlation with the filter lines up):
     dw[j]  = sum_{b,t} dy[t] * xp[t + j]
     dbias  = sum_{b,t} dy[t]
 
+An ``input_bias`` (the bias of a linear layer before the convolution, folded in) is added to x
+inside the sequence, not to the padding: ``xp`` pads ``x + input_bias``, and its gradient is
+``sum_{b,t} dx[t]``.
+
 K is small (Hyena: 3), so K fused multiply-adds over the whole tensor beat an im2col or a
 grouped convolution; ``K > L`` is allowed (the taps that fall outside the sequence see zeros).
 Everything runs in fp32 (fp64 for fp64 inputs); callers cast the results back.
@@ -60,13 +64,26 @@ def _time_dims(layout: str) -> tuple[int, int]:
     return (0, 2) if layout == "bdl" else (0, 1)
 
 
-def forward(x: Tensor, w: Tensor, bias: Tensor | None, padding: str, layout: str) -> Tensor:
-    """y in ``compute_dtype(x)``; x ``[B, D, L]`` or ``[B, L, D]``, w ``[D, K]``, bias ``[D]``."""
+def _biased(x: Tensor, input_bias: Tensor | None, dtype: torch.dtype, layout: str) -> Tensor:
+    x = x.to(dtype)
+    return x if input_bias is None else x + _per_channel(input_bias.to(dtype), layout)
+
+
+def forward(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    padding: str,
+    layout: str,
+    input_bias: Tensor | None = None,
+) -> Tensor:
+    """y in ``compute_dtype(x)``; x ``[B, D, L]`` or ``[B, L, D]``, w ``[D, K]``, bias and
+    input_bias ``[D]``."""
     dtype = compute_dtype(x)
     K = w.shape[1]
     L = x.shape[-1] if layout == "bdl" else x.shape[-2]
     before = pad_left(padding, K)
-    xp = _pad_time(x.to(dtype), before, K - 1 - before, layout)
+    xp = _pad_time(_biased(x, input_bias, dtype, layout), before, K - 1 - before, layout)
     wc = w.to(dtype)
     y = _tap(wc, 0, layout) * _window(xp, 0, L, layout)
     for j in range(1, K):
@@ -82,10 +99,13 @@ def backward(
     w: Tensor,
     padding: str,
     layout: str,
-    needs: tuple[bool, bool, bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dx, dw, dbias) in ``compute_dtype(x)``; None where ``needs`` says not wanted."""
-    need_x, need_w, need_bias = needs
+    needs: tuple[bool, ...],
+    input_bias: Tensor | None = None,
+) -> tuple[Tensor | None, ...]:
+    """(dx, dw, dbias), and d(input_bias) when ``needs`` has a fourth entry, in
+    ``compute_dtype(x)``; None where ``needs`` says not wanted."""
+    need_x, need_w, need_bias = needs[:3]
+    need_ib = len(needs) == 4 and needs[3]
     dtype = compute_dtype(x)
     K = w.shape[1]
     L = x.shape[-1] if layout == "bdl" else x.shape[-2]
@@ -94,18 +114,22 @@ def backward(
     dy = dy.to(dtype)
     reduce_dims = _time_dims(layout)
 
-    dx = dw = dbias = None
-    if need_x:
+    dx = dw = dbias = dib = None
+    if need_x or need_ib:
         dyp = _pad_time(dy, after, before, layout)
         wc = w.to(dtype)
         dx = _tap(wc, K - 1, layout) * _window(dyp, 0, L, layout)
         for j in range(K - 1):
             dx = dx + _tap(wc, j, layout) * _window(dyp, K - 1 - j, L, layout)
+        if need_ib:
+            dib = dx.sum(dim=reduce_dims)
+        if not need_x:
+            dx = None
     if need_w:
-        xp = _pad_time(x.to(dtype), before, after, layout)
+        xp = _pad_time(_biased(x, input_bias, dtype, layout), before, after, layout)
         dw = torch.stack(
             [(dy * _window(xp, j, L, layout)).sum(dim=reduce_dims) for j in range(K)], dim=1
         )
     if need_bias:
         dbias = dy.sum(dim=reduce_dims)
-    return dx, dw, dbias
+    return (dx, dw, dbias) if len(needs) == 3 else (dx, dw, dbias, dib)

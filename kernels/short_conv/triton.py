@@ -106,13 +106,19 @@ def _load_shifted(
     BLD: tl.constexpr,
     WIDE: tl.constexpr,
     ACC: tl.constexpr,
+    offset=None,
+    HAS_OFFSET: tl.constexpr = False,
 ):
-    """The tile at times ``t0 + offs_t + SHIFT``, zero outside [0, L), in the ``ACC`` dtype."""
+    """The tile at times ``t0 + offs_t + SHIFT``, zero outside [0, L), in the ``ACC`` dtype;
+    ``HAS_OFFSET``: plus ``offset`` ([BLOCK_D], per channel) inside [0, L) only."""
     offs_s = offs_t + SHIFT
     t = t0 + offs_s
     mask = _tile_mask(mask_d, (t >= 0) & (t < L), BLD)
     offs = _tile_offsets(offs_d, offs_s, D, L, BLD, WIDE)
-    return tl.load(ptr + start + offs, mask=mask, other=0.0).to(ACC)
+    tile = tl.load(ptr + start + offs, mask=mask, other=0.0).to(ACC)
+    if HAS_OFFSET:
+        tile = tl.where(mask, tile + _per_channel(offset, BLD), 0.0)
+    return tile
 
 
 @triton.jit
@@ -126,6 +132,7 @@ def _short_conv_fwd_kernel(
     x_ptr,  # [B, D, L] ("bdl") or [B, L, D] ("bld")
     w_ptr,  # [D, K]
     bias_ptr,  # [D] (unused unless HAS_BIAS)
+    input_bias_ptr,  # [D] (unused unless HAS_INPUT_BIAS)
     y_ptr,  # like x
     D,
     L,
@@ -134,6 +141,7 @@ def _short_conv_fwd_kernel(
     K: tl.constexpr,
     PAD: tl.constexpr,  # zeros before the sequence
     HAS_BIAS: tl.constexpr,
+    HAS_INPUT_BIAS: tl.constexpr,  # added to x inside the sequence (not to the padding)
     BLD: tl.constexpr,
     WIDE: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -157,14 +165,32 @@ def _short_conv_fwd_kernel(
     offs_t = tl.arange(0, BLOCK_T)
     mask_d = d0 + offs_d < D
     start = _tile_start(pid_b, d0, t0, D, L, BLD)
+    ib = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_INPUT_BIAS:
+        ib = tl.load(input_bias_ptr + d0 + offs_d, mask=mask_d, other=0.0).to(ACC)
 
-    # y[t] = sum_j w[j] * x[t - PAD + j]
+    # y[t] = sum_j w[j] * (x + input_bias)[t - PAD + j]
     acc = _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, 0, K, ACC), BLD) * _load_shifted(
-        x_ptr, start, offs_d, offs_t, mask_d, t0, D, L, -PAD, BLD, WIDE, ACC
+        x_ptr, start, offs_d, offs_t, mask_d, t0, D, L, -PAD, BLD, WIDE, ACC, ib, HAS_INPUT_BIAS
     )
     for j in tl.static_range(1, K):
         w_j = _load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC)
-        x_j = _load_shifted(x_ptr, start, offs_d, offs_t, mask_d, t0, D, L, j - PAD, BLD, WIDE, ACC)
+        x_j = _load_shifted(
+            x_ptr,
+            start,
+            offs_d,
+            offs_t,
+            mask_d,
+            t0,
+            D,
+            L,
+            j - PAD,
+            BLD,
+            WIDE,
+            ACC,
+            ib,
+            HAS_INPUT_BIAS,
+        )
         acc += _per_channel(w_j, BLD) * x_j
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d0 + offs_d, mask=mask_d, other=0.0).to(ACC)
@@ -182,6 +208,7 @@ def _bwd_tile(
     w_ptr,
     dx_ptr,
     sums,
+    ib,
     start,
     offs_d,
     offs_t,
@@ -196,13 +223,16 @@ def _bwd_tile(
     NEED_DX: tl.constexpr,
     NEED_DW: tl.constexpr,
     NEED_DBIAS: tl.constexpr,
+    HAS_INPUT_BIAS: tl.constexpr,
+    NEED_DINPUT_BIAS: tl.constexpr,
     BLD: tl.constexpr,
     WIDE: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """One tile of the backward: writes its dx, returns ``sums`` plus its dw and dbias."""
+    """One tile of the backward: writes its dx, returns ``sums`` plus its dw, dbias and
+    d(input_bias) (rows < K, K and K + 1)."""
     dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
-    if NEED_DX:
+    if NEED_DX or NEED_DINPUT_BIAS:
         # dx[t] = sum_j w[j] * dy[t + PAD - j]; tap PAD reuses the unshifted tile
         dx = tl.zeros_like(dy)
         for j in tl.static_range(K):
@@ -214,13 +244,31 @@ def _bwd_tile(
                 )
             dx += _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC), BLD) * dy_j
         mask = _tile_mask(mask_d, t0 + offs_t < L, BLD)
-        offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
-        tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_DX:
+            offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
+            tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_DINPUT_BIAS:
+            # d(input_bias) = sum over the sequence of dx (not over the tile's part past L)
+            dib = _sum_over_time(tl.where(mask, dx, 0.0), BLD)
+            sums += tl.where(offs_k[:, None] == K + 1, dib[None, :], 0.0)
     if NEED_DW:
         # dw[j] = sum_t dy[t] * x[t - PAD + j]
         for j in tl.static_range(K):
             x_j = _load_shifted(
-                x_ptr, start, offs_d, offs_t, mask_d, t0, D, L, j - PAD, BLD, WIDE, ACC
+                x_ptr,
+                start,
+                offs_d,
+                offs_t,
+                mask_d,
+                t0,
+                D,
+                L,
+                j - PAD,
+                BLD,
+                WIDE,
+                ACC,
+                ib,
+                HAS_INPUT_BIAS,
             )
             dw_j = _sum_over_time(dy * x_j, BLD)  # [BLOCK_D]
             sums += tl.where(offs_k[:, None] == j, dw_j[None, :], 0.0)
@@ -234,8 +282,11 @@ def _short_conv_bwd_kernel(
     dy_ptr,  # like x
     x_ptr,  # [B, D, L] ("bdl") or [B, L, D] ("bld")
     w_ptr,  # [D, K]
+    input_bias_ptr,  # [D] (unused unless HAS_INPUT_BIAS)
     dx_ptr,  # like x (unused unless NEED_DX)
-    partial_ptr,  # [B * chunks, K + 1, D] ACC: per-program dw (rows < K) and dbias (row K)
+    # [B * chunks, ROWS, D] ACC: per-program dw (rows < K), dbias (row K) and, when
+    # ROWS = K + 2, d(input_bias) (row K + 1)
+    partial_ptr,
     D,
     L,
     blocks_d,
@@ -245,11 +296,14 @@ def _short_conv_bwd_kernel(
     NEED_DX: tl.constexpr,
     NEED_DW: tl.constexpr,
     NEED_DBIAS: tl.constexpr,
+    HAS_INPUT_BIAS: tl.constexpr,
+    NEED_DINPUT_BIAS: tl.constexpr,
+    ROWS: tl.constexpr,  # K + 1, or K + 2 with an input bias
     BLD: tl.constexpr,
     WIDE: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # K + 1 rounded up to a power of two
+    BLOCK_K: tl.constexpr,  # ROWS rounded up to a power of two
     TILES: tl.constexpr,  # time tiles per program: its chunk is TILES * BLOCK_T steps
     ACC: tl.constexpr,
 ):
@@ -267,8 +321,12 @@ def _short_conv_bwd_kernel(
     offs_t = tl.arange(0, BLOCK_T)
     offs_k = tl.arange(0, BLOCK_K)
     mask_d = d0 + offs_d < D
+    ib = tl.zeros([BLOCK_D], dtype=ACC)
+    if HAS_INPUT_BIAS:
+        ib = tl.load(input_bias_ptr + d0 + offs_d, mask=mask_d, other=0.0).to(ACC)
 
-    # the program's dw (rows j < K) and dbias (row K), summed over its tiles in registers
+    # the program's dw (rows j < K), dbias (row K) and d(input_bias) (row K + 1), summed over
+    # its tiles in registers
     sums = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC)
     # a constexpr trip count (a runtime loop in the compiled kernel, one compilation per
     # count): the interpreter under NumPy 2 cannot loop over a bound that is a kernel argument
@@ -283,6 +341,7 @@ def _short_conv_bwd_kernel(
                 w_ptr,
                 dx_ptr,
                 sums,
+                ib,
                 start,
                 offs_d,
                 offs_t,
@@ -297,15 +356,17 @@ def _short_conv_bwd_kernel(
                 NEED_DX,
                 NEED_DW,
                 NEED_DBIAS,
+                HAS_INPUT_BIAS,
+                NEED_DINPUT_BIAS,
                 BLD,
                 WIDE,
                 ACC,
             )
 
-    if NEED_DW or NEED_DBIAS:
-        row = (pid_b.to(tl.int64) * chunks + pid_c) * (K + 1)
+    if NEED_DW or NEED_DBIAS or NEED_DINPUT_BIAS:
+        row = (pid_b.to(tl.int64) * chunks + pid_c) * ROWS
         offs = (row + offs_k[:, None]) * D + d0 + offs_d[None, :]
-        mask = (offs_k[:, None] <= K) & mask_d[None, :]
+        mask = (offs_k[:, None] < ROWS) & mask_d[None, :]
         tl.store(partial_ptr + offs, sums, mask=mask)
 
 
@@ -422,13 +483,24 @@ def launch_plan(
 
 
 def workspace_shape(
-    x: Tensor, w: Tensor, layout: str, **options: int | bool | None
+    x: Tensor, w: Tensor, layout: str, input_bias: bool = False, **options: int | bool | None
 ) -> tuple[int, int, int]:
-    """The shape ``[B * chunks, K + 1, D]`` of the backward's dw workspace (``options``: those
-    of ``launch_plan``)."""
+    """The shape ``[B * chunks, K + 1, D]`` (``K + 2`` rows with the gradient of an input
+    bias) of the backward's dw workspace (``options``: those of ``launch_plan``)."""
     B, D, L = _dims(x, layout)
     plan = launch_plan(B, D, L, w.shape[1], layout, **options)
-    return (B * plan.chunks, w.shape[1] + 1, D)
+    return (B * plan.chunks, w.shape[1] + 1 + int(input_bias), D)
+
+
+def _check_input_bias(input_bias: Tensor | None, D: int, x: Tensor) -> Tensor | None:
+    if input_bias is None:
+        return None
+    if input_bias.shape != (D,) or input_bias.device != x.device:
+        raise ValueError(
+            f"input_bias must have shape ({D},) on {x.device}; got {tuple(input_bias.shape)} "
+            f"on {input_bias.device}"
+        )
+    return input_bias.contiguous()
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
@@ -446,6 +518,7 @@ def forward(
     padding: str,
     layout: str,
     *,
+    input_bias: Tensor | None = None,
     out: Tensor | None = None,
     num_warps: int = NUM_WARPS,
     **options: int | bool | None,
@@ -453,7 +526,9 @@ def forward(
     """``y = bias + sum_j w[:, j] * x[t - P + j]`` in ``x.dtype`` (the backend's forward).
 
     x ``[B, D, L]`` or ``[B, L, D]`` (per ``layout``), w ``[D, K]``, bias ``[D]`` or None, any
-    float dtypes. ``out``: written in place when given (contiguous, x's shape and dtype).
+    float dtypes. ``input_bias`` ``[D]`` or None: added to x inside the sequence (the padding
+    stays zero), as the bias of a linear layer before the convolution would be.
+    ``out``: written in place when given (contiguous, x's shape and dtype).
     ``num_warps`` and ``options`` (those of ``launch_plan``): launch settings.
     No host synchronisation and no allocation beyond the output: safe to capture in a CUDA
     graph once compiled.
@@ -468,6 +543,7 @@ def forward(
                 f"{bias.device}"
             )
         bias = bias.contiguous()
+    input_bias = _check_input_bias(input_bias, D, x)
     if out is not None:
         _check_out("out", out, x)
     y = torch.empty_like(x) if out is None else out
@@ -479,6 +555,7 @@ def forward(
             x,
             w,
             bias if bias is not None else w,
+            input_bias if input_bias is not None else w,
             y,
             D,
             L,
@@ -487,6 +564,7 @@ def forward(
             K=K,
             PAD=pad_left(padding, K),
             HAS_BIAS=bias is not None,
+            HAS_INPUT_BIAS=input_bias is not None,
             BLD=layout == "bld",
             WIDE=plan.wide,
             BLOCK_D=plan.block_d,
@@ -503,23 +581,32 @@ def backward(
     w: Tensor,
     padding: str,
     layout: str,
-    needs: tuple[bool, bool, bool],
+    needs: tuple[bool, ...],
     *,
+    input_bias: Tensor | None = None,
     dx_out: Tensor | None = None,
     workspace: Tensor | None = None,
     num_warps: int = NUM_WARPS,
     **options: int | bool | None,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``(dx, dw, dbias)``, None where ``needs`` says not wanted (the backend's backward).
+) -> tuple[Tensor | None, ...]:
+    """``(dx, dw, dbias)``, and ``d(input_bias)`` when ``needs`` has a fourth entry; None where
+    ``needs`` says not wanted (the backend's backward).
 
-    dx in ``x.dtype``; dw ``[D, K]`` and dbias ``[D]`` in fp32 (fp64 for fp64 inputs), summed
+    dx in ``x.dtype``; dw ``[D, K]``, dbias and d(input_bias) ``[D]`` in fp32 (fp64 for fp64
+    inputs), summed
     per program in registers and over programs by one ``sum`` of the workspace: the same bits
     on every run. ``dx_out``, ``workspace`` (``workspace_shape``, the accumulation dtype):
     written in place when given. ``num_warps`` and ``options`` (those of ``launch_plan``):
     launch settings. Capture-safe like ``forward``.
     """
-    need_x, need_w, need_bias = needs
+    if len(needs) not in (3, 4):
+        raise ValueError(f"needs must have 3 or 4 entries; got {len(needs)}")
+    need_x, need_w, need_bias = needs[:3]
+    need_ib = len(needs) == 4 and needs[3]
     B, D, L, K = _check(x, w, padding, layout)
+    input_bias = _check_input_bias(input_bias, D, x)
+    if need_ib and input_bias is None:
+        raise ValueError("needs[3] asks for the gradient of input_bias, but input_bias is None")
     if dy.shape != x.shape or dy.device != x.device:
         raise ValueError(
             f"dy must have x's shape {tuple(x.shape)} on {x.device}; got {tuple(dy.shape)} on "
@@ -536,8 +623,9 @@ def backward(
             _check_out("dx_out", dx_out, x)
         dx = torch.empty_like(x) if dx_out is None else dx_out
     partial = None
-    if need_w or need_bias:
-        shape = (B * plan.chunks, K + 1, D)
+    rows = K + 1 + int(need_ib)
+    if need_w or need_bias or need_ib:
+        shape = (B * plan.chunks, rows, D)
         acc_dtype = _acc_dtype(x)
         if workspace is not None and (
             workspace.shape != shape
@@ -556,6 +644,7 @@ def backward(
                 dy,
                 x,
                 w,
+                input_bias if input_bias is not None else w,
                 dx if dx is not None else dy,
                 partial if partial is not None else dy,
                 D,
@@ -567,16 +656,21 @@ def backward(
                 NEED_DX=need_x,
                 NEED_DW=need_w,
                 NEED_DBIAS=need_bias,
+                HAS_INPUT_BIAS=input_bias is not None,
+                NEED_DINPUT_BIAS=need_ib,
+                ROWS=rows,
                 BLD=layout == "bld",
                 WIDE=plan.wide,
                 BLOCK_D=plan.block_d,
                 BLOCK_T=plan.block_t,
-                BLOCK_K=triton.next_power_of_2(K + 1),
+                BLOCK_K=triton.next_power_of_2(rows),
                 TILES=plan.tiles,
                 ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
                 num_warps=num_warps,
             )
-    sums = partial.sum(dim=0) if partial is not None else None  # [K + 1, D]
+    sums = partial.sum(dim=0) if partial is not None else None  # [rows, D]
     dw = sums[:K].t() if need_w else None
     dbias = sums[K].clone() if need_bias else None  # not a view sharing dw's storage
-    return dx, dw, dbias
+    if len(needs) == 3:
+        return dx, dw, dbias
+    return dx, dw, dbias, (sums[K + 1].clone() if need_ib else None)

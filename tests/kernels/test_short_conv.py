@@ -249,8 +249,53 @@ def test_torch_compile_fullgraph_forward_backward():
 
 def test_custom_op_registration():
     x, w, bias = make_inputs(2, 3, 10, 4, "bdl", torch.float32, requires_grad=True)
-    torch.library.opcheck(torch.ops.longconv.short_conv, (x, w, bias, "causal", "bdl", "torch"))
-    torch.library.opcheck(torch.ops.longconv.short_conv, (x, w, None, "same", "bdl", "torch"))
+    ib = torch.randn(3, requires_grad=True)
+    op = torch.ops.longconv.short_conv
+    torch.library.opcheck(op, (x, w, bias, None, "causal", "bdl", "torch"))
+    torch.library.opcheck(op, (x, w, None, None, "same", "bdl", "torch"))
+    torch.library.opcheck(op, (x, w, bias, ib, "causal", "bdl", "torch"))
+
+
+INPUT_BIAS_CASES = [
+    pytest.param(2, 3, 7, 3, "causal", "bdl", torch.float32, id="B2-D3-L7-K3-causal-bdl-fp32"),
+    pytest.param(1, 4, 3, 5, "same", "bld", torch.float32, id="B1-D4-L3-K5-same-bld-fp32-L<K"),
+    pytest.param(2, 5, 97, 4, "same", "bdl", torch.bfloat16, id="B2-D5-L97-K4-same-bdl-bf16"),
+    pytest.param(3, 2, 11, 2, "causal", "bld", torch.float16, id="B3-D2-L11-K2-causal-bld-fp16"),
+]
+
+
+@pytest.mark.parametrize("B, D, L, K, padding, layout, dtype", INPUT_BIAS_CASES)
+def test_input_bias(B, D, L, K, padding, layout, dtype):
+    """input_bias joins x inside the sequence, not the padding: conv(x + input_bias)."""
+    x, w, bias = make_inputs(B, D, L, K, layout, dtype, seed=L + K, requires_grad=True)
+    ib = torch.randn(D, generator=torch.Generator().manual_seed(D)).to(dtype).requires_grad_()
+    y = short_conv(x, w, bias, input_bias=ib, padding=padding, layout=layout)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(y, (x, w, bias, ib), dy)
+
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, bias, ib)]
+    x64, w64, b64, ib64 = leaves
+    shifted = x64 + (ib64[:, None] if layout == "bdl" else ib64)
+    y64 = reference_toeplitz(shifted, w64, b64, padding, layout)
+    refs = torch.autograd.grad(y64, leaves, dy.double())
+    assert rel_err(y, y64) < TOLERANCE[dtype]
+    for name, g, ref, t in zip(
+        ("dx", "dw", "db", "dib"), grads, refs, (x, w, bias, ib), strict=True
+    ):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert rel_err(g, ref) < TOLERANCE[dtype], name
+
+
+def test_input_bias_gradcheck():
+    x, w, bias = make_inputs(2, 3, 6, 3, "bdl", torch.float64, requires_grad=True)
+    ib = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    for padding in ("causal", "same"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, ib, padding=padding: short_conv(
+                x, w, b, input_bias=ib, padding=padding
+            ),
+            (x, w, bias, ib),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +334,18 @@ BAD_INPUTS = [
         TypeError,
         r"bias must be a floating-point tensor .*; got torch.int32",
         id="bias-int",
+    ),
+    pytest.param(
+        _with(input_bias=[1.0]),
+        TypeError,
+        r"input_bias must be a torch.Tensor; got list",
+        id="input-bias-list",
+    ),
+    pytest.param(
+        _with(input_bias=torch.ones(4)),
+        ValueError,
+        r"input_bias must have shape \(D,\) = \(3,\); got \(4,\)",
+        id="input-bias-shape",
     ),
     pytest.param(
         _with(x=torch.randn(3, 8)),

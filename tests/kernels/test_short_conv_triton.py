@@ -146,6 +146,20 @@ LAUNCHER_CASES = {
     "bdl-tile1": ((1, 3, 5, 3, "causal", "bdl", "fp32"), {"tile": 1, "tiles": 2}),
     "bld-tile1": ((1, 3, 5, 4, "same", "bld", "fp32"), {"tile": 1, "tiles": 4}),
 }
+# id -> ((B, D, L, K, padding, layout, dtype), launch options): with an input bias, through
+# short_conv (options None) or the launchers on NaN-poisoned outputs and workspace
+INPUT_BIAS_CASES = {
+    "ib-B2-D3-L7-K3-causal-bdl-fp32": ((2, 3, 7, 3, "causal", "bdl", "fp32"), None),
+    "ib-B2-D5-L3-K5-same-bld-fp16-L<K": ((2, 5, 3, 5, "same", "bld", "fp16"), None),
+    "ib-B1-D3-L301-K4-same-bdl-fp32-multi-tile": (
+        (1, 3, 301, 4, "same", "bdl", "fp32"),
+        {"tile": 64, "tiles": 3},
+    ),
+    "ib-B2-D5-L41-K3-causal-bld-fp16-multi-tile": (
+        (2, 5, 41, 3, "causal", "bld", "fp16"),
+        {"tile": 32, "tiles": 3},
+    ),
+}
 MIXED_CASE = "B2-D3-L9-K3-x-fp16-w-fp32-bias-fp64"
 NEEDS_CASE = "partial-needs"
 AUTOCAST_CASE = "autocast-bf16"
@@ -176,6 +190,55 @@ def _run_launcher_case(case, options):
     unwritten = sum(int(t.isnan().sum()) for t in (y, dx, workspace))
     plan = triton_backend.launch_plan(B, D, L, K, layout, **options)
     return {"errs": errs, "ok": unwritten == 0, "plan": plan._asdict()}
+
+
+def input_bias_reference(x, w, b, ib, dy, padding, layout):
+    """y and (dx, dw, dbias, d input_bias) in float64: the input bias added to x, then conv."""
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b, ib)]
+    x64, w64, b64, ib64 = leaves
+    shifted = x64 + (ib64[:, None] if layout == "bdl" else ib64)
+    y = conv_ref64(shifted, w64, b64, padding, layout)
+    return y.detach(), torch.autograd.grad(y, leaves, dy.double())
+
+
+def _run_input_bias_case(case, options):
+    from kernels.short_conv import triton as triton_backend
+
+    B, D, L, K, padding, layout, dtype = case
+    x, w, b, dy = make_inputs(B, D, L, K, layout, DTYPES[dtype], seed=11 * L + K)
+    ib = torch.randn(D, generator=torch.Generator().manual_seed(L)).to(DTYPES[dtype])
+    y_ref, refs = input_bias_reference(x, w, b, ib, dy, padding, layout)
+    names = ("dx", "dw", "dbias", "dib")
+    if options is None:
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, ib)]
+        y = short_conv(
+            *leaves[:3], input_bias=leaves[3], padding=padding, layout=layout, backend="triton"
+        )
+        grads = torch.autograd.grad(y, leaves, dy)
+        ok = all(g.dtype == t.dtype for g, t in zip(grads, leaves, strict=True))
+    else:
+        nan = float("nan")
+        y, dx = torch.full_like(x, nan), torch.full_like(x, nan)
+        shape = triton_backend.workspace_shape(x, w, layout, input_bias=True, **options)
+        workspace = torch.full(shape, nan)
+        triton_backend.forward(x, w, b, padding, layout, input_bias=ib, out=y, **options)
+        _, dw, dbias, dib = triton_backend.backward(
+            dy,
+            x,
+            w,
+            padding,
+            layout,
+            (True, True, True, True),
+            input_bias=ib,
+            dx_out=dx,
+            workspace=workspace,
+            **options,
+        )
+        grads = (dx, dw, dbias, dib)
+        ok = sum(int(t.isnan().sum()) for t in (y, dx, workspace)) == 0
+    errs = {"y": rel_err(y, y_ref)}
+    errs |= {n: rel_err(g, r) for n, g, r in zip(names, grads, refs, strict=True)}
+    return {"errs": errs, "ok": ok}
 
 
 def _run_mixed_case():
@@ -260,6 +323,7 @@ def _interpreter_main() -> None:
     triton_backend.forward, triton_backend.backward = counted(launch_fwd), counted(launch_bwd)
     jobs = [(cid, _run_api_case, args) for cid, args in API_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
+    jobs += [(cid, _run_input_bias_case, args) for cid, args in INPUT_BIAS_CASES.items()]
     jobs += [(MIXED_CASE, _run_mixed_case, ()), (NEEDS_CASE, _run_needs_case, ())]
     jobs += [(AUTOCAST_CASE, _run_autocast_case, ()), (COMPILE_CASE, _run_compile_case, ())]
     results = {}
@@ -297,6 +361,17 @@ def test_interpreter_launcher_poisoned(interpreted, case):
     res = interpreted[case]
     assert res["ok"], "unwritten (NaN) elements left"
     assert res["plan"]["tiles"] == options["tiles"]
+    _assert_within(res, DTYPES[dtype])
+
+
+@pytest.mark.parametrize("case", list(INPUT_BIAS_CASES))
+def test_interpreter_input_bias(interpreted, case):
+    """The input bias joins x inside the sequence only; its gradient is the sum of dx."""
+    (*_, dtype), _ = INPUT_BIAS_CASES[case]
+    res = interpreted[case]
+    assert res["kernels"] == ["backward", "forward"], "the triton kernels did not run"
+    assert res["ok"], "wrong gradient dtype, or unwritten (NaN) elements left"
+    assert set(res["errs"]) == {"y", "dx", "dw", "dbias", "dib"}
     _assert_within(res, DTYPES[dtype])
 
 
@@ -453,6 +528,26 @@ def test_gpu_forward_backward(B, D, L, K, layout, padding, dtype):
     for name, err in errs.items():
         # floor: a tenth of the tolerance (the two sum in different orders)
         assert err <= max(2 * errs_t[name], TOL[dtype] / 10), (name, err, errs_t[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gpu_input_bias(layout, padding, dtype):
+    """The Hyena shape with in_proj's bias folded in: y and all four gradients vs float64."""
+    B, D, L, K = 3, 777, 4097, 3
+    x, w, b, dy = make_inputs(B, D, L, K, layout, dtype, seed=5, device="cuda")
+    ib = torch.randn(D, generator=torch.Generator().manual_seed(9)).to("cuda", dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, ib)]
+    y = short_conv(*leaves[:3], input_bias=leaves[3], padding=padding, layout=layout)
+    grads = torch.autograd.grad(y, leaves, dy)
+    y_ref, refs = input_bias_reference(x, w, b, ib, dy, padding, layout)
+    errs = {"y": rel_err(y, y_ref)}
+    names = ("dx", "dw", "db", "dib")
+    errs |= {n: rel_err(g, r) for n, g, r in zip(names, grads, refs, strict=True)}
+    for name, err in errs.items():
+        assert err < TOL[dtype], (name, err, errs)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,134 @@
+"""Linear layers that change layout: [B, L, d] (what matmuls, norms and the residual stream
+use) to and from [B, d, L] (what the convolutions use: the sequence contiguous).
+
+A Hyena operator written with ``nn.Linear`` and ``transpose`` pays for each change of layout
+with a transposed copy in both directions of the pass: the view that ``transpose`` returns is
+copied by the next kernel that needs contiguous memory (``short_conv``, ``fftconv``, the
+``out_proj`` matmul, and in the backward the matmuls of both projections). On hyena-s at
+L = 4096 (H200) those copies took about 60 ms of a 345 ms training step, more than the FFT
+convolutions. A matmul does not need a copy to read or write a transposed operand: cuBLAS
+takes the layout as a flag. So both projections are batched matmuls over the batch with the
+weight broadcast, each gradient written straight into the layout its consumer wants:
+
+    to_channels:    z[b] = W x[b]^T + bias          [d_out, L]   (x: [B, L, d_in])
+                    dx[b] = dz[b]^T W              [L, d_in]
+    from_channels:  y[b] = v[b]^T W^T + bias        [L, d_out]   (v: [B, d_in, L])
+                    dv[b] = W^T dy[b]^T            [d_in, L]
+    dW = sum_b of the per-sequence products (a batched matmul, then a sum in fp32)
+
+Under ``torch.autocast`` the matmuls run in the autocast dtype (as ``nn.Linear`` does) and the
+gradients come back in each input's own dtype. The weights stay in ``nn.Linear`` modules, so
+checkpoints and initialisation are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["linear_from_channels", "linear_to_channels"]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _weight_grad(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """sum_b a[b] @ b[b]: one batched matmul, the partial products summed in fp32 or wider."""
+    acc = torch.promote_types(a.dtype, torch.float32)
+    return torch.bmm(a, b).sum(0, dtype=acc).to(dtype)
+
+
+class _ToChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        dtype = _compute_dtype(x)
+        xc, wc = x.to(dtype), weight.to(dtype)
+        batch = x.shape[0]
+        with torch.autocast(x.device.type, enabled=False):
+            z = torch.bmm(wc.expand(batch, -1, -1), xc.transpose(1, 2))  # [B, d_out, L]
+            if bias is not None:
+                z += bias.to(dtype)[:, None]
+        ctx.save_for_backward(xc, wc)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return z
+
+    @staticmethod
+    def backward(ctx, dz: Tensor) -> tuple[Tensor | None, ...]:
+        xc, wc = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        dz = dz.to(wc.dtype)
+        dx = dw = db = None
+        with torch.autocast(dz.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                dx = torch.bmm(dz.transpose(1, 2), wc.expand(dz.shape[0], -1, -1)).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                dw = _weight_grad(dz, xc, w_dtype)  # [d_out, d_in]
+            if b_dtype is not None and ctx.needs_input_grad[2]:
+                db = dz.sum((0, 2), dtype=torch.promote_types(dz.dtype, torch.float32))
+                db = db.to(b_dtype)
+        return dx, dw, db
+
+
+class _FromChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        dtype = _compute_dtype(v)
+        vc, wc = v.to(dtype), weight.to(dtype)
+        batch = v.shape[0]
+        with torch.autocast(v.device.type, enabled=False):
+            y = torch.bmm(vc.transpose(1, 2), wc.t().expand(batch, -1, -1))  # [B, L, d_out]
+            if bias is not None:
+                y += bias.to(dtype)
+        ctx.save_for_backward(vc, wc)
+        ctx.dtypes = (v.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:
+        vc, wc = ctx.saved_tensors
+        v_dtype, w_dtype, b_dtype = ctx.dtypes
+        dy = dy.to(wc.dtype)
+        dv = dw = db = None
+        with torch.autocast(dy.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                batch = dy.shape[0]
+                dv = torch.bmm(wc.t().expand(batch, -1, -1), dy.transpose(1, 2)).to(v_dtype)
+            if ctx.needs_input_grad[1]:
+                dw = _weight_grad(dy.transpose(1, 2), vc.transpose(1, 2), w_dtype)
+            if b_dtype is not None and ctx.needs_input_grad[2]:
+                db = dy.sum((0, 1), dtype=torch.promote_types(dy.dtype, torch.float32))
+                db = db.to(b_dtype)
+        return dv, dw, db
+
+
+def _check(name: str, x: Tensor, weight: Tensor, bias: Tensor | None, d_in_dim: int) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{name}: x must be 3-D; got shape {tuple(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[d_in_dim]:
+        raise ValueError(
+            f"{name}: weight must be [d_out, {x.shape[d_in_dim]}] for x of shape "
+            f"{tuple(x.shape)}; got {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{name}: bias must be [{weight.shape[0]}]; got {tuple(bias.shape)}")
+
+
+def linear_to_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias).transpose(1, 2)``, contiguous, without a transposed copy.
+
+    x: [B, L, d_in]; weight: [d_out, d_in]; bias: [d_out] -> [B, d_out, L].
+    """
+    _check("linear_to_channels", x, weight, bias, 2)
+    return _ToChannels.apply(x, weight, bias)
+
+
+def linear_from_channels(v: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(v.transpose(1, 2), weight, bias)``, contiguous, without a transposed copy.
+
+    v: [B, d_in, L]; weight: [d_out, d_in]; bias: [d_out] -> [B, L, d_out].
+    """
+    _check("linear_from_channels", v, weight, bias, 1)
+    return _FromChannels.apply(v, weight, bias)
