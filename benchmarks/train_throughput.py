@@ -4,20 +4,28 @@ and of gpt-s, a GPT of the same size with PyTorch SDPA (flash) attention, per se
     python -m benchmarks.train_throughput --out benchmarks/results/<name>.json
         [--lengths 2048 4096 ...] [--models hyena-triton hyena-torch gpt-sdpa]
         [--tokens-per-step 65536] [--warmup 3 --steps 10] [--compile]
+        [--loss fused fused-torch unfused]
     python -m benchmarks.train_throughput --smoke --out <file>   # tiny models, CPU or GPU
 
-Each (model, length) is one real training step as ``train.py`` runs it with ``trainer=gpu``
-(Lightning's ``bf16-mixed``: fp32 weights, the forward and the loss under ``torch.autocast``
-bf16, the backward outside it): forward, cross-entropy over fp32 logits (as
-``LanguageModelTask``), backward, gradient clipping at 1.0 (``configs/trainer/default.yaml``),
-AdamW over ``models.tasks.param_groups`` (``configs/task/lm.yaml``'s settings, PyTorch's default
-foreach implementation), ``zero_grad``. A fixed number of tokens per step: batch = tokens / L
-(at least 1). Times are CUDA events around each step after the warm-up steps; the reported time
-is the median over the timed steps (mean and every step are in the JSON). Peak memory is
-``torch.cuda.max_memory_allocated`` from just before the model is built to the last step:
-weights, gradients, optimizer state and activations. An out-of-memory configuration is recorded
-as such and the sweep goes on. The GPT runs with SDPA restricted to the flash kernel on CUDA:
-it fails (recorded as an error) rather than silently timing a slower kernel.
+Each (model, length, loss) is one real training step as ``train.py`` runs it with
+``trainer=gpu`` (Lightning's ``bf16-mixed``: fp32 weights, the forward and the loss under
+``torch.autocast`` bf16, the backward outside it): the model's fused loss ``model.loss`` (head +
+cross-entropy without logits, as ``LanguageModelTask`` trains), backward, gradient clipping at
+1.0 (``configs/trainer/default.yaml``), AdamW over ``models.tasks.param_groups``
+(``configs/task/lm.yaml``'s settings, PyTorch's default foreach implementation), ``zero_grad``.
+A fixed number of tokens per step: batch = tokens / L (at least 1). Times are CUDA events
+around each step after the warm-up steps; the reported time is the median over the timed steps
+(mean and every step are in the JSON). Peak memory is ``torch.cuda.max_memory_allocated`` from
+just before the model is built to the last step: weights, gradients, optimizer state and
+activations. An out-of-memory configuration is recorded as such and the sweep goes on. The GPT
+runs with SDPA restricted to the flash kernel on CUDA: it fails (recorded as an error) rather
+than silently timing a slower kernel.
+
+``--loss`` picks the loss path, several at once for a comparison: ``fused`` (the default, what
+training runs: ``linear_cross_entropy`` with backend "auto", i.e. liger-kernel on CUDA),
+``fused-torch`` (the chunked PyTorch backend of the same function) and ``unfused`` (the logits
+[B, L, V], cast to fp32, ``F.cross_entropy``: the path before the fused loss). The target
+ratios are computed on the first one named.
 
 Prints a markdown table with the ratios the targets are about (hyena-triton / hyena-torch and
 hyena-triton / gpt-sdpa tokens/s per length) and writes JSON after every configuration.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import json
 import math
@@ -60,6 +69,8 @@ SMOKE_WARMUP, SMOKE_STEPS = 1, 2
 ADAMW = {"lr": 3e-3, "betas": (0.9, 0.98), "weight_decay": 0.1}
 GRAD_CLIP = 1.0
 GIB = 2**30
+# loss paths: name -> linear_cross_entropy backend, or None for the logits + F.cross_entropy path
+LOSSES: dict[str, str | None] = {"fused": "auto", "fused-torch": "torch", "unfused": None}
 
 
 @dataclass(frozen=True)
@@ -138,14 +149,32 @@ class StepTimer:
         return [1e3 * t for t in self._marks]
 
 
-def make_step(model: nn.Module, device: torch.device) -> Callable[[Tensor, Tensor], Tensor]:
-    """One training step on (inputs, targets) [B, L]; returns the loss (not synced)."""
+def make_step(
+    model: nn.Module, device: torch.device, loss: str = "fused", compile: bool = False
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """One training step on (inputs, targets) [B, L]; returns the loss (not synced).
+
+    ``loss`` is a ``LOSSES`` key: the model's fused ``loss`` method (as training runs it) or the
+    unfused logits path. ``compile`` compiles what the step calls: ``model.loss``, or the
+    model's forward for the unfused path."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}")
     optimizer = torch.optim.AdamW(param_groups(model), **ADAMW)
+    backend = LOSSES[loss]
+    if backend is None:
+        forward = torch.compile(model) if compile else model
+
+        def loss_of(inputs: Tensor, targets: Tensor) -> Tensor:
+            logits = forward(inputs)  # [B, L, V]
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    else:
+        fused = functools.partial(model.loss, reduction="mean", backend=backend)
+        loss_of = torch.compile(fused) if compile else fused
 
     def step(inputs: Tensor, targets: Tensor) -> Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(inputs)  # [B, L, V]
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = loss_of(inputs, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
@@ -163,8 +192,8 @@ def measure(
     device: torch.device,
     row: dict[str, Any],
 ) -> None:
-    """Builds the model, runs the warm-up and timed steps; fills ``row`` as it goes (so that an
-    out-of-memory error still leaves what was known)."""
+    """Builds the model, runs the warm-up and timed steps with the loss path ``row["loss"]``;
+    fills ``row`` as it goes (so that an out-of-memory error still leaves what was known)."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(device):
@@ -173,8 +202,7 @@ def measure(
     row["preset"] = model.config.name
     vocab = model.config.vocab_size
     model.train()
-    runnable = torch.compile(model) if args.compile else model
-    step = make_step(runnable, device)
+    step = make_step(model, device, row.get("loss", "fused"), compile=args.compile)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     row["build_s"] = time.perf_counter() - t0
@@ -206,12 +234,13 @@ def measure(
 
 
 def run_config(
-    name: str, seq_len: int, args: argparse.Namespace, device: torch.device
+    name: str, seq_len: int, args: argparse.Namespace, device: torch.device, loss: str = "fused"
 ) -> dict[str, Any]:
     batch = max(1, args.tokens_per_step // seq_len)
     row: dict[str, Any] = {
         "model": name,
         "L": seq_len,
+        "loss": loss,
         "batch": batch,
         "tokens_per_step": batch * seq_len,
         "status": "running",
@@ -263,7 +292,8 @@ def environment(device: torch.device, args: argparse.Namespace, argv: list[str])
         "timed_steps": args.steps,
         "timing": "median over the timed steps of the ms per training step ("
         + ("CUDA events)" if device.type == "cuda" else "wall clock)"),
-        "step": "autocast forward + cross-entropy, backward, clip_grad_norm 1.0, AdamW, zero_grad",
+        "step": "autocast forward + loss, backward, clip_grad_norm 1.0, AdamW, zero_grad",
+        "losses": list(args.loss),
         "optimizer": {"name": "AdamW", **ADAMW, "betas": list(ADAMW["betas"])},
         "gpt_sdpa_backend": "flash only" if device.type == "cuda" else "default",
     }
@@ -275,13 +305,32 @@ def environment(device: torch.device, args: argparse.Namespace, argv: list[str])
     return meta
 
 
-def ratio(rows: list[dict], num: str, den: str, seq_len: int) -> float | None:
-    by = {
-        (r["model"], r["L"]): r["tokens_per_s"]
-        for r in rows
-        if r.get("status") == "ok" and r["model"] in (num, den)
-    }
-    a, b = by.get((num, seq_len)), by.get((den, seq_len))
+def primary_loss(rows: list[dict]) -> str:
+    """The loss path the target ratios are computed on: the first one measured."""
+    return rows[0].get("loss", "fused") if rows else "fused"
+
+
+def find_row(rows: list[dict], model: str, seq_len: int, loss: str) -> dict | None:
+    return next(
+        (
+            r
+            for r in rows
+            if r["model"] == model and r["L"] == seq_len and r.get("loss", "fused") == loss
+        ),
+        None,
+    )
+
+
+def tokens_per_s(rows: list[dict], model: str, seq_len: int, loss: str) -> float | None:
+    r = find_row(rows, model, seq_len, loss)
+    return r["tokens_per_s"] if r is not None and r.get("status") == "ok" else None
+
+
+def ratio(
+    rows: list[dict], num: str, den: str, seq_len: int, loss: str | None = None
+) -> float | None:
+    loss = primary_loss(rows) if loss is None else loss
+    a, b = tokens_per_s(rows, num, seq_len, loss), tokens_per_s(rows, den, seq_len, loss)
     return a / b if a and b else None
 
 
@@ -295,6 +344,7 @@ def targets(rows: list[dict]) -> list[dict]:
                 "numerator": num,
                 "denominator": den,
                 "L": seq_len,
+                "loss": primary_loss(rows),
                 "threshold": threshold,
                 "ratio": r,
                 "met": None if r is None else r >= threshold,
@@ -303,15 +353,53 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def cell(r: dict | None, key: str, spec: str) -> str:
+    if r is None:
+        return "-"
+    return fmt(r.get(key), spec) if r.get("status") == "ok" else r["status"]
+
+
+def loss_table(
+    rows: list[dict], names: list[str], lengths: list[int], losses: list[str]
+) -> list[str]:
+    """Per model and length: tokens/s and peak memory of each loss path, and the speed of the
+    first path relative to each other one."""
+    first, others = losses[0], losses[1:]
+    lines = [
+        "",
+        "| model | L | "
+        + " | ".join(f"{x} tokens/s" for x in losses)
+        + " | "
+        + " | ".join(f"{x} peak GiB" for x in losses)
+        + " | "
+        + " | ".join(f"{first} / {x}" for x in others)
+        + " |",
+        "| --- | ---: |" + " ---: |" * (2 * len(losses) + len(others)),
+    ]
+    for n in names:
+        for seq_len in lengths:
+            found = [find_row(rows, n, seq_len, x) for x in losses]
+            speed = [cell(r, "tokens_per_s", ",.0f") for r in found]
+            peak = [cell(r, "peak_gib", ".1f") for r in found]
+            base = tokens_per_s(rows, n, seq_len, first)
+            rel = []
+            for x in others:
+                other = tokens_per_s(rows, n, seq_len, x)
+                rel.append(f"{fmt(base / other if base and other else None, '.2f')}x")
+            lines.append(f"| {n} | {seq_len} | {' | '.join(speed + peak + rel)} |")
+    return lines
+
+
 def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict) -> str:
+    losses = meta.get("losses") or [primary_loss(rows)]
     lines = [
         f"Training step of {'tiny models (smoke)' if meta['smoke'] else 'hyena-s / gpt-s'} on "
         f"{meta['gpu'] or meta['device']}, {meta['autocast_dtype']} autocast, "
         f"{meta['tokens_per_step']} tokens per step, median of {meta['timed_steps']} steps"
         f"{', torch.compile' if meta['compile'] else ''}",
         "",
-        "| model | L | batch | ms/step | tokens/s | peak GiB | params |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | loss | L | batch | ms/step | tokens/s | peak GiB | params |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if r.get("status") == "ok":
@@ -324,22 +412,24 @@ def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict)
             cells = (r["status"], "-", "-")
         params = fmt(r.get("params", 0) / 1e6 if r.get("params") else None, ".1f")
         lines.append(
-            f"| {r['model']} | {r['L']} | {r['batch']} | {' | '.join(cells)} | {params}M |"
+            f"| {r['model']} | {r.get('loss', 'fused')} | {r['L']} | {r['batch']} | "
+            f"{' | '.join(cells)} | {params}M |"
         )
+    primary = losses[0]
     lines += [
+        "",
+        f"Loss path: {primary}",
         "",
         "| L | " + " | ".join(f"{n} tokens/s" for n in names) + " | triton / torch | hyena / gpt |",
         "| ---: | " + " | ".join("---:" for _ in names) + " | ---: | ---: |",
     ]
     for seq_len in lengths:
-        tps = []
-        for n in names:
-            r = next((r for r in rows if r["model"] == n and r["L"] == seq_len), None)
-            ok = r is not None and r.get("status") == "ok"
-            tps.append(fmt(r["tokens_per_s"], ",.0f") if ok else (r["status"] if r else "-"))
-        tt = fmt(ratio(rows, "hyena-triton", "hyena-torch", seq_len), ".2f")
-        hg = fmt(ratio(rows, "hyena-triton", "gpt-sdpa", seq_len), ".2f")
+        tps = [cell(find_row(rows, n, seq_len, primary), "tokens_per_s", ",.0f") for n in names]
+        tt = fmt(ratio(rows, "hyena-triton", "hyena-torch", seq_len, primary), ".2f")
+        hg = fmt(ratio(rows, "hyena-triton", "gpt-sdpa", seq_len, primary), ".2f")
         lines.append(f"| {seq_len} | {' | '.join(tps)} | {tt}x | {hg}x |")
+    if len(losses) > 1:
+        lines += loss_table(rows, names, lengths, losses)
     lines.append("")
     for t in targets(rows):
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -358,6 +448,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help=f"untimed steps first (default {WARMUP})")
     parser.add_argument("--steps", type=int, help=f"timed steps (default {STEPS})")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument(
+        "--loss",
+        nargs="+",
+        choices=list(LOSSES),
+        default=["fused"],
+        help="loss paths to time, each a row (default fused: model.loss, as training runs; "
+        "unfused: the logits and F.cross_entropy); the targets use the first",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -380,6 +478,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--{key.replace('_', '-')} must be >= {least}; got {getattr(args, key)}")
     if min(args.lengths) < 1:
         parser.error(f"--lengths must all be >= 1; got {args.lengths}")
+    if len(set(args.loss)) != len(args.loss):
+        parser.error(f"--loss names a path twice; got {args.loss}")
     return args
 
 
@@ -397,12 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    configs = [(n, seq_len) for seq_len in args.lengths for n in args.models]
+    configs = [(n, length, x) for length in args.lengths for n in args.models for x in args.loss]
     rows: list[dict] = []
     start = time.perf_counter()
-    for i, (name, seq_len) in enumerate(configs, 1):
+    for i, (name, seq_len, loss) in enumerate(configs, 1):
         t0 = time.perf_counter()
-        row = run_config(name, seq_len, args, device)
+        row = run_config(name, seq_len, args, device, loss)
         row["config_s"] = time.perf_counter() - t0
         rows.append(row)
         if row["status"] == "ok":
@@ -413,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = f"{row['status']}: {row.get('error', '')[:200]}"
         print(
-            f"[{i}/{len(configs)}] {name} L={seq_len} batch={row['batch']}: {result}  "
+            f"[{i}/{len(configs)}] {name} L={seq_len} loss={loss} batch={row['batch']}: {result}  "
             f"({row['config_s']:.1f} s, {time.perf_counter() - start:.0f} s total)",
             flush=True,
         )

@@ -180,16 +180,9 @@ class GPTLM(CausalLM):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config, GPTBlock)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        if idx.ndim != 2:
-            raise ValueError(
-                f"idx must be [batch, seq_len] token ids; got shape {tuple(idx.shape)}"
-            )
+    def block_args(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The rotary cos and sin [L, hd/2] that every block's attention takes."""
         angles = rotary_angles(
             idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device
         )
-        cos, sin = angles.cos(), angles.sin()  # [L, hd/2]
-        x = self.drop(self.wte(idx))  # [B, L, d]
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.lm_head(self.norm_f(x))  # [B, L, V]
+        return angles.cos(), angles.sin()

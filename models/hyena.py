@@ -7,8 +7,9 @@ gated long convolutions with a D skip, out_proj.
 
 Design choices that differ from the reference, and why:
 - ``in_proj`` and ``out_proj`` are matmuls that write and read the convolutions' [B, D, L]
-  layout directly (``models.projections``), and ``in_proj``'s bias is added by the short
-  conv's kernel: the operator makes no transposed copy of its activations.
+  layout directly (``models.projections``), ``in_proj`` one contiguous tensor per stream, and
+  ``in_proj``'s bias is added by the short conv's kernel: the operator makes no transposed
+  copy and no slice copy of its activations.
 - Every long convolution is one fused ``kernels.fftconv`` call (gates, skip and convolution
   in one kernel). The kernel adds its ``bias`` outside the postgate, while the paper's last
   step gates the skip too (``y = x0 * (h * v + D v)``); on that step we add ``D`` to lag 0
@@ -218,17 +219,21 @@ class HyenaOperator(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         L = u.shape[1]
         taps = check_seq_len(L, self.l_max, self.filter_len)
-        # in_proj and out_proj write and read [B, channels, L] directly (no transposed copies);
-        # in_proj's bias is added inside the short conv's kernel (its gradient too)
-        z = linear_to_channels(u, self.in_proj.weight)  # [B, (order+1) d, L]
-        z = short_conv(
-            z,
-            self.short_filter,
-            self.short_filter_bias,
-            input_bias=self.in_proj.bias,
-            padding="causal",
+        # in_proj writes each of its order + 1 streams as its own contiguous [B, d, L] tensor
+        # (no transposed copy, no slice copies for the kernels); its bias is added inside the
+        # short conv's kernel, its gradient too
+        n = self.order + 1
+        streams = linear_to_channels(u, self.in_proj.weight, chunks=n)
+        filters = zip(
+            streams,
+            self.short_filter.chunk(n),
+            self.short_filter_bias.chunk(n),
+            self.in_proj.bias.chunk(n),
+            strict=True,
         )
-        *x, v = z.split(self.d_model, dim=1)  # order gates x0..x_{order-1} and the value v
+        *x, v = (  # order gates x0..x_{order-1} and the value v
+            short_conv(z, w, b, input_bias=ib, padding="causal") for z, w, b, ib in filters
+        )
         k = self.filter(taps).reshape(self.order - 1, self.d_model, taps)  # [order-1, d, taps]
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
         fuse_pregate = not (self.training and self.dropout.p > 0)

@@ -13,6 +13,9 @@ Design choices:
   not change any parameter, only how many filter taps are used.
 - ``generate`` samples by recomputing the whole forward for every new token (no recurrent
   state); its context is cropped to ``context_window`` (see there).
+- Training takes ``loss(idx, targets)``, the head and the cross-entropy fused
+  (``models.loss.linear_cross_entropy``): the [B, L, V] logits are never materialized.
+  ``forward`` still returns logits for whoever needs them (evaluation, sampling).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch.nn import functional as F
 from kernels.fftconv.interface import BACKENDS
 
 from .hyena import HyenaOperator
+from .loss import linear_cross_entropy
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -243,9 +247,13 @@ class CausalLM(nn.Module):
     """Token ids [B, L] -> logits [B, L, padded_vocab_size]: embedding, ``n_layer`` pre-norm
     blocks, final norm, head tied to the embedding, GPT-2 init, HF-style export.
 
+    ``hidden(idx)`` is the trunk up to the final norm ([B, L, d]); ``forward(idx)`` applies the
+    head to it, and ``loss(idx, targets)`` fuses the head with the cross-entropy.
+
     A subclass sets ``MODEL_TYPE`` (its ``config.json`` tag), ``CONFIG`` (its config class)
     and ``MIXER`` (the sequence mixer whose ``out_proj`` writes into the residual stream),
-    passes its block class to ``__init__`` and writes ``forward``.
+    passes its block class to ``__init__`` and, when its blocks take more than the residual
+    stream, overrides ``block_args``.
     """
 
     MODEL_TYPE: ClassVar[str]
@@ -266,6 +274,58 @@ class CausalLM(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         init_gpt2(module, self.config.initializer_range, self.config.n_layer, self.MIXER)
+
+    def block_args(self, idx: Tensor) -> tuple[Tensor, ...]:
+        """Extra arguments every block gets after the residual stream, computed once per
+        forward from the token ids (the GPT's rotary cos and sin); none by default."""
+        return ()
+
+    def hidden(self, idx: Tensor) -> Tensor:
+        """Token ids [B, L] -> final-normed hidden states [B, L, d] (what the head reads)."""
+        if not isinstance(idx, Tensor) or idx.ndim != 2:
+            shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be [batch, seq_len] token ids; got shape {shape}")
+        extra = self.block_args(idx)
+        x = self.drop(self.wte(idx))  # [B, L, d]
+        for block in self.blocks:
+            x = block(x, *extra)
+        return self.norm_f(x)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.lm_head(self.hidden(idx))  # [B, L, V]
+
+    def loss(
+        self,
+        idx: Tensor,
+        targets: Tensor,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "sum",
+        backend: str = "auto",
+        chunk_size: int | None = None,
+    ) -> Tensor:
+        """Cross-entropy of the next-token logits against ``targets`` [B, L] (int64 ids, or
+        ``ignore_index`` for unsupervised positions), with the head fused into the loss so
+        that the [B, L, V] logits never exist; the same value and gradients as
+        ``F.cross_entropy(self(idx).flatten(0, 1).float(), targets.flatten(), ...)``, except
+        that a "mean" over no supervised target is 0, not NaN. ``backend`` and ``chunk_size``
+        are ``models.loss.linear_cross_entropy``'s."""
+        if not isinstance(targets, Tensor) or not isinstance(idx, Tensor):
+            raise TypeError("idx and targets must be torch.Tensors of token ids")
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have the shape of idx {tuple(idx.shape)}; got {tuple(targets.shape)}"
+            )
+        h = self.hidden(idx)  # [B, L, d]
+        return linear_cross_entropy(
+            h.flatten(0, 1),
+            self.lm_head.weight,
+            targets.flatten(),
+            ignore_index=ignore_index,
+            reduction=reduction,
+            backend=backend,
+            chunk_size=chunk_size,
+        )
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> CausalLM:
@@ -313,12 +373,6 @@ class HyenaLM(CausalLM):
 
     def __init__(self, config: HyenaConfig) -> None:
         super().__init__(config, HyenaBlock)
-
-    def forward(self, idx: Tensor) -> Tensor:
-        x = self.drop(self.wte(idx))  # [B, L, d]
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.norm_f(x))  # [B, L, V]
 
     # -----------------------------------------------------------------------------------------
     # Sampling

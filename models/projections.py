@@ -42,34 +42,66 @@ def _weight_grad(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class _ToChannels(torch.autograd.Function):
+    """``chunks`` outputs, row blocks of W: each its own contiguous [B, d_out / chunks, L]
+    tensor, so that consumers of one block (a gate, the value) need no slice copy."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, chunks: int):
         dtype = _compute_dtype(x)
         xc, wc = x.to(dtype), weight.to(dtype)
         batch = x.shape[0]
+        outs = []
         with torch.autocast(x.device.type, enabled=False):
-            z = torch.bmm(wc.expand(batch, -1, -1), xc.transpose(1, 2))  # [B, d_out, L]
+            for w_i in wc.chunk(chunks):
+                outs.append(torch.bmm(w_i.expand(batch, -1, -1), xc.transpose(1, 2)))
             if bias is not None:
-                z += bias.to(dtype)[:, None]
+                for z_i, b_i in zip(outs, bias.to(dtype).chunk(chunks), strict=True):
+                    z_i += b_i[:, None]
         ctx.save_for_backward(xc, wc)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return z
+        ctx.set_materialize_grads(False)
+        return tuple(outs)
 
     @staticmethod
-    def backward(ctx, dz: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx, *dzs: Tensor | None) -> tuple[Tensor | None, ...]:
         xc, wc = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype = ctx.dtypes
-        dz = dz.to(wc.dtype)
+        w_blocks = wc.chunk(len(dzs))
+        dzs = [dz.to(wc.dtype) if dz is not None else None for dz in dzs]
         dx = dw = db = None
-        with torch.autocast(dz.device.type, enabled=False):
+        with torch.autocast(xc.device.type, enabled=False):
             if ctx.needs_input_grad[0]:
-                dx = torch.bmm(dz.transpose(1, 2), wc.expand(dz.shape[0], -1, -1)).to(x_dtype)
+                # sum_i dz_i^T W_i, accumulated in place by the matmuls (beta = 1)
+                for dz, w_i in zip(dzs, w_blocks, strict=True):
+                    if dz is None:
+                        continue
+                    w_b = w_i.expand(dz.shape[0], -1, -1)
+                    if dx is None:
+                        dx = torch.bmm(dz.transpose(1, 2), w_b)
+                    else:
+                        dx.baddbmm_(dz.transpose(1, 2), w_b)
+                if dx is None:
+                    dx = torch.zeros_like(xc)
+                dx = dx.to(x_dtype)
             if ctx.needs_input_grad[1]:
-                dw = _weight_grad(dz, xc, w_dtype)  # [d_out, d_in]
+                dw = torch.cat(
+                    [
+                        _weight_grad(dz, xc, w_dtype)
+                        if dz is not None
+                        else w_i.new_zeros(w_i.shape, dtype=w_dtype)
+                        for dz, w_i in zip(dzs, w_blocks, strict=True)
+                    ]
+                )  # [d_out, d_in]
             if b_dtype is not None and ctx.needs_input_grad[2]:
-                db = dz.sum((0, 2), dtype=torch.promote_types(dz.dtype, torch.float32))
-                db = db.to(b_dtype)
-        return dx, dw, db
+                db = torch.cat(
+                    [
+                        dz.sum((0, 2), dtype=torch.promote_types(dz.dtype, torch.float32))
+                        if dz is not None
+                        else w_i.new_zeros(w_i.shape[0], dtype=torch.float32)
+                        for dz, w_i in zip(dzs, w_blocks, strict=True)
+                    ]
+                ).to(b_dtype)
+        return dx, dw, db, None
 
 
 class _FromChannels(torch.autograd.Function):
@@ -116,13 +148,22 @@ def _check(name: str, x: Tensor, weight: Tensor, bias: Tensor | None, d_in_dim: 
         raise ValueError(f"{name}: bias must be [{weight.shape[0]}]; got {tuple(bias.shape)}")
 
 
-def linear_to_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear_to_channels(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, chunks: int | None = None
+) -> Tensor | tuple[Tensor, ...]:
     """``F.linear(x, weight, bias).transpose(1, 2)``, contiguous, without a transposed copy.
 
-    x: [B, L, d_in]; weight: [d_out, d_in]; bias: [d_out] -> [B, d_out, L].
+    x: [B, L, d_in]; weight: [d_out, d_in]; bias: [d_out] -> [B, d_out, L]. With ``chunks``:
+    ``chunks`` contiguous tensors [B, d_out / chunks, L] (what ``.chunk(chunks, dim=1)`` of
+    the output would hold), so that each block's consumer gets it without a slice copy.
     """
     _check("linear_to_channels", x, weight, bias, 2)
-    return _ToChannels.apply(x, weight, bias)
+    if chunks is not None and (chunks < 1 or weight.shape[0] % chunks):
+        raise ValueError(
+            f"linear_to_channels: chunks must divide d_out={weight.shape[0]}; got {chunks}"
+        )
+    outs = _ToChannels.apply(x, weight, bias, chunks or 1)
+    return outs if chunks is not None else outs[0]
 
 
 def linear_from_channels(v: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -134,6 +134,11 @@ class LanguageModelTask(L.LightningModule):
     means over the supervised targets (token-weighted across batches), so a batch of plain
     LM targets (no ignored position) is treated exactly as before.
 
+    Training asks the network for the loss alone when it has a ``loss(inputs, targets, *,
+    ignore_index, reduction)`` method (``models.lm.CausalLM``: the head fused with the
+    cross-entropy, no [B, L, V] logits and no accuracy); a network without one is scored on its
+    logits, as validation and test always are (they need the argmax for ``acc``).
+
     Logs ``train/loss``, ``val/loss``, ``val/ppl``, ``val/acc`` and the same for ``test/``.
     """
 
@@ -174,8 +179,17 @@ class LanguageModelTask(L.LightningModule):
         acc = hits.sum() / denom
         return loss, acc, n
 
+    def _train_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Mean loss over the supervised targets (0 when there is none), fused when the network
+        can."""
+        loss_fn = getattr(self.net, "loss", None)
+        if not callable(loss_fn):
+            return self._step(batch)[0]
+        inputs, targets = batch
+        return loss_fn(inputs, targets, ignore_index=IGNORE_INDEX, reduction="mean")
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self._step(batch)
+        loss = self._train_loss(batch)
         self.train_loss(loss)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss

@@ -91,6 +91,29 @@ def test_autocast_cpu_bf16(kind):
     assert rel_err(dw, rw) < 1e-2
 
 
+@pytest.mark.parametrize("used", [(0, 1, 2), (0, 2), (1,)])
+def test_chunks_match_linear_fp64(used):
+    """Contiguous row blocks of the output; unused blocks (no gradient) count as zeros."""
+    x, w, b = make_inputs("to", 2, 11, 5, 12, torch.float64)
+    params = [t.requires_grad_() for t in (x, w, b)]
+    outs = linear_to_channels(x, w, b, chunks=3)
+    ref = reference("to", x, w, b).chunk(3, dim=1)
+    assert len(outs) == 3 and all(o.is_contiguous() for o in outs)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-12
+    dys = [torch.randn_like(ref[i]) for i in used]
+    grads = torch.autograd.grad([outs[i] for i in used], params, dys)
+    ref_grads = torch.autograd.grad([ref[i] for i in used], params, dys)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert rel_err(g, r) < 1e-12
+
+
+def test_chunks_must_divide():
+    x, w, b = make_inputs("to", 2, 5, 4, 6, torch.float32)
+    with pytest.raises(ValueError, match="chunks must divide d_out=6; got 4"):
+        linear_to_channels(x, w, b, chunks=4)
+
+
 @pytest.mark.parametrize("kind", ["to", "from"])
 def test_bad_arguments(kind):
     x, w, b = make_inputs(kind, 2, 5, 4, 6, torch.float32)
