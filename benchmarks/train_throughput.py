@@ -155,8 +155,9 @@ def make_step(
     """One training step on (inputs, targets) [B, L]; returns the loss (not synced).
 
     ``loss`` is a ``LOSSES`` key: the model's fused ``loss`` method (as training runs it) or the
-    unfused logits path. ``compile`` compiles what the step calls: ``model.loss``, or the
-    model's forward for the unfused path."""
+    unfused logits path. ``compile`` compiles the model's trunk (``model.hidden``: embedding,
+    blocks, final norm) for the fused loss, whose liger kernels stay eager (dynamo cannot
+    trace them), or the model's whole forward for the unfused path."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}")
     optimizer = torch.optim.AdamW(param_groups(model), **ADAMW)
@@ -169,8 +170,9 @@ def make_step(
             return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     else:
-        fused = functools.partial(model.loss, reduction="mean", backend=backend)
-        loss_of = torch.compile(fused) if compile else fused
+        if compile:  # an instance attribute: model.loss calls the compiled trunk
+            model.hidden = torch.compile(model.hidden)
+        loss_of = functools.partial(model.loss, reduction="mean", backend=backend)
 
     def step(inputs: Tensor, targets: Tensor) -> Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
