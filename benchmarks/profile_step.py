@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.train_throughput import MODELS, make_step
 
 GROUPS = (  # (group, substrings of kernel names), first match wins
-    ("fftconv (triton)", ("_fftconv", "rows_kernel", "cols_", "_long")),
+    ("fftconv (triton)", ("_fftconv", "rows_kernel", "cols_", "_long", "spectrum_layout")),
     ("short_conv (triton)", ("_short_conv",)),
     ("fft (cuFFT)", ("fft", "FFT", "regular_fft", "vector_fft")),
     ("matmul", ("gemm", "Gemm", "cutlass", "sm90_xmma", "nvjet", "cublas")),

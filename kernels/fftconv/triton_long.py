@@ -30,10 +30,25 @@ Design choices:
   general complex FFT -> multiply -> inverse FFT (no Hermitian symmetry used), and an odd last
   sequence rides with ``w = 0`` (B = 1 therefore does twice the necessary work: real-input
   packing of one sequence is not done).
-- A program takes ``STEPS`` pairs of one channel in a loop (as ``triton_fwd``'s steps): the
-  DFT matrices, and in the rows kernel the spectrum slice and twiddles, are loaded once for
-  all of them (``_steps_for``: as many as keep 8 programs per SM busy, at most 8; one in the
-  rows kernel from m = 4096 on, where holding the tables spills).
+- A program takes ``STEPS`` pairs of one channel in a loop (as ``triton_fwd``'s steps;
+  ``_steps_for``: as many as keep 8 programs per SM busy, at most 8). The column kernels load
+  their DFT matrices once for all of them.
+- The rows kernel runs as ``RowsConfig`` says (``rows=`` of ``conv_long``, or for every call
+  in a block ``use_rows_variant``; named variants in ``ROWS_VARIANTS``; the default,
+  ``held-p3``, was the fastest timed on the H200: benchmarks/NOTES.md, long path v2). Every
+  table of a program (the DFT matrices with the row's twiddle, the inner twiddle, the filter
+  slice) belongs to one (channel, row k0), so the pairs of that row share
+  all of them; the rows of a pair would share only the DFT matrices and the inner twiddle.
+  Hence the step loop runs over pairs. v1 (``rows_kernel``) loads the tables inside the loop,
+  where Triton leaves them (every pair reloads them), and takes one pair per program from
+  m = 4096. ``rows_kernel_held`` folds the row's twiddle into the tables (3 complex products
+  per element per pair instead of 6), builds them before the loop (``hold``: the DFT
+  matrices, which Triton then keeps in shared memory, and the fp32 twiddle and filter slice,
+  in registers) and pipelines the loop (``stages``). sm_90 compiles (bf16, 4 pairs per
+  program; ``benchmarks.fftconv_long --static``): m = 1024 255 -> 196 registers (165 with 3
+  stages), m = 2048 226 -> 164, m = 4096 104 -> 8 bytes of spills, m = 8192 116 -> 72, with
+  the held tables in 16-176 KB of shared memory; ``fit_rows_config`` drops stages, then held
+  tables, where a device has less.
 - Step (A) skips the zero padding: only the rows ``t0 < ceil(L / m)`` are read and enter the
   products (half of them for a causal convolution); (A') computes and writes only the rows that
   hold output samples. The rows step has no zero blocks (every row is dense after (A)).
@@ -76,20 +91,25 @@ Design choices:
 - Backward (``long_backward``, the ``fused_backward`` hook's contract): d_u and d_pregate from
   the same machinery run on ``dz = dy * postgate`` with the conjugate spectrum (correlation),
   d_postgate from the recomputed z; d_bias by torch; the filter gradient by torch.fft (an
-  rfft of dz and of v over the whole batch: the expensive part of this backward).
+  rfft of dz and of v over the whole batch: the expensive part of this backward). Both
+  ``conv_long`` calls take the rows configuration of the forward (``use_rows_variant``).
+- The intermediate is in the operand dtype already (bf16/fp16 for those inputs: 4 bytes per
+  complex value); only fp32 inputs keep an fp32 one, which their 1e-5 tolerance needs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 from torch import Tensor
 
-from ..backends import canonical_device, sm_count
+from ..backends import canonical_device, sm_count, triton_unusable
 from . import core, reference, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
@@ -98,6 +118,8 @@ from .triton_long_kernels import (
     cols_inv2_kernel,
     cols_inv_kernel,
     rows_kernel,
+    rows_kernel_held,
+    spectrum_layout_kernel,
 )
 
 MIN_INNER = triton_fwd.MIN_FFT  # 256
@@ -109,7 +131,7 @@ ONE_LEVEL_MAX = 128  # outer sizes from 256 on take two levels
 DTYPES = triton_fwd.DTYPES
 MAX_INTERMEDIATE_BYTES = 2**30
 MAX_STEPS = 8
-HOLD_MAX = 2048  # above this m the rows kernel takes one step (its tables would spill)
+HOLD_MAX = 2048  # above this m the v1 rows kernel takes one step (its tables would spill)
 PROGRAMS_PER_SM = 8
 
 
@@ -235,21 +257,178 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(max(n, MIN_INNER), canonical_device(device), dtype)
 
 
-def spectrum_layout(kf: Tensor, split: LongSplit, conj: bool = False) -> Tensor:
+_layout_kernel = True  # spectrum_layout's default (use_layout_kernel): the Triton kernel
+
+
+@contextlib.contextmanager
+def use_layout_kernel(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``spectrum_layout`` calls that do not say otherwise (the public call's,
+    forward and backward) run ``spectrum_layout_kernel`` (True) or the torch ops (False)."""
+    global _layout_kernel
+    previous, _layout_kernel = _layout_kernel, bool(enabled)
+    try:
+        yield
+    finally:
+        _layout_kernel = previous
+
+
+def spectrum_layout(
+    kf: Tensor, split: LongSplit, conj: bool = False, kernel: bool | None = None
+) -> Tensor:
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, M2]`` fp32, the rows
     kernel's order: ``[h, k0, 0|1, a1, a2]`` = real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the
-    full (Hermitian) spectrum, conjugated when ``conj`` (the correlation of the backward)."""
+    full (Hermitian) spectrum, conjugated when ``conj`` (the correlation of the backward).
+
+    ``kernel`` (default False, or what ``use_layout_kernel`` set): one Triton kernel that reads
+    the rfft and writes the layout, tile by tile, instead of the torch ops (a concatenation and
+    a permuting copy whose reads stride by ``8 N0 M1`` bytes: 0.4-0.75 ms of the public call
+    at B*H*L = 2^27 on the H200). The values are the same, bit for bit. Off CUDA the kernel
+    needs TRITON_INTERPRET=1; without it the torch ops run."""
     n, n0 = split.n, split.n0
     M1, M2 = triton_fwd.split(split.m)
     H = kf.shape[0]
     if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
         raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
     kf = kf.to(torch.complex64)
+    kernel = _layout_kernel if kernel is None else kernel
+    if kernel and triton_unusable(kf.device.type, __name__) is None:
+        out = torch.empty(H, n0, 2, M1, M2, device=kf.device, dtype=torch.float32)
+        ba, bj = min(M2, 32), 64
+        grid = (triton.cdiv(n0 * M1, bj), M2 // ba, H)
+        with torch.cuda.device(kf.device) if kf.is_cuda else contextlib.nullcontext():
+            spectrum_layout_kernel[grid](
+                torch.view_as_real(kf.contiguous()), out, n0,
+                M1=M1, M2=M2, BA=ba, BJ=bj, CONJ=conj,
+            )  # fmt: skip
+        return out
     if conj:
         kf = torch.conj_physical(kf)
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
     return full.permute(0, 3, 4, 2, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# The rows kernel's launch configurations (issue 3: timed as variants before a default changes)
+
+
+@dataclass(frozen=True)
+class RowsConfig:
+    """How the rows kernel (C) runs.
+
+    ``held=False``: ``rows_kernel`` (v1, the default): its tables are loaded inside the step
+    loop, where the compiler keeps them (the stores into the intermediate may alias them), so
+    every pair reloads them; one pair per program from m = 4096 (``HOLD_MAX``).
+    ``held=True``: ``rows_kernel_held``: the global twiddle folded into the tables (three
+    complex products per element instead of six); ``hold`` of them built once per program
+    before the loop (0 none, 1 the DFT matrices, 2 also the fp32 twiddle and filter slice);
+    the loop software-pipelined over ``stages``.
+    ``steps``: pairs of one (channel, row k0) per program (None: ``_steps_for``; v1: 1 from
+    m = 4096); ``num_warps`` (None: ``triton_fwd.num_warps_for(m)``).
+    """
+
+    held: bool = False
+    hold: int = 2
+    steps: int | None = None
+    stages: int = 1
+    num_warps: int | None = None
+
+    def __post_init__(self):
+        if self.hold not in (0, 1, 2):
+            raise ValueError(f"RowsConfig.hold must be 0, 1 or 2; got {self.hold!r}")
+        if not isinstance(self.stages, int) or self.stages < 1:
+            raise ValueError(f"RowsConfig.stages must be an int >= 1; got {self.stages!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"RowsConfig.steps must be None or an int >= 1; got {self.steps!r}")
+        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(
+                f"RowsConfig.num_warps must be None or a power of two <= 16; got {self.num_warps!r}"
+            )
+
+
+# The variants the benchmark times (benchmarks/fftconv_long.py; ``--static`` prints the
+# registers, spills and shared memory of each in the sm_90 compile). Each is clipped to the
+# device's shared memory by ``fit_rows_config`` (fewer stages, then fewer tables held).
+ROWS_VARIANTS: dict[str, RowsConfig] = {
+    "v1": RowsConfig(),
+    "held": RowsConfig(held=True, hold=2, stages=1),
+    "held-p2": RowsConfig(held=True, hold=2, stages=2),
+    "held-p3": RowsConfig(held=True, hold=2, stages=3),
+    "matrices": RowsConfig(held=True, hold=1, stages=1),
+}
+DEFAULT_ROWS_VARIANT = "held-p3"  # fastest at m <= 2048, within 6% at 4096 (NOTES: long v2)
+_default_rows = ROWS_VARIANTS[DEFAULT_ROWS_VARIANT]
+
+
+def rows_config(rows: str | RowsConfig | None = None) -> RowsConfig:
+    """A variant name (``ROWS_VARIANTS``) or a ``RowsConfig`` as a ``RowsConfig``; None: the
+    current default (``DEFAULT_ROWS_VARIANT``, or what ``use_rows_variant`` set)."""
+    if rows is None:
+        return _default_rows
+    if isinstance(rows, RowsConfig):
+        return rows
+    if rows not in ROWS_VARIANTS:
+        raise ValueError(
+            f"rows must be a RowsConfig or one of {sorted(ROWS_VARIANTS)}; got {rows!r}"
+        )
+    return ROWS_VARIANTS[rows]
+
+
+@contextlib.contextmanager
+def use_rows_variant(rows: str | RowsConfig) -> Iterator[RowsConfig]:
+    """Within the block, every long convolution that does not name its own ``rows`` (the public
+    call, forward and backward) runs the rows kernel as ``rows`` says: the benchmark's knob.
+    Not thread-safe (a module-level default)."""
+    global _default_rows
+    previous, _default_rows = _default_rows, rows_config(rows)
+    try:
+        yield _default_rows
+    finally:
+        _default_rows = previous
+
+
+def rows_shared_bytes(m: int, dtype: torch.dtype, hold: int, stages: int) -> int:
+    """An upper estimate of the held rows kernel's shared memory (sm_90 compiles, Triton 3.6):
+    the DFT matrices as matrix operands (``U_M1 alpha``, its transposed copy and ``U_M2``; twice
+    for fp32, whose tf32x3 products split every operand), two data tiles, and per extra
+    pipeline stage two more data tiles, plus what the loop then loads ahead: the fp32 twiddle
+    and filter slice when they are not held, the matrices when they are not."""
+    M1, M2 = triton_fwd.split(m)
+    size = torch.empty(0, dtype=dtype).element_size()
+    split = 2 if dtype == torch.float32 else 1
+    matrices = split * size * (4 * M1 * M1 + 2 * M2 * M2)
+    tile = split * size * 2 * m
+    per_stage = 4 * size * m + (16 * m if hold < 2 else 0) + (matrices if hold < 1 else 0)
+    return matrices + 2 * tile + per_stage * (stages - 1)
+
+
+def fit_rows_config(
+    config: RowsConfig, m: int, dtype: torch.dtype, shared_limit: int | None
+) -> RowsConfig:
+    """``config`` with fewer stages, then fewer held tables, until ``rows_shared_bytes`` fits
+    ``shared_limit`` bytes of shared memory per program (None: no limit). A config that holds
+    tables but has room for none runs v1 instead (``rows_kernel`` spills less than the held
+    kernel without tables: fp32 at m = 4096, 2.0 KB against 3.0 KB in the sm_90 compile)."""
+    if not config.held or shared_limit is None:
+        return config
+    hold, stages = config.hold, config.stages
+    while stages > 1 and rows_shared_bytes(m, dtype, hold, stages) > shared_limit:
+        stages -= 1
+    while hold > 0 and rows_shared_bytes(m, dtype, hold, stages) > shared_limit:
+        hold -= 1
+    if hold == 0 < config.hold:
+        return RowsConfig(steps=config.steps, num_warps=config.num_warps)
+    return replace(config, hold=hold, stages=stages)
+
+
+@functools.cache
+def _shared_limit_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
+def shared_limit(device: torch.device) -> int | None:
+    """Shared memory one program may use on ``device`` (None off CUDA: no limit)."""
+    return _shared_limit_of(canonical_device(device).index) if device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +494,70 @@ def _check_gate(name: str, g: Tensor | None, shape: tuple, device: torch.device)
         )
 
 
+def launch_rows(
+    buf: Tensor,
+    spectrum: Tensor,
+    split: LongSplit,
+    h0: int,
+    channels: int,
+    pairs: int,
+    *,
+    rows: str | RowsConfig | None = None,
+    precision: str | None = None,
+) -> None:
+    """The rows kernel (C) in place on ``buf`` (``[>= channels * pairs, 2, N0, m]``, operand
+    dtype: ``pairs`` signals of each of the channels ``h0 + [0, channels)``, channel-major),
+    with every channel's spectrum (``spectrum_layout``, ``[H, N0, 2, M1, M2]`` fp32).
+    ``rows``: the launch configuration (``rows_config``), clipped to the device's shared
+    memory (``fit_rows_config``). ``conv_long`` runs it between the column kernels; the
+    benchmark times it alone."""
+    n0, m = split.n0, split.m
+    M1, M2 = triton_fwd.split(m)
+    if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
+        raise ValueError(
+            f"buf must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
+            f"{tuple(buf.shape)}"
+        )
+    if not buf.is_contiguous() or buf.shape[0] < channels * pairs:
+        raise ValueError(
+            f"buf must be contiguous with >= channels * pairs = {channels * pairs} signals; got "
+            f"{buf.shape[0]} (contiguous: {buf.is_contiguous()})"
+        )
+    if (
+        spectrum.dim() != 5
+        or tuple(spectrum.shape[1:]) != (n0, 2, M1, M2)
+        or spectrum.dtype != torch.float32
+        or not 0 <= h0 <= h0 + channels <= spectrum.shape[0]
+    ):
+        raise ValueError(
+            f"spectrum must be fp32 [H >= h0 + channels = {h0 + channels}, {n0}, 2, {M1}, {M2}]; "
+            f"got {spectrum.dtype} {tuple(spectrum.shape)}"
+        )
+    spectrum = spectrum.contiguous()
+    config = fit_rows_config(rows_config(rows), m, buf.dtype, shared_limit(buf.device))
+    inner = triton_fwd.constants(m, canonical_device(buf.device), buf.dtype)
+    precision = precision or triton_fwd.dot_precision(buf)
+    warps = config.num_warps or triton_fwd.num_warps_for(m)
+    steps = config.steps
+    if steps is None:
+        default = config.held or m <= HOLD_MAX
+        steps = _steps_for(n0, channels, pairs, buf.device) if default else 1
+    grid = (n0 * channels * triton.cdiv(pairs, steps),)
+    with torch.cuda.device(buf.device) if buf.is_cuda else contextlib.nullcontext():
+        if not config.held:
+            rows_kernel[grid](
+                buf, spectrum, *inner, h0, pairs, n0,
+                M1=M1, M2=M2, STEPS=steps, PRECISION=precision,
+                num_warps=warps, num_stages=config.stages,
+            )  # fmt: skip
+            return
+        rows_kernel_held[grid](
+            buf, spectrum, *inner, h0, pairs, n0,
+            M1=M1, M2=M2, STEPS=steps, STAGES=config.stages, HOLD=config.hold,
+            PRECISION=precision, num_warps=warps, num_stages=config.stages,
+        )  # fmt: skip
+
+
 def conv_long(
     x: Tensor,
     spectrum: Tensor,
@@ -331,7 +574,8 @@ def conv_long(
     num_warps: int | None = None,
     rows_warps: int | None = None,
     steps: int | None = None,
-    stages: int = 1,
+    stages: int | None = None,
+    rows: str | RowsConfig | None = None,
     precision: str | None = None,
     max_intermediate_bytes: int = MAX_INTERMEDIATE_BYTES,
 ) -> Tensor:
@@ -342,10 +586,12 @@ def conv_long(
     bias (``[H]``) need ``out_len == L``; ``bias_gated=False`` takes the bias term from x alone.
     Returns ``[B, H, out_len]`` in ``out_dtype`` (default x's), or writes ``out``.
     Launch options: ``block_cols`` (t1 per program of the outer kernels), ``num_warps`` (outer
-    kernels), ``rows_warps`` (rows kernel), ``steps`` (pairs of one channel per program, all
-    three kernels; default ``_steps_for``), ``stages`` (software pipelining of that loop;
-    1: none), ``precision`` (``tl.dot`` input precision),
-    ``max_intermediate_bytes`` (the intermediate's size: pairs per chunk).
+    kernels), ``rows`` (the rows kernel's ``RowsConfig`` or variant name, default
+    ``rows_config()``), ``rows_warps`` (rows kernel, over ``rows``), ``steps`` (pairs of one
+    channel per program, all three kernels, over ``rows``; default ``_steps_for``), ``stages``
+    (software pipelining of that loop, all three kernels, over ``rows``; default 1 for the
+    column kernels), ``precision`` (``tl.dot`` input precision), ``max_intermediate_bytes``
+    (the intermediate's size: pairs per chunk).
     """
     if not isinstance(x, Tensor) or x.dim() != 3:
         raise ValueError(f"x must be a [B, H, L] tensor; got {getattr(x, 'shape', type(x))}")
@@ -379,6 +625,11 @@ def conv_long(
         raise ValueError(f"block_cols * P must be >= 16; got {bt} * {split.p}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an int >= 1; got {steps!r}")
+    if stages is not None and (not isinstance(stages, int) or stages < 1):
+        raise ValueError(f"stages must be an int >= 1; got {stages!r}")
+    overrides = {"steps": steps, "stages": stages, "num_warps": rows_warps}
+    rows = replace(rows_config(rows), **{k: v for k, v in overrides.items() if v is not None})
+    stages = stages or 1
     if max_intermediate_bytes < 1:
         raise ValueError(f"max_intermediate_bytes must be >= 1; got {max_intermediate_bytes}")
 
@@ -389,10 +640,8 @@ def conv_long(
     )
     y = torch.empty(B, H, out_len, device=x.device, dtype=out_dtype) if out is None else out
     tables = constants(split, x.device, x.dtype)
-    inner = triton_fwd.constants(m, canonical_device(x.device), x.dtype)
     precision = precision or triton_fwd.dot_precision(x)
     num_warps = num_warps or default_num_warps(split, bt)
-    rows_warps = rows_warps or triton_fwd.num_warps_for(m)
 
     nbp = triton.cdiv(B, 2)
     chunks = list(_chunks(H, nbp, 2 * n * x.element_size(), max_intermediate_bytes))
@@ -413,7 +662,6 @@ def conv_long(
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         for h0, hc, b0, nbc in chunks:
             cols_steps = steps or _steps_for(m // bt, hc, nbc, x.device)
-            rows_steps = steps or (_steps_for(n0, hc, nbc, x.device) if m <= HOLD_MAX else 1)
             cols_grid = (m // bt * hc * triton.cdiv(nbc, cols_steps),)
             rect = (h0, b0, nbc)
             cols_fwd[cols_grid](
@@ -422,11 +670,7 @@ def conv_long(
                 num_stages=stages,
                 **sizes, **flags,
             )  # fmt: skip
-            rows_kernel[(n0 * hc * triton.cdiv(nbc, rows_steps),)](
-                buf, spectrum, *inner, h0, nbc, n0,
-                M1=M1, M2=M2, STEPS=rows_steps, PRECISION=precision,
-                num_warps=rows_warps, num_stages=stages,
-            )  # fmt: skip
+            launch_rows(buf, spectrum, split, h0, hc, nbc, rows=rows, precision=precision)
             cols_inv[cols_grid](
                 buf, x, pre_, post_, bias_, y, *tables, B, H, out_len, *rect,
                 ROWS=_rows_for(out_len, split), STEPS=cols_steps, num_warps=num_warps,

@@ -1,6 +1,10 @@
 """The Triton kernels of the long FFT convolution (``triton_long.py`` has the math, the design
 and the host launcher).
 
+Two versions of the rows kernel (C), picked by ``triton_long.RowsConfig``: ``rows_kernel`` (v1,
+the default) and ``rows_kernel_held`` (twiddles folded into the tables, tables held across the
+step loop, the loop software-pipelined).
+
 Indexing shared by the three kernels. A *signal* is a pair of sequences ``(2 bp, 2 bp + 1)`` of
 channel h as one complex signal ``v + i w``. A launch covers a rectangle of signals, channels
 ``h0 + [0, count_h)`` times pairs ``b0 + [0, NBC)``, stored in the intermediate at index
@@ -231,9 +235,12 @@ def rows_kernel(
     first product sums over), beta the columns of its product; the inverse multiplies the fp32
     result by both conjugates. So the data is rounded no more often than without the twiddle.
 
-    The tables are loaded where they are used, inside the loop over steps: the compiler hoists
-    them out of it (held across the steps, for small m), and with one step (large m, where
-    holding them spills) they stay live only as long as they are needed.
+    The tables are loaded where they are used, inside the loop over steps, and the compiler
+    keeps them there (the sm_90 TTGIR of m = 1024 with 4 steps loads the DFT matrices, the
+    twiddle and the filter slice, and rebuilds the twiddled ``U_M1``, at every step: the
+    stores into the intermediate may alias them). So steps save nothing here; one step from
+    m = 4096 on keeps them live only as long as they are needed. ``rows_kernel_held`` is the
+    version that holds them (``triton_long.RowsConfig``).
     """
     M: tl.constexpr = M1 * M2
     N = N0 * M
@@ -291,6 +298,135 @@ def rows_kernel(
         out_im = (zb_im * al_re - zb_re * al_im).to(op_dtype)
         tl.store(buf_ptr + row + offs_tile, out_re, mask=valid)
         tl.store(buf_ptr + row + N + offs_tile, out_im, mask=valid)
+
+
+@triton.jit
+def _cdot(a_re, a_im, b_re, b_im, CONJ: tl.constexpr, PRECISION: tl.constexpr):
+    """``a @ b`` (CONJ 0), ``conj(a) @ b`` (1) or ``a @ conj(b)`` (2) for complex operands: two
+    accumulation chains, the sign on the fp32 accumulator (exact), never on an operand (a
+    negated table as a matrix operand gave wrong results on sm_90, ``triton_fwd`` v3). One
+    chain per output part keeps two fp32 tiles live instead of three."""
+    if CONJ == 0:
+        out_re = tl.dot(a_re, b_re, acc=-_dot(a_im, b_im, PRECISION), input_precision=PRECISION)
+    else:
+        out_re = tl.dot(a_re, b_re, acc=_dot(a_im, b_im, PRECISION), input_precision=PRECISION)
+    if CONJ == 1:
+        out_im = tl.dot(a_re, b_im, acc=-_dot(a_im, b_re, PRECISION), input_precision=PRECISION)
+    elif CONJ == 2:
+        out_im = tl.dot(a_im, b_re, acc=-_dot(a_re, b_im, PRECISION), input_precision=PRECISION)
+    else:
+        out_im = tl.dot(a_re, b_im, acc=_dot(a_im, b_re, PRECISION), input_precision=PRECISION)
+    return out_re, out_im
+
+
+@triton.jit
+def _row_matrices(
+    dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1: tl.constexpr, M2: tl.constexpr
+):
+    """The DFT matrices of one row k0: ``ft = U_M1 * alpha`` (columns scaled) and ``U_M2``,
+    in the operand dtype."""
+    op_dtype = dft1_ptr.dtype.element_ty
+    f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, M1 * M1)  # [M1, M1]
+    ft_re = (f1_re * al_re - f1_im * al_im).to(op_dtype)
+    ft_im = (f1_re * al_im + f1_im * al_re).to(op_dtype)
+    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, M2 * M2)  # [M2, M2]
+    return ft_re, ft_im, f2_re, f2_im
+
+
+@triton.jit
+def _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M: tl.constexpr):
+    """The elementwise factors of one row k0, fp32: ``tb = T * beta`` (the inner twiddle times
+    the columns' share of the global one) and the filter slice."""
+    tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, M)  # [M1, M2]
+    tb_re = tw_re * be_re - tw_im * be_im
+    tb_im = tw_re * be_im + tw_im * be_re
+    k_re, k_im = _load_complex(kf_row, offs_tile, M)
+    return tb_re, tb_im, k_re, k_im
+
+
+# N0 only indexes programs and rows: one compilation serves every n with the same inner size
+@triton.jit(do_not_specialize=["h0", "NBC", "N0"])
+def rows_kernel_held(
+    buf_ptr,  # [count_h * NBC, 2, N0, M] operand dtype, read and written in place
+    kf_ptr,  # [H, N0, 2, M1, M2] fp32
+    dft1_ptr,  # [2, M1, M1] operand dtype (triton_fwd.constants(M))
+    dft2_ptr,  # [2, M2, M2]
+    twiddle_ptr,  # [2, M1, M2] fp32
+    h0,
+    NBC,
+    N0,  # outer size: rows per signal
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    STEPS: tl.constexpr,
+    STAGES: tl.constexpr,  # software pipelining of the step loop (1: none)
+    HOLD: tl.constexpr,  # built before the step loop: 0 nothing, 1 the DFT matrices, 2 all tables
+    PRECISION: tl.constexpr,
+):
+    """(C) as ``rows_kernel``, with the global twiddle folded into the tables and the tables
+    built once per program when ``HOLD``.
+
+    ``w_n^(k0 t1) = alpha[a] beta[b]`` (``t1 = M2 a + b``). alpha scales the columns of
+    ``U_M1`` (``ft``); beta, a function of the column b only, multiplies the inner twiddle
+    (``tb = T beta``). The inverse uses the conjugates of the same tables: ``conj(tb)`` after
+    the inverse inner stage, and ``conj(ft)^T = conj(U_M1) conj(alpha)`` (U_M1 is symmetric)
+    as the last product, which then leaves the output in natural order with nothing more to
+    multiply. Per step that is three complex products per element (v1: six), and the data is
+    rounded as often as in ``rows_kernel``. Every table is shared by the pairs of one (channel,
+    row k0): with ``HOLD`` they are built before the loop; ``STAGES`` pipelines the loop (the
+    next pairs' loads issued during this pair's products).
+    """
+    M: tl.constexpr = M1 * M2
+    N = N0 * M
+    pid_k, pid_h, first = _program(tl.program_id(0), NBC, STEPS, N0)
+    op_dtype = dft1_ptr.dtype.element_ty
+    offs_1 = tl.arange(0, M1)
+    offs_2 = tl.arange(0, M2)
+    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]  # [M1, M2]: t1 = M2 a + b
+    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
+    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
+    kf_row = kf_ptr + ((h0 + pid_h).to(tl.int64) * N0 + pid_k) * (2 * M)
+    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)  # [M1]
+    be_re, be_im = _twiddle(pid_k, offs_2, N, False)  # [M2]
+    al_re = al_re[None, :]  # scales the columns a of U_M1
+    al_im = al_im[None, :]
+    be_re = be_re[None, :]
+    be_im = be_im[None, :]
+    if HOLD >= 1:
+        ft_re, ft_im, f2_re, f2_im = _row_matrices(
+            dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
+        )
+    if HOLD >= 2:
+        tb_re, tb_im, k_re, k_im = _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M)
+
+    for step in tl.range(0, STEPS, num_stages=STAGES):
+        bp_local = first + step
+        valid = bp_local < NBC
+        row = (pid_h * NBC + bp_local).to(tl.int64) * (2 * N) + pid_k * M
+        x_re = tl.load(buf_ptr + row + offs_tile, mask=valid, other=0.0)
+        x_im = tl.load(buf_ptr + row + N + offs_tile, mask=valid, other=0.0)
+        if HOLD < 1:
+            ft_re, ft_im, f2_re, f2_im = _row_matrices(
+                dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
+            )
+        if HOLD < 2:
+            tb_re, tb_im, k_re, k_im = _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M)
+
+        # forward: (U_M1 alpha) @ x, times T beta, @ U_M2
+        b_re, b_im = _cdot(ft_re, ft_im, x_re, x_im, 0, PRECISION)  # [M1, M2]
+        c_re = (b_re * tb_re - b_im * tb_im).to(op_dtype)
+        c_im = (b_re * tb_im + b_im * tb_re).to(op_dtype)
+        x_re, x_im = _cdot(c_re, c_im, f2_re, f2_im, 0, PRECISION)  # [M1, M2] (k1 permuted)
+
+        s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+        s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+
+        # inverse: @ conj(U_M2), times conj(T beta), then conj(U_M1 alpha)^T @ E
+        d_re, d_im = _cdot(s_re, s_im, f2_re, f2_im, 2, PRECISION)
+        e_re = (d_re * tb_re + d_im * tb_im).to(op_dtype)
+        e_im = (d_im * tb_re - d_re * tb_im).to(op_dtype)
+        z_re, z_im = _cdot(tl.trans(ft_re), tl.trans(ft_im), e_re, e_im, 1, PRECISION)
+        tl.store(buf_ptr + row + offs_tile, z_re.to(op_dtype), mask=valid)
+        tl.store(buf_ptr + row + N + offs_tile, z_im.to(op_dtype), mask=valid)
 
 
 @triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
@@ -422,3 +558,46 @@ def cols_inv2_kernel(
             mask_v & has_w, row_v, row_w, bias, u_ptr, pregate_ptr, postgate_ptr, y_ptr,
             HAS_PREGATE, HAS_POSTGATE, HAS_BIAS, BIAS_GATED,
         )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["N0"])
+def spectrum_layout_kernel(
+    kf_ptr,  # [H, n//2 + 1, 2] fp32: the rfft, real and imaginary parts interleaved
+    out_ptr,  # [H, N0, 2, M1, M2] fp32
+    N0,
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    BJ: tl.constexpr,  # values of j = a1 N0 + k0 per program
+    BA: tl.constexpr,  # values of a2 per program
+    CONJ: tl.constexpr,
+):
+    """``out[h, k0, :, a1, a2]`` = bin ``k = k0 + N0 (a1 + M1 a2)`` of the full spectrum (its
+    conjugate when CONJ), read from the rfft (``conj(kf[n - k])`` past n/2): a tiled transpose
+    of ``[M2, N0 M1]`` (bins) into ``[N0 M1, M2]``. The tile is read as ``[BJ, BA, 2]``: the
+    (re, im) pairs of consecutive bins along the fastest axes (Triton's layout for it puts the
+    threads of a warp along j: coalesced), and written along a2 (Triton converts the layout in
+    between, through shared memory)."""
+    pid_j = tl.program_id(0)
+    pid_a = tl.program_id(1)
+    pid_h = tl.program_id(2).to(tl.int64)
+    N = N0 * M1 * M2
+    HALF = N // 2
+    offs_j = pid_j * BJ + tl.arange(0, BJ)
+    offs_a = pid_a * BA + tl.arange(0, BA)
+    k = offs_j[:, None] + offs_a[None, :] * (N0 * M1)  # [BJ, BA]
+    mask = (offs_j[:, None] < N0 * M1) & (offs_a[None, :] < M2)
+    mirrored = k > HALF
+    src = tl.where(mirrored, N - k, k).to(tl.int64) * 2 + pid_h * (HALF + 1) * 2
+    pair = tl.load(
+        kf_ptr + src[:, :, None] + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None]
+    )  # [BJ, BA, 2]
+    re, im = tl.split(pair)
+    if CONJ:
+        im = tl.where(mirrored, im, -im)
+    else:
+        im = tl.where(mirrored, -im, im)
+    k0 = offs_j % N0
+    a1 = offs_j // N0
+    dst = ((pid_h * N0 + k0[:, None]) * 2) * (M1 * M2) + a1[:, None] * M2 + offs_a[None, :]
+    tl.store(out_ptr + dst, re, mask=mask)
+    tl.store(out_ptr + dst + M1 * M2, im, mask=mask)
