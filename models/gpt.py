@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .lm import MLP, CausalLM, LMConfig
+from .lm import MLP, CausalLM, LMConfig, add_norm, check_norm_backend
 
 MODEL_TYPE = "gpt-lm"
 
@@ -55,6 +55,7 @@ class GPTConfig(LMConfig):
     norm_eps: float = 1e-5  # LayerNorm epsilon
     initializer_range: float = 0.02  # std of the GPT-2 initialisation
     tie_embeddings: bool = True  # the output head shares the embedding matrix
+    norm_backend: str = "auto"  # add_layer_norm backend, or "unfused" (models.lm.NORM_BACKENDS)
 
     def __post_init__(self) -> None:
         if self.d_inner is None:
@@ -85,6 +86,7 @@ class GPTConfig(LMConfig):
         for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1); got {getattr(self, name)}")
+        check_norm_backend(self.norm_backend)
 
     @property
     def head_dim(self) -> int:
@@ -155,7 +157,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class GPTBlock(nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x))."""
+    """``(x, residual, cos, sin) -> (x, residual)``: attention then MLP, each after the fused
+    residual add and norm, as ``models.lm.HyenaBlock`` does with its mixer."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -164,10 +167,15 @@ class GPTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP(config.d_model, config.d_inner)
         self.dropout = nn.Dropout(config.resid_dropout)
+        self.norm_backend = config.norm_backend
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), cos, sin))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+    def forward(
+        self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
+        x = self.dropout(self.attn(h, cos, sin))
+        h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
+        return self.dropout(self.mlp(h)), residual
 
 
 class GPTLM(CausalLM):

@@ -16,6 +16,12 @@ Design choices:
 - Training takes ``loss(idx, targets)``, the head and the cross-entropy fused
   (``models.loss.linear_cross_entropy``): the [B, L, V] logits are never materialized.
   ``forward`` still returns logits for whoever needs them (evaluation, sampling).
+- The blocks pass the residual stream alongside the branch output, ``(x, residual) ->
+  (x, residual)``, so that each residual add and the LayerNorm after it are one fused op
+  (``kernels.layer_norm.add_layer_norm``): the stream in fp32, the normed output written in the
+  dtype of the next matmul (bf16 under autocast). The same math as ``x + branch`` then
+  ``nn.LayerNorm``, which ``norm_backend="unfused"`` still runs; the ``nn.LayerNorm`` modules
+  hold the parameters, so checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kernels.fftconv.interface import BACKENDS
+from kernels.layer_norm import add_layer_norm
+from kernels.layer_norm.interface import BACKENDS as LAYER_NORM_BACKENDS
 
 from .hyena import HyenaOperator
 from .loss import linear_cross_entropy
 
+# "unfused": the residual add and nn.LayerNorm as separate ops (the blocks before the fused op)
+NORM_BACKENDS = (*LAYER_NORM_BACKENDS, "unfused")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "hyena-lm"
@@ -92,6 +102,7 @@ class HyenaConfig(LMConfig):
     initializer_range: float = 0.02  # std of the GPT-2 initialisation
     tie_embeddings: bool = True  # the output head shares the embedding matrix
     fftconv_backend: str = "auto"  # kernels.fftconv backend
+    norm_backend: str = "auto"  # add_layer_norm backend, or "unfused" (NORM_BACKENDS)
 
     def __post_init__(self) -> None:
         if self.d_inner is None:
@@ -125,6 +136,7 @@ class HyenaConfig(LMConfig):
             raise ValueError(
                 f"model.fftconv_backend must be one of {BACKENDS}; got {self.fftconv_backend!r}"
             )
+        check_norm_backend(self.norm_backend)
 
 
 # Hyena paper's 153M GPT-style model on the Pile (GPT-2 tokenizer), 2K context
@@ -188,6 +200,25 @@ def sample_logits(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def check_norm_backend(norm_backend: str) -> None:
+    if norm_backend not in NORM_BACKENDS:
+        raise ValueError(f"model.norm_backend must be one of {NORM_BACKENDS}; got {norm_backend!r}")
+
+
+def add_norm(
+    norm: nn.LayerNorm, x: Tensor, residual: Tensor | None, backend: str
+) -> tuple[Tensor, Tensor]:
+    """The stream ``residual + x`` (x alone when ``residual`` is None) and its ``norm``:
+    ``(normed, stream)``. ``backend`` is ``add_layer_norm``'s (the fused op: the stream in
+    fp32, the normed output in the autocast dtype under autocast), or ``"unfused"``: the add
+    and ``norm`` as separate ops (the stream in the promoted dtype of the add, the norm in fp32
+    under autocast)."""
+    if backend == "unfused":
+        residual = x if residual is None else residual + x
+        return norm(residual), residual
+    return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, backend=backend)
+
+
 class MLP(nn.Module):
     def __init__(self, d_model: int, d_inner: int) -> None:
         super().__init__()
@@ -199,7 +230,19 @@ class MLP(nn.Module):
 
 
 class HyenaBlock(nn.Module):
-    """x + mixer(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block that passes the residual stream alongside: ``(x, residual) -> (x,
+    residual)``.
+
+    ``x`` is the last branch's output, not yet added to the stream (the embeddings before the
+    first block), ``residual`` the stream (None before the first block). The block computes
+
+        residual = residual + x;  x = dropout(mixer(norm1(residual)))
+        residual = residual + x;  x = dropout(mlp(norm2(residual)))
+
+    each add fused with the norm after it (``add_norm``), and leaves the last add to the next
+    block or the final norm: the math of ``x + dropout(mixer(norm1(x)))``, then
+    ``x + dropout(mlp(norm2(x)))``.
+    """
 
     def __init__(self, config: HyenaConfig) -> None:
         super().__init__()
@@ -222,10 +265,13 @@ class HyenaBlock(nn.Module):
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP(config.d_model, config.d_inner)
         self.dropout = nn.Dropout(config.resid_dropout)
+        self.norm_backend = config.norm_backend
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.dropout(self.mixer(self.norm1(x)))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
+        x = self.dropout(self.mixer(h))
+        h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
+        return self.dropout(self.mlp(h)), residual
 
 
 def init_gpt2(module: nn.Module, std: float, n_layer: int, mixer: type[nn.Module]) -> None:
@@ -250,10 +296,11 @@ class CausalLM(nn.Module):
     ``hidden(idx)`` is the trunk up to the final norm ([B, L, d]); ``forward(idx)`` applies the
     head to it, and ``loss(idx, targets)`` fuses the head with the cross-entropy.
 
-    A subclass sets ``MODEL_TYPE`` (its ``config.json`` tag), ``CONFIG`` (its config class)
-    and ``MIXER`` (the sequence mixer whose ``out_proj`` writes into the residual stream),
-    passes its block class to ``__init__`` and, when its blocks take more than the residual
-    stream, overrides ``block_args``.
+    A subclass sets ``MODEL_TYPE`` (its ``config.json`` tag), ``CONFIG`` (its config class,
+    with a ``norm_backend`` field) and ``MIXER`` (the sequence mixer whose ``out_proj`` writes
+    into the residual stream), passes its block class to ``__init__`` and, when its blocks take
+    more than the branch output and the stream (``block(x, residual) -> (x, residual)``, as
+    ``HyenaBlock``), overrides ``block_args``.
     """
 
     MODEL_TYPE: ClassVar[str]
@@ -276,20 +323,25 @@ class CausalLM(nn.Module):
         init_gpt2(module, self.config.initializer_range, self.config.n_layer, self.MIXER)
 
     def block_args(self, idx: Tensor) -> tuple[Tensor, ...]:
-        """Extra arguments every block gets after the residual stream, computed once per
-        forward from the token ids (the GPT's rotary cos and sin); none by default."""
+        """Extra arguments every block gets after the branch output and the residual stream,
+        computed once per forward from the token ids (the GPT's rotary cos and sin); none by
+        default."""
         return ()
 
     def hidden(self, idx: Tensor) -> Tensor:
-        """Token ids [B, L] -> final-normed hidden states [B, L, d] (what the head reads)."""
+        """Token ids [B, L] -> final-normed hidden states [B, L, d] (what the head reads), in
+        the autocast dtype under ``torch.autocast`` (fp32 with ``norm_backend="unfused"``), else
+        in the embeddings' dtype."""
         if not isinstance(idx, Tensor) or idx.ndim != 2:
             shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
             raise ValueError(f"idx must be [batch, seq_len] token ids; got shape {shape}")
         extra = self.block_args(idx)
         x = self.drop(self.wte(idx))  # [B, L, d]
+        residual = None  # the stream: fp32 [B, L, d] from the first block on
         for block in self.blocks:
-            x = block(x, *extra)
-        return self.norm_f(x)
+            x, residual = block(x, residual, *extra)
+        h, _ = add_norm(self.norm_f, x, residual, self.config.norm_backend)
+        return h
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.lm_head(self.hidden(idx))  # [B, L, V]
