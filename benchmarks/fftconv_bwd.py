@@ -1,7 +1,7 @@
 """Times the fused backward of ``fftconv`` on a GPU: causal, bf16, B*H*L = 2^27, plain and gated.
 
     python -m benchmarks.fftconv_bwd --out benchmarks/results/<gpu>-<date>-bwd.json
-        [--lengths 256 512 1024 2048 4096] [--no-variants]
+        [--lengths 256 512 1024 2048 4096] [--no-variants | --variants NAME ...]
     python -m benchmarks.fftconv_bwd --static --out <file>.json    (no GPU needed)
 
 For each length: correctness first (the triton backend's five gradients, and the bare kernel's
@@ -12,16 +12,19 @@ medians (inputs built outside the timed region) of
 - the public call per backend: forward alone, and forward + backward (``.backward(dy)``);
 - the fused backward alone (``triton_bwd.fftconv_bwd``: spectrum layout, kernel, filter
   gradient's inverse FFT) and the bare kernel (``triton_bwd.launch``) per launch variant
-  (tile split, warps, tables held or reloaded, filter-gradient accumulator in registers or in
-  memory, sequence pairs per program).
+  (``variants``: the default and up to four ``triton_bwd.Config`` alternatives per FFT size:
+  pipelined blocks of pairs, the split into two kernels, the accumulator in memory). The
+  variants of a row are compiled first, in parallel threads.
 
 Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
 2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
-element over 4.2e12 B/s) and the kernel's matrix-product TFLOP/s. Writes JSON after every row.
+element over 4.2e12 B/s) and the kernel's matrix-product TFLOP/s. Writes JSON after every row
+(each variant's configuration, errors, ms and TFLOP/s).
 
 ``--static`` instead compiles every launch variant for sm_90 (bf16 and fp32, gated, all five
-gradients, causal L = n/2) and reports the registers and spill bytes ``ptxas -v`` gives: the
-numbers the default configurations were chosen by, available on a machine without a GPU.
+gradients, causal L = n/2) and reports, per kernel, the registers and spill bytes ``ptxas -v``
+gives, the shared memory and the loads the software pipeliner made asynchronous: the numbers
+the variants were chosen by, available on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -52,28 +57,43 @@ NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
 def variants(n: int) -> dict[str, dict]:
-    """Launch options worth timing at FFT size n: the default first, then the alternatives
-    that compiled for sm_90 with few spills (benchmarks/NOTES.md), and a run with one pair per
-    program (the most programs, the most partial spectra)."""
+    """Launch options worth timing at FFT size n: the default first, then at most four
+    alternatives, picked by the spills of the sm_90 compile (``--static``; benchmarks/NOTES.md,
+    backward v2): the pair loop in blocks of 8 pairs, software-pipelined 2 or 3 stages deep
+    (``pipe-s8p3``), and the split into two kernels with Q handed over through memory
+    (``split-q``), with the filter-gradient accumulator of kernel (b) in memory (``accmem``)."""
     C = triton_bwd.Config
     out = {"default": {}}
-    if n <= 1024:
-        default = triton_bwd.config_for(n)
-        other_warps = 4 if default.num_warps == 2 else 2
-        out["reload"] = {"config": C(default.n1, default.num_warps, hoist=False)}
-        out[f"w{other_warps}"] = {"config": C(default.n1, other_warps, hoist=True)}
+    if n <= 512:
+        N1 = triton_bwd.config_for(n).n1
+        out["pipe-s8p2"] = C(N1, 2, hoist=True, steps=8, stages=2)
+        out["pipe-s8p3"] = C(N1, 2, hoist=True, steps=8, stages=3)
+        out["split-q-pipe-s8p3"] = C(N1, 2, hoist=True, steps=8, stages=3, split="store_q")
+    elif n == 1024:
+        out["pipe-s8p2"] = C(32, 2, hoist=True, steps=8, stages=2)
+        out["w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3)
+        out["split-q-w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3, split="store_q")
     elif n == 2048:
-        out["64x32-w4-acc-mem"] = {"config": C(64, 4, acc_in_memory=True)}
-        out["128x16-w8"] = {"config": C(128, 8)}
+        out["hoist-pipe-s8p3"] = C(64, 4, hoist=True, steps=8, stages=3)
+        out["split-q-pipe-s8p3"] = C(64, 4, steps=8, stages=3, split="store_q")
+        out["split-q-accmem-pipe-s8p3"] = C(
+            64, 4, acc_in_memory=True, steps=8, stages=3, split="store_q"
+        )
     elif n == 4096:
-        out["128x32-w8-acc-reg"] = {"config": C(128, 8)}
-        out["64x64-w4"] = {"config": C(64, 4)}
-        out["64x64-w4-acc-mem"] = {"config": C(64, 4, acc_in_memory=True)}
+        out["pipe-s8p2"] = C(128, 8, steps=8, stages=2)
+        out["split-q"] = C(128, 8, split="store_q")
+        out["split-q-pipe-s8p3"] = C(128, 8, steps=8, stages=3, split="store_q")
+        out["split-q-accmem-pipe-s8p3"] = C(
+            128, 8, acc_in_memory=True, steps=8, stages=3, split="store_q"
+        )
     else:
-        out["128x64-w8-acc-reg"] = {"config": C(128, 8)}
-        out["256x32-w16-acc-mem"] = {"config": C(256, 16, acc_in_memory=True)}
-    out["default-1-pair-per-program"] = {"pairs_per_program": 1}
-    return out
+        out["split-q-accmem"] = C(128, 8, acc_in_memory=True, split="store_q")
+        out["split-q-pipe-s8p2"] = C(128, 8, steps=8, stages=2, split="store_q")
+        out["split-q-accmem-pipe-s8p2"] = C(
+            128, 8, acc_in_memory=True, steps=8, stages=2, split="store_q"
+        )
+        out["split-recompute-accmem"] = C(128, 8, acc_in_memory=True, split="recompute")
+    return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 
 def floor_ms(gated: bool, backward: bool) -> float:
@@ -104,7 +124,9 @@ def reference_grads(inputs, dy, plan, needs) -> list:
     return list(core.backward(dy.float(), u, k, None, pre, post, bias, plan, reference, needs))
 
 
-def bench_length(L: int, gated: bool, with_variants: bool, **case_options) -> dict:
+def bench_length(
+    L: int, gated: bool, with_variants: bool, only: tuple[str, ...] = (), **case_options
+) -> dict:
     inputs, dy = make_case(L, gated, **case_options)
     u, k, pre, post, bias = inputs
     B = u.shape[0]
@@ -121,7 +143,7 @@ def bench_length(L: int, gated: bool, with_variants: bool, **case_options) -> di
     row.update(time_public(inputs, dy, ref, needs))
     if row["fused"]:
         kf = torch.fft.rfft(k, n=n)
-        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants))
+        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only))
     del ref
     return row
 
@@ -160,9 +182,16 @@ def time_public(inputs, dy, ref, needs) -> dict:
     return row
 
 
-def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
-    """``fftconv_bwd`` (the hook's whole work) and the bare kernel per launch variant, each
-    checked on NaN-poisoned outputs first."""
+def _attempt(run) -> None:
+    try:
+        run()
+    except Exception:  # reported by the checked run that follows
+        pass
+
+
+def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
+    """``fftconv_bwd`` (the hook's whole work) and the bare kernel per launch variant (those
+    named in ``only``, or all), each checked on NaN-poisoned outputs first."""
     u, k, pre, post, bias = inputs
     B, H_, L = u.shape
     row = {}
@@ -180,11 +209,28 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
     outs = tuple(torch.empty_like(u) for _ in range(3))
     out = (outs[0], outs[1] if pre is not None else None, outs[2] if post is not None else None)
     needs_z = post is not None
-    for name, options in (variants(n) if with_variants else {"default": {}}).items():
+    chosen = {
+        name: options
+        for name, options in variants(n).items()
+        if name == "default" or (with_variants and (not only or name in only))
+    }
 
-        def run(options=options):
+    def launcher(options):
+        def run():
             return triton_bwd.launch(dy, u, kf, pre, post, bias, n, needs, out=out, **options)
 
+        return run
+
+    # compile every variant first, in parallel threads (Triton releases the GIL while it
+    # compiles; the launches themselves queue on the one stream); errors surface below
+    with ThreadPoolExecutor(max_workers=min(len(chosen), os.cpu_count() or 1)) as pool:
+        list(pool.map(_attempt, [launcher(o) for o in chosen.values()]))
+    torch.cuda.synchronize()
+
+    for name, options in chosen.items():
+        run = launcher(options)
+        config = options.get("config") or triton_bwd.config_for(n)
+        row[f"config_{name}"] = vars(config)
         for x in out:
             if x is not None:
                 x.fill_(float("nan"))
@@ -204,8 +250,8 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
             row[f"kernel_ms_{name}"] = None
             continue
         ms = row[f"kernel_ms_{name}"] = median_ms(run)
-        config = options.get("config") or triton_bwd.config_for(n)
-        flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1)
+        recompute = config.split == "recompute"
+        flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1, recompute_q=recompute)
         row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
     times = {
         name.removeprefix("kernel_ms_"): ms
@@ -220,14 +266,31 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants) -> dict:
     return row
 
 
-def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Registers and spills of the kernel compiled for sm_90 (gated, every gradient, causal
-    L = n/2, 16-byte-aligned pointers and L as the runtime specialises them)."""
+# the kernels a configuration launches (gated, every gradient wanted): name -> (NEED_DU, NEED_DK,
+# NEED_DPREGATE, NEED_DPOSTGATE, NEED_DBIAS, STORE_Q, LOAD_Q)
+KERNELS = {
+    "fused": {"": (True, True, True, True, True, False, False)},
+    "recompute": {
+        "a": (True, False, True, False, True, False, False),
+        "b": (False, True, False, True, False, False, False),
+    },
+    "store_q": {
+        "a": (True, False, True, False, True, True, False),
+        "b": (False, True, False, True, False, False, True),
+    },
+}
+
+
+def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], num_warps: int):
+    """The kernel compiled for sm_90 (gated, causal L = n/2, 16-byte-aligned pointers and L as
+    the runtime specialises them, ``config.steps`` pairs per block): the compiled kernel and
+    the ``ptxas -v`` log of its PTX."""
     from triton.backends.compiler import GPUTarget
 
     kernel = triton_bwd._fftconv_bwd_kernel
     N1, N2 = config.n1, n // config.n1
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(n // 2, N2))))
+    need_u, need_k, need_pre, need_post, need_bias, store_q, load_q = flags
     constexprs = dict(
         N1=N1,
         N2=N2,
@@ -235,13 +298,17 @@ def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
         HAS_PREGATE=True,
         HAS_POSTGATE=True,
         HAS_BIAS=True,
-        NEED_DU=True,
-        NEED_DK=True,
-        NEED_DPREGATE=True,
-        NEED_DPOSTGATE=True,
-        NEED_DBIAS=True,
+        NEED_DU=need_u,
+        NEED_DK=need_k,
+        NEED_DPREGATE=need_pre,
+        NEED_DPOSTGATE=need_post,
+        NEED_DBIAS=need_bias,
         HOIST=config.hoist,
         ACC_IN_MEMORY=config.acc_in_memory,
+        STEPS=config.steps,
+        STAGES=config.stages,
+        STORE_Q=store_q,
+        LOAD_Q=load_q,
         PRECISION="tf32x3" if dtype == torch.float32 else "tf32",
     )
     operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
@@ -258,7 +325,7 @@ def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps}
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
     )
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "kernel.ptx"
@@ -270,16 +337,29 @@ def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
             text=True,
             check=True,
         ).stderr  # fmt: skip
-    found = {
-        key: int(re.search(pattern, log).group(1))
+    return compiled, log
+
+
+def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Registers, spills and shared memory of the kernel(s) of ``config`` compiled for sm_90
+    (gated, every gradient, causal L = n/2); a split reports its kernels (a) and (b) with the
+    suffixes ``_a``/``_b``, and ``async_copies``/``_a``/``_b`` counts the loads the software
+    pipeliner turned into asynchronous copies."""
+    row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
+    for part, flags in KERNELS[config.split].items():
+        warps = config.num_warps if part != "b" else config.dk_num_warps or config.num_warps
+        compiled, log = compile_sm90(n, config, dtype, flags, warps)
+        suffix = f"_{part}" if part else ""
         for key, pattern in (
             ("registers", r"Used (\d+) registers"),
             ("stack_bytes", r"(\d+) bytes stack frame"),
             ("spill_store_bytes", r"(\d+) bytes spill stores"),
             ("spill_load_bytes", r"(\d+) bytes spill loads"),
-        )
-    }
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config), **found}
+        ):
+            row[key + suffix] = int(re.search(pattern, log).group(1))
+        row["shared_bytes" + suffix] = compiled.metadata.shared
+        row["async_copies" + suffix] = compiled.asm["ttgir"].count("async_copy_global_to_local")
+    return row
 
 
 def run_static(lengths: list[int], out: Path) -> None:
@@ -294,10 +374,32 @@ def run_static(lengths: list[int], out: Path) -> None:
                 if "config" in options:
                     configs[name] = options["config"]
             for name, config in configs.items():
-                row = {"variant": name, **static_stats(n, config, dtype)}
+                try:
+                    row = {"variant": name, **static_stats(n, config, dtype)}
+                except Exception as err:  # out of shared memory, say: data too
+                    row = {"variant": name, "n": n, "dtype": str(dtype), "error": repr(err)[:300]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 out.write_text(json.dumps({"rows": rows}, indent=1))
+    print_static_table(rows)
+
+
+def print_static_table(rows: list[dict]) -> None:
+    """One line per (n, dtype, variant): registers / spill-store bytes, shared memory (KB) and
+    asynchronous copies of each kernel (a split: kernel (a), then (b))."""
+    print(f"{'n':>5} {'dtype':<9} {'variant':<26} regs/spill  smem KB  async   (split: a | b)")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['n']:>5} {r['dtype']:<9} {r['variant']:<26} {r['error'][:60]}")
+            continue
+        cells = []
+        for suffix in ("", "_a", "_b"):
+            if f"registers{suffix}" in r:
+                cells.append(
+                    f"{r['registers' + suffix]:>3}/{r['spill_store_bytes' + suffix]:<5} "
+                    f"{r['shared_bytes' + suffix] / 1024:>6.0f} {r['async_copies' + suffix]:>5}"
+                )
+        print(f"{r['n']:>5} {r['dtype']:<9} {r['variant']:<26} " + "  | ".join(cells))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -334,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
     parser.add_argument("--no-variants", action="store_true", help="time the default launch only")
     parser.add_argument(
+        "--variants", nargs="*", default=(), help="time only these variants (and the default)"
+    )
+    parser.add_argument(
         "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
     )
     args = parser.parse_args(argv)
@@ -363,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L in args.lengths:
         for gated in (False, True):
-            row = bench_length(L, gated, not args.no_variants)
+            row = bench_length(L, gated, not args.no_variants, tuple(args.variants))
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
             # written after every row: a run cut short still leaves its numbers

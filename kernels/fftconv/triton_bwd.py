@@ -1,6 +1,6 @@
 """Fused backward FFT convolution in Triton: every gradient of the gated convolution in one
-kernel, u, dy and the gates read once, the spectra recomputed in registers, nothing of size
-``B * H * n`` written to memory.
+kernel (or, as a launch variant, two lighter ones), u, dy and the gates read once, the spectra
+recomputed in registers.
 
 The forward (``triton_fwd.py``) computes, per row, ``v = u * pregate``,
 ``z = irfft(rfft(v, n) * kf)[:L]``, ``y = postgate * z + bias * v``. Its gradients
@@ -27,14 +27,30 @@ spectrum accumulator per channel, not per sequence, and no separation of the pai
 Design choices:
 
 - One program per (channel h, chunk of the channel's batch); it loops over the chunk's
-  sequence pairs (a ``while`` loop with runtime bounds: no recompilation per batch size, and
-  none of a ``for`` loop's prefetch buffers). Per pair, in this order, so that few tiles are
-  live at once: load v (u * pregate), ``P = Fwd(v)`` (8 ``tl.dot``s), ``z = Inv(P * K)`` and
+  sequence pairs in blocks of ``STEPS`` pairs: an outer ``while`` loop with runtime bounds (no
+  recompilation per batch size) around an inner loop with a constexpr trip count, which Triton
+  software-pipelines ``STAGES`` deep (the next pairs' u, gates and dy copied to shared memory
+  during this pair's products, as in the forward); the chunk is a whole number of blocks and
+  the pairs past its end are masked out. Per pair, in this order, so that few tiles are live
+  at once: load v (u * pregate), ``P = Fwd(v)`` (8 ``tl.dot``s), ``z = Inv(P * K)`` and
   dpostgate (8 dots, only when the postgate wants a gradient), P kept in the operand dtype;
   then load dz, ``Q = Fwd(dz)`` (8), ``S += Q * conj(P)``, ``dv = Inv(Q * conj(K))`` (8), du and
   dpregate. Inputs are loaded again where they are used (the repeat loads hit L1/L2) instead
-  of being held across the transforms. The forward issues 16 dots per pair, the backward 24 or
-  32, and reads 2-4 tensors to the forward's 1-3.
+  of being held across the transforms, and so are the tables that are not held (``hoist``):
+  each at its use. The forward issues 16 dots per pair, the backward 24 or 32, and reads 2-4
+  tensors to the forward's 1-3.
+- Pipelining, made to fit: the pipeliner would give every load in the loop that feeds a
+  product a shared-memory buffer per stage, tables included (741 KB at n = 8192), so table
+  loads in a pipelined loop sit behind a runtime branch (``_table``), out of its reach; their
+  pointers are made loop-variant so that they are not hoisted and held (``_rebase``).
+- ``split`` (a variant): kernel (a) computes Q, dv, du, dpregate and dbias, kernel (b) P, z,
+  dpostgate and the filter gradient, each with the forward's 16 dots per pair and fewer live
+  tiles. (b) needs Q too: ``"store_q"`` has (a) write it per pair in the operand dtype
+  (``[H, B/2, 2, N1, N2]``, 4n bytes per pair written and read back: 1.1 GB, 0.26 ms of HBM at
+  n = 8192, B*H*L = 2^27), ``"recompute"`` transforms dz again in (b) (8 more dots per pair:
+  1.4e11 flops, 0.18 ms at the bf16 peak but ~0.9 ms at the 150 TFLOP/s this kernel reaches),
+  so ``"store_q"`` is the one timed first. In (b), with Q from memory, S is updated right after
+  P, while P is fp32.
 - The filter gradient is deterministic: each program writes its partial spectrum to its own
   slot of a ``[H, chunks, 2, N1, N2]`` fp32 buffer, summed by ``torch.sum`` on the host (no
   atomics: the same inputs give the same bits). The chunk count is set from the device's SM
@@ -46,23 +62,26 @@ Design choices:
   so dv and z need no mask.
 - ``Config`` (per FFT size, ``config_for``): the Monarch split ``N1 x N2``, warps, ``hoist``
   (DFT matrices, twiddles and filter spectrum loaded once before the loop and held, or
-  reloaded from L1/L2 at each use) and ``acc_in_memory`` (``S`` read-modified-written in the
+  loaded from L1/L2 at each use), ``acc_in_memory`` (``S`` read-modified-written in the
   program's slot every pair, with a barrier, instead of held in registers: 2 fewer fp32 tiles
-  live, L1/L2 traffic of ``16n`` bytes per pair). The defaults minimise the spills of the
-  sm_90 compile (``ptxas -v``, bf16, causal L = n/2; registers / spill-store bytes):
+  live, L1/L2 traffic of ``16n`` bytes per pair; in a pipelined loop behind the same kind of
+  branch, and Triton then leaves that loop unpipelined), ``steps``/``stages``, ``split``. The
+  defaults were picked by the spills of the sm_90 compile (``ptxas -v``, bf16, causal
+  L = n/2; registers / spill-store bytes; ``python -m benchmarks.fftconv_bwd --static``), then
+  timed (benchmarks/NOTES.md, backward v1):
 
-      n     config                          regs / spills   (alternatives)
-      512   32x16, 2 warps, hoist           216 / 0         reload: 176 / 0
-      1024  32x32, 4 warps, hoist           237 / 0         64x16, 8 warps: 236 / 0
-      2048  64x32, 4 warps, acc in memory   255 / 72        acc in registers 212; 128x16 8w: 0
-      4096  128x32, 8 warps, acc in memory  255 / 440       64x64 4w: 1284 (registers: 2196)
-      8192  128x64, 8 warps, acc in memory  255 / 1188      registers: 2144; 256x32 16w: 1612
+      n     default                         regs / spills
+      512   32x16, 2 warps, hoist           216 / 0
+      1024  32x32, 2 warps, hoist           255 / 128
+      2048  64x32, 4 warps, acc in memory   255 / 4
+      4096  128x32, 8 warps                 255 / 532
+      8192  128x64, 8 warps                 255 / 2172
 
   From n = 4096 the split follows the warps (``N1 = 16 * warps``): Triton lays chained dots
   out with every warp along the first tile dimension, so a tile with fewer rows than
   ``16 * warps`` is replicated across warps instead of shared (a 64x64 tile costs 8 warps as
   many registers as 4). fp32 (tf32x3 dots split every operand in two) spills more: no hoist
-  up to n = 1024 (84 / 40 bytes), 2.6-8 KB from 2048 on.
+  up to n = 1024, 1.4-5.1 KB from 2048 on.
 - Always paired: B = 1 (or the last sequence of an odd batch) runs as a half-empty pair.
 - Sizes, dtypes and the zero-row skip (``ROWS``) as in the forward (``supports`` is the
   forward's); the DFT tables are the forward's where the split is, else built here (``prepare``
@@ -95,7 +114,9 @@ from .triton_fwd import (
 )
 
 __all__ = [
+    "SPLITS",
     "Config",
+    "block_steps",
     "config_for",
     "dk_from_spectrum",
     "dot_flops",
@@ -112,52 +133,127 @@ PROGRAMS_PER_SM = 8
 
 
 @triton.jit
+def _table(handle, live, after, HOIST: tl.constexpr, GUARD: tl.constexpr):
+    """The real and imaginary planes of a table, from its handle ``(held_re, held_im, ptr_re,
+    ptr_im, offs)``: the planes loaded before the loop (HOIST), or loaded here, at their use.
+
+    ``GUARD`` (a software-pipelined loop): the loads sit behind a runtime branch on ``live``,
+    in a nested block, which Triton's pipeliner does not look into: pipelined, every table
+    load of the loop would get a shared-memory buffer per stage (741 KB at n = 8192), where
+    only the input rows should. The other branch (a masked-out pair, whose outputs are all
+    masked) gives zeros computed from ``after``, the tile just computed before the use: that
+    dependence keeps the pipeliner's schedule from moving the branch (and with it the table's
+    registers) to the top of the loop body, where the canonicalizer merges all of them."""
+    if HOIST:
+        x_re = handle[0]
+        x_im = handle[1]
+    elif GUARD:
+        offs = handle[4]
+        if live:
+            x_re = tl.load(handle[2] + offs)
+            x_im = tl.load(handle[3] + offs)
+        else:
+            # a finite tile (the pair's inputs were masked to zero) times zero: zero
+            zero = tl.zeros(offs.shape, tl.float32) + tl.sum(tl.sum(after, axis=1), axis=0) * 0.0
+            x_re = zero.to(handle[2].dtype.element_ty)
+            x_im = x_re
+    else:
+        x_re = tl.load(handle[2] + handle[4])
+        x_im = tl.load(handle[3] + handle[4])
+    return x_re, x_im
+
+
+@triton.jit
+def _handle(ptr, offs, PLANE: tl.constexpr, HOIST: tl.constexpr):
+    """A table's handle for ``_table``: with HOIST its planes loaded now (and held)."""
+    if HOIST:
+        x_re, x_im = _load_complex(ptr, offs, PLANE)
+    else:
+        x_re = 0.0
+        x_im = 0.0
+    return x_re, x_im, ptr, ptr + PLANE, offs
+
+
+@triton.jit
+def _rebase(handle, zero, REBASE: tl.constexpr):
+    """The handle with ``zero`` added to its pointers (see the kernel's loop)."""
+    if REBASE:
+        handle = handle[0], handle[1], handle[2] + zero, handle[3] + zero, handle[4]
+    return handle
+
+
+@triton.jit
 def _forward_transform(
-    x_re, x_im, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, PRECISION: tl.constexpr
-):
+    x_re, x_im, F1, TW, F2, live, HOIST: tl.constexpr, GUARD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
     """``Fwd(x_re + i x_im)``: x [ROWS, N2] in the operand dtype (the first ROWS rows of the
-    tile; the rest is zero padding, skipped) -> the spectrum [N1, N2] fp32, permuted layout."""
-    op_dtype = f2_re.dtype
+    tile; the rest is zero padding, skipped) -> the spectrum [N1, N2] fp32, permuted layout.
+    F1, TW, F2: the handles of F_N1[:, :ROWS], the twiddles and F_N2."""
+    f1_re, f1_im = _table(F1, live, x_re, HOIST, GUARD)
+    op_dtype = f1_re.dtype
     b_re, b_im = _complex_dot(f1_re, f1_im, x_re, x_im, PRECISION)  # [N1, N2]
+    tw_re, tw_im = _table(TW, live, b_re, HOIST, GUARD)
     c_re = (b_re * tw_re - b_im * tw_im).to(op_dtype)
     c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
+    f2_re, f2_im = _table(F2, live, c_re, HOIST, GUARD)
     return _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)
 
 
 @triton.jit
 def _inverse_transform(
-    s_re, s_im, g1_re, g1_im, tw_re, tw_im, f2_re, f2_im, PRECISION: tl.constexpr
-):
+    s_re, s_im, G1, TW, F2, live, HOIST: tl.constexpr, GUARD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
     """``Inv(s_re + i s_im)`` restricted to the first ROWS rows: s [N1, N2] in the operand
-    dtype -> real and imaginary parts [ROWS, N2] fp32. Written with the tables as given (no
-    negated operand: see the note on the forward's last stage in triton_fwd.py)."""
-    op_dtype = f2_re.dtype
+    dtype -> real and imaginary parts [ROWS, N2] fp32. G1: the handle of conj(F_N1)'s first
+    ROWS rows (stored as F_N1: the conjugation is in the signs). Written with the tables as
+    given (no negated operand: see the note on the forward's last stage in triton_fwd.py)."""
+    op_dtype = s_re.dtype
     # S @ conj(F_N2)
+    f2_re, f2_im = _table(F2, live, s_re, HOIST, GUARD)
     d_re = tl.dot(s_re, f2_re, acc=_dot(s_im, f2_im, PRECISION), input_precision=PRECISION)
     d_im = _dot(s_im, f2_re, PRECISION) - _dot(s_re, f2_im, PRECISION)
+    tw_re, tw_im = _table(TW, live, d_re, HOIST, GUARD)
     e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)  # times conj(T)
     e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
     # conj(F_N1)[:ROWS] @ E
+    g1_re, g1_im = _table(G1, live, e_re, HOIST, GUARD)
     out_re = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
     out_im = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)
     return out_re, out_im
 
 
 @triton.jit
-def _forward_tables(dft1_ptr, dft2_ptr, twiddle_ptr, offs_f1, offs_f2, offs_tile, N1, N2):
-    f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, N1 * N1)  # [N1, ROWS]
-    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * N2)  # [N2, N2]
-    tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, N1 * N2)  # [N1, N2]
-    return f1_re, f1_im, f2_re, f2_im, tw_re, tw_im
+def _accumulate(
+    dk_re, dk_im, q_re, q_im, p_re, p_im, dk_slot_ptr, offs_tile, PLANE: tl.constexpr, live,
+    ACC_IN_MEMORY: tl.constexpr, GUARD: tl.constexpr,
+):  # fmt: skip
+    """The filter-gradient spectrum ``S += Q * conj(P)``: in registers, or (ACC_IN_MEMORY) in
+    the program's slot of the partial buffer. In a pipelined loop (GUARD) the slot's
+    read-modify-write sits behind a branch on ``live``, out of the pipeliner's reach, so that
+    no read of the slot can be moved before the previous pair's write."""
+    if ACC_IN_MEMORY:
+        if GUARD:
+            if live:
+                _add_to_slot(dk_slot_ptr, offs_tile, PLANE, q_re, q_im, p_re, p_im)
+        else:
+            _add_to_slot(dk_slot_ptr, offs_tile, PLANE, q_re, q_im, p_re, p_im)
+    else:
+        dk_re += q_re * p_re + q_im * p_im
+        dk_im += q_im * p_re - q_re * p_im
+    return dk_re, dk_im
 
 
 @triton.jit
-def _inverse_tables(dft1_ptr, dft2_ptr, twiddle_ptr, kf_ptr, offs_g1, offs_f2, offs_tile, N1, N2):
-    g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1]
-    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, N2 * N2)  # [N2, N2]
-    tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, N1 * N2)  # [N1, N2]
-    k_re, k_im = _load_complex(kf_ptr, offs_tile, N1 * N2)  # [N1, N2]
-    return g1_re, g1_im, f2_re, f2_im, tw_re, tw_im, k_re, k_im
+def _add_to_slot(dk_slot_ptr, offs_tile, PLANE: tl.constexpr, q_re, q_im, p_re, p_im):
+    # the barrier orders the last pair's stores (by whichever threads held those elements)
+    # before these loads
+    tl.debug_barrier()
+    a_re = tl.load(dk_slot_ptr + offs_tile)
+    a_im = tl.load(dk_slot_ptr + PLANE + offs_tile)
+    tl.store(dk_slot_ptr + offs_tile, a_re + q_re * p_re + q_im * p_im)
+    tl.store(dk_slot_ptr + PLANE + offs_tile, a_im + q_im * p_re - q_re * p_im)
 
 
 @triton.jit
@@ -188,6 +284,7 @@ def _fftconv_bwd_kernel(
     dpostgate_ptr,  # [B, H, L] (unused unless NEED_DPOSTGATE)
     dk_ptr,  # [H, chunks, 2, N1, N2] fp32 partial spectra (unused unless NEED_DK)
     dbias_ptr,  # [H, chunks] fp32 partial sums (unused unless NEED_DBIAS)
+    q_ptr,  # [H, cdiv(B, 2), 2, N1, N2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
     B,
     H,
     L,
@@ -205,11 +302,20 @@ def _fftconv_bwd_kernel(
     NEED_DBIAS: tl.constexpr,
     HOIST: tl.constexpr,
     ACC_IN_MEMORY: tl.constexpr,
+    STEPS: tl.constexpr,
+    STAGES: tl.constexpr,
+    STORE_Q: tl.constexpr,
+    LOAD_Q: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # STEPS: the pairs of one block of the loop (a constexpr trip count, software-pipelined
+    # STAGES deep; the chunk is a whole number of blocks, the pairs past its end masked out).
+    # STORE_Q / LOAD_Q: the split backward's two kernels hand Q over through memory: the first
+    # writes it, the second reads it instead of transforming dz again.
     NEED_DV: tl.constexpr = NEED_DU or NEED_DPREGATE
-    NEED_Q: tl.constexpr = NEED_DV or NEED_DK  # the spectrum of dz
+    NEED_Q: tl.constexpr = NEED_DV or NEED_DK or STORE_Q  # the spectrum of dz
     NEED_P: tl.constexpr = NEED_DK or NEED_DPOSTGATE  # the spectrum of v
+    GUARD: tl.constexpr = STAGES > 1  # table loads in the loop kept out of the pipeline
 
     pid = tl.program_id(0)
     n_pairs = tl.cdiv(B, 2)
@@ -218,27 +324,27 @@ def _fftconv_bwd_kernel(
     pid_c = pid - pid_h * programs_per_channel  # the chunk of the batch
     pair_start = pid_c * PAIRS_PER_PROGRAM
     pair_end = tl.minimum(pair_start + PAIRS_PER_PROGRAM, n_pairs)
-    op_dtype = dft1_ptr.dtype.element_ty
 
     offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold the sequences
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
     offs_t = offs_r[:, None] * N2 + offs_n2[None, :]  # [ROWS, N2] time index
-    mask_v = offs_t < L
+    mask_t = offs_t < L
     offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
+    kf_ptr += pid_h.to(tl.int64) * (2 * N1 * N2)
+    q_ptr += pid_h.to(tl.int64) * n_pairs * (2 * N1 * N2)
+    HL = H.to(tl.int64) * L
+
+    # the tables, as handles (with HOIST loaded here and held across the loop)
     offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
     offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
     offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
-    kf_ptr += pid_h.to(tl.int64) * (2 * N1 * N2)
-    HL = H.to(tl.int64) * L
-
-    if HOIST:
-        f1_re, f1_im, f2_re, f2_im, tw_re, tw_im = _forward_tables(
-            dft1_ptr, dft2_ptr, twiddle_ptr, offs_f1, offs_f2, offs_tile, N1, N2
-        )
-        g1_re, g1_im, f2_re, f2_im, tw_re, tw_im, k_re, k_im = _inverse_tables(
-            dft1_ptr, dft2_ptr, twiddle_ptr, kf_ptr, offs_g1, offs_f2, offs_tile, N1, N2
-        )
+    F1 = _handle(dft1_ptr, offs_f1, N1 * N1, HOIST)  # F_N1[:, :ROWS]
+    G1 = _handle(dft1_ptr, offs_g1, N1 * N1, HOIST)  # F_N1[:ROWS, :] (conjugated in the signs)
+    F2 = _handle(dft2_ptr, offs_f2, N2 * N2, HOIST)  # F_N2
+    TW = _handle(twiddle_ptr, offs_tile, N1 * N2, HOIST)  # [N1, N2]
+    K = _handle(kf_ptr, offs_tile, N1 * N2, HOIST)  # the filter spectrum [N1, N2]
+    op_dtype = dft1_ptr.dtype.element_ty
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
 
@@ -252,118 +358,120 @@ def _fftconv_bwd_kernel(
         tl.store(dk_slot_ptr + N1 * N2 + offs_tile, dk_im)
     dbias = tl.zeros([N2], dtype=tl.float32)
 
-    # A while loop, not range(pair_start, pair_end): the interpreter cannot take a tensor as a
-    # range bound under numpy 2 (a for loop would also be software-pipelined, with prefetch
-    # buffers in shared memory; not tried). Each input is loaded again where it is used rather
-    # than held across the transforms: the repeat loads hit L1/L2, while a held pair of input
-    # rows costs the registers of a whole spectrum tile (ROWS = N1/2 for a causal filter).
-    pair = pair_start
-    while pair < pair_end:
-        b = 2 * pair
-        row_v = (b.to(tl.int64) * H + pid_h) * L  # 64-bit: B*H*L may pass 2^31
-        row_w = row_v + HL
-        mask_w = mask_v & (b + 1 < B)
+    # The chunk in blocks of STEPS pairs. The outer loop is a while loop: its bounds are
+    # tensors, which the interpreter cannot take as range bounds under numpy 2, and a runtime
+    # trip count keeps one compilation per batch size. The inner loop has a constexpr trip
+    # count, so Triton software-pipelines it (STAGES > 1: the next pairs' inputs are loaded
+    # during this pair's products, as in the forward). Each input is loaded again where it is
+    # used rather than held across the transforms: the repeat loads hit L1/L2, while a held
+    # pair of input rows costs the registers of a whole spectrum tile (ROWS = N1/2 for a
+    # causal filter). Tables not held are loaded at their use, for the same reason.
+    block = pair_start
+    while block < pair_end:
+        for step in tl.range(0, STEPS, num_stages=STAGES):
+            pair = block + step
+            live = pair < pair_end  # the last block of a chunk may run past it
+            b = 2 * pair
+            row_v = (b.to(tl.int64) * H + pid_h) * L  # 64-bit: B*H*L may pass 2^31
+            row_w = row_v + HL
+            mask_v = mask_t & live
+            mask_w = mask_v & (b + 1 < B)
+            q_pair_ptr = q_ptr + pair.to(tl.int64) * (2 * N1 * N2)
+            # pipelined: the tables' pointers made loop-variant by a zero the compiler cannot
+            # prove (pair >= 0), else they are hoisted out of the loop and held, 64 bits per
+            # loaded vector and plane (in the sm_90 compiles: fewer spills in the pipelined
+            # loops from n = 2048 on, more in the v1 loop at n = 8192, so only there)
+            zero = pair >> 31 if GUARD else 0
+            F1_at = _rebase(F1, zero, GUARD)
+            G1_at = _rebase(G1, zero, GUARD)
+            F2_at = _rebase(F2, zero, GUARD)
+            TW_at = _rebase(TW, zero, GUARD)
+            K_at = _rebase(K, zero, GUARD)
 
-        # 1. the gated input v, its spectrum P, z = Inv(P * K) for the postgate, dbias
-        if NEED_P or NEED_DBIAS:
-            v, w = _load_pair(u_ptr, row_v, row_w, offs_t, mask_v, mask_w)  # [ROWS, N2]
-            if HAS_PREGATE:
-                pre_v, pre_w = _load_pair(pregate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                v *= pre_v
-                w *= pre_w
-            if NEED_DBIAS:
-                dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                dbias += tl.sum(dy_v * v + dy_w * w, axis=0)
-        if NEED_P:
-            if not HOIST:
-                f1_re, f1_im, f2_re, f2_im, tw_re, tw_im = _forward_tables(
-                    dft1_ptr, dft2_ptr, twiddle_ptr, offs_f1, offs_f2, offs_tile, N1, N2
-                )
-            p_re, p_im = _forward_transform(
-                v.to(op_dtype), w.to(op_dtype), f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, PRECISION
-            )  # [N1, N2]
-            if NEED_DPOSTGATE:
-                if not HOIST:
-                    g1_re, g1_im, f2_re, f2_im, tw_re, tw_im, k_re, k_im = _inverse_tables(
-                        dft1_ptr, dft2_ptr, twiddle_ptr, kf_ptr, offs_g1, offs_f2, offs_tile, N1, N2
-                    )
-                y_re = (p_re * k_re - p_im * k_im).to(op_dtype)
-                y_im = (p_re * k_im + p_im * k_re).to(op_dtype)
-                z_v, z_w = _inverse_transform(
-                    y_re, y_im, g1_re, g1_im, tw_re, tw_im, f2_re, f2_im, PRECISION
-                )  # [ROWS, N2]
-                dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                _store_pair(
-                    dpostgate_ptr, row_v, row_w, offs_t, mask_v, mask_w, dy_v * z_v, dy_w * z_w
-                )
-            # held in the operand dtype until Q is ready (the tile that lives longest)
-            p_re = p_re.to(op_dtype)
-            p_im = p_im.to(op_dtype)
-
-        # 2. dz, its spectrum Q, the filter-gradient spectrum, dv = Inv(Q * conj(K))
-        if NEED_Q:
-            dz_v, dz_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-            if HAS_POSTGATE:
-                post_v, post_w = _load_pair(postgate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                dz_v *= post_v
-                dz_w *= post_w
-            if not HOIST:
-                f1_re, f1_im, f2_re, f2_im, tw_re, tw_im = _forward_tables(
-                    dft1_ptr, dft2_ptr, twiddle_ptr, offs_f1, offs_f2, offs_tile, N1, N2
-                )
-            q_re, q_im = _forward_transform(
-                dz_v.to(op_dtype),
-                dz_w.to(op_dtype),
-                f1_re,
-                f1_im,
-                tw_re,
-                tw_im,
-                f2_re,
-                f2_im,
-                PRECISION,
-            )  # [N1, N2]
-            if NEED_DK:
-                pf_re = p_re.to(tl.float32)
-                pf_im = p_im.to(tl.float32)
-                if ACC_IN_MEMORY:
-                    # the barrier orders the last pair's stores (by whichever threads held
-                    # those elements) before these loads
-                    tl.debug_barrier()
-                    a_re = tl.load(dk_slot_ptr + offs_tile)
-                    a_im = tl.load(dk_slot_ptr + N1 * N2 + offs_tile)
-                    tl.store(dk_slot_ptr + offs_tile, a_re + q_re * pf_re + q_im * pf_im)
-                    tl.store(dk_slot_ptr + N1 * N2 + offs_tile, a_im + q_im * pf_re - q_re * pf_im)
-                else:
-                    dk_re += q_re * pf_re + q_im * pf_im
-                    dk_im += q_im * pf_re - q_re * pf_im
-        if NEED_DV:
-            if not HOIST:
-                g1_re, g1_im, f2_re, f2_im, tw_re, tw_im, k_re, k_im = _inverse_tables(
-                    dft1_ptr, dft2_ptr, twiddle_ptr, kf_ptr, offs_g1, offs_f2, offs_tile, N1, N2
-                )
-            s_re = (q_re * k_re + q_im * k_im).to(op_dtype)  # Q * conj(K)
-            s_im = (q_im * k_re - q_re * k_im).to(op_dtype)
-            dv_v, dv_w = _inverse_transform(
-                s_re, s_im, g1_re, g1_im, tw_re, tw_im, f2_re, f2_im, PRECISION
-            )  # [ROWS, N2]
-            if HAS_BIAS:
-                dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                dv_v += bias * dy_v
-                dv_w += bias * dy_w
-            if NEED_DU:
+            # 1. the gated input v, its spectrum P, z = Inv(P * K) for the postgate, dbias
+            if NEED_P or NEED_DBIAS:
+                v, w = _load_pair(u_ptr, row_v, row_w, offs_t, mask_v, mask_w)  # [ROWS, N2]
                 if HAS_PREGATE:
                     pre_v, pre_w = _load_pair(pregate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    v *= pre_v
+                    w *= pre_w
+                if NEED_DBIAS:
+                    dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    dbias += tl.sum(dy_v * v + dy_w * w, axis=0)
+            if NEED_P:
+                p_re, p_im = _forward_transform(
+                    v.to(op_dtype), w.to(op_dtype), F1_at, TW_at, F2_at, live, HOIST, GUARD,
+                    PRECISION,
+                )  # [N1, N2]  # fmt: skip
+                if NEED_DK and LOAD_Q:
+                    # Q from memory: the filter gradient at once, while P is still fp32
+                    q_re = tl.load(q_pair_ptr + offs_tile, mask=live, other=0.0)
+                    q_im = tl.load(q_pair_ptr + N1 * N2 + offs_tile, mask=live, other=0.0)
+                    dk_re, dk_im = _accumulate(
+                        dk_re, dk_im, q_re.to(tl.float32), q_im.to(tl.float32), p_re, p_im,
+                        dk_slot_ptr, offs_tile, N1 * N2, live, ACC_IN_MEMORY, GUARD,
+                    )  # fmt: skip
+                if NEED_DPOSTGATE:
+                    k_re, k_im = _table(K_at, live, p_re, HOIST, GUARD)
+                    y_re = (p_re * k_re - p_im * k_im).to(op_dtype)
+                    y_im = (p_re * k_im + p_im * k_re).to(op_dtype)
+                    z_v, z_w = _inverse_transform(
+                        y_re, y_im, G1_at, TW_at, F2_at, live, HOIST, GUARD, PRECISION
+                    )  # [ROWS, N2]
+                    dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    z_v *= dy_v
+                    z_w *= dy_w
+                    _store_pair(dpostgate_ptr, row_v, row_w, offs_t, mask_v, mask_w, z_v, z_w)
+                # held in the operand dtype until Q is ready (the tile that lives longest)
+                p_re = p_re.to(op_dtype)
+                p_im = p_im.to(op_dtype)
+
+            # 2. dz, its spectrum Q, the filter-gradient spectrum, dv = Inv(Q * conj(K))
+            if NEED_Q and not LOAD_Q:
+                dz_v, dz_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                if HAS_POSTGATE:
+                    post_v, post_w = _load_pair(postgate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    dz_v *= post_v
+                    dz_w *= post_w
+                q_re, q_im = _forward_transform(
+                    dz_v.to(op_dtype), dz_w.to(op_dtype), F1_at, TW_at, F2_at, live, HOIST, GUARD,
+                    PRECISION,
+                )  # [N1, N2]  # fmt: skip
+                if STORE_Q:
+                    tl.store(q_pair_ptr + offs_tile, q_re.to(op_dtype), mask=live)
+                    tl.store(q_pair_ptr + N1 * N2 + offs_tile, q_im.to(op_dtype), mask=live)
+                if NEED_DK:
+                    dk_re, dk_im = _accumulate(
+                        dk_re, dk_im, q_re, q_im, p_re.to(tl.float32), p_im.to(tl.float32),
+                        dk_slot_ptr, offs_tile, N1 * N2, live, ACC_IN_MEMORY, GUARD,
+                    )  # fmt: skip
+            if NEED_DV:
+                k_re, k_im = _table(K_at, live, q_re, HOIST, GUARD)
+                s_re = (q_re * k_re + q_im * k_im).to(op_dtype)  # Q * conj(K)
+                s_im = (q_im * k_re - q_re * k_im).to(op_dtype)
+                dv_v, dv_w = _inverse_transform(
+                    s_re, s_im, G1_at, TW_at, F2_at, live, HOIST, GUARD, PRECISION
+                )  # [ROWS, N2]
+                if HAS_BIAS:
+                    dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    dv_v += bias * dy_v
+                    dv_w += bias * dy_w
+                if NEED_DU:
+                    if HAS_PREGATE:
+                        pre_v, pre_w = _load_pair(pregate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                        _store_pair(
+                            du_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v * pre_v,
+                            dv_w * pre_w,
+                        )  # fmt: skip
+                    else:
+                        _store_pair(du_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v, dv_w)
+                if NEED_DPREGATE:
+                    u_v, u_w = _load_pair(u_ptr, row_v, row_w, offs_t, mask_v, mask_w)
                     _store_pair(
-                        du_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v * pre_v, dv_w * pre_w
-                    )
-                else:
-                    _store_pair(du_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v, dv_w)
-            if NEED_DPREGATE:
-                u_v, u_w = _load_pair(u_ptr, row_v, row_w, offs_t, mask_v, mask_w)
-                _store_pair(
-                    dpregate_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v * u_v, dv_w * u_w
-                )
-        pair += 1
+                        dpregate_ptr, row_v, row_w, offs_t, mask_v, mask_w, dv_v * u_v,
+                        dv_w * u_w,
+                    )  # fmt: skip
+        block += STEPS
 
     if NEED_DK and not ACC_IN_MEMORY:
         tl.store(dk_slot_ptr + offs_tile, dk_re)
@@ -376,33 +484,63 @@ def _fftconv_bwd_kernel(
 # Host launcher
 
 
+SPLITS = ("fused", "recompute", "store_q")
+
+
 @dataclass(frozen=True)
 class Config:
     """How the kernel runs at one FFT size (every choice leaves the result unchanged up to
-    rounding): ``n1`` the first Monarch factor (``N2 = n // n1``), ``num_warps``, ``hoist``
-    (tables held in registers across the batch loop), ``acc_in_memory`` (the filter-gradient
-    spectrum accumulated in the program's slot of the partial buffer instead of registers)."""
+    rounding):
+
+    - ``n1``: the first Monarch factor (``N2 = n // n1``); ``num_warps``;
+    - ``hoist``: tables held in registers across the batch loop (else reloaded at each use);
+    - ``acc_in_memory``: the filter-gradient spectrum accumulated in the program's slot of the
+      partial buffer instead of registers (in a split, by kernel (b), the one that holds it;
+      Triton 3.6 then leaves that kernel's loop unpipelined);
+    - ``steps``: the pair loop runs in blocks of up to ``steps`` pairs (a power of two) with a
+      constexpr trip count, so that Triton can software-pipeline it; ``stages``: its
+      pipelining depth (1: none). ``steps = stages = 1`` is the v1 loop, one pair at a time.
+      Each stage buffers the inputs in shared memory: pipelined fp32 at n = 4096-8192 asks
+      for 224-416 KB in the sm_90 compiles, where an SM has 227 (Triton's OutOfResources);
+    - ``split``: ``"fused"`` (one kernel), or two lighter kernels when both halves are wanted:
+      (a) dz's spectrum Q, dv, du, dpregate, dbias and (b) v's spectrum P, z, dpostgate and the
+      filter gradient, for which (b) needs Q again: ``"recompute"`` transforms dz again in (b)
+      (8 more dots per pair), ``"store_q"`` has (a) write Q per pair in the operand dtype
+      (``4n`` bytes per pair written and read back) and (b) read it;
+    - ``dk_num_warps``: warps of kernel (b) of a split (default ``num_warps``).
+    """
 
     n1: int
     num_warps: int
     hoist: bool = False
     acc_in_memory: bool = False
+    steps: int = 1
+    stages: int = 1
+    split: str = "fused"
+    dk_num_warps: int | None = None
 
 
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
-    (benchmarks/NOTES.md, backward v1: 2 warps at n = 1024, the filter-gradient accumulator in
-    registers from n = 4096); fp32: the fewest spills of the sm_90 compile (fp32 tables take
-    twice the registers and shared memory)."""
+    (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block and 3 stages,
+    up to n = 2048; the fused kernel at 4096; the split with Q through memory at 8192. n = 1024
+    follows the static analysis, no spills with 4 warps); fp32: the fewest spills of the sm_90
+    compile (fp32 tables take twice the registers and shared memory, and the pipelined loops
+    need more shared memory than an SM has from n = 4096)."""
     N1, _ = split(n)
-    half = dtype != torch.float32
-    if n <= 512:
-        return Config(N1, 2, hoist=half)
+    if dtype != torch.float32:
+        if n <= 512:
+            return Config(N1, 2, hoist=True, steps=8, stages=3)
+        if n <= 2048:
+            return Config(N1, 4, hoist=True, steps=8, stages=3)
+        if n <= 4096:
+            return Config(128, 8)
+        return Config(128, 8, acc_in_memory=True, split="store_q")
     if n <= 1024:
-        return Config(N1, 2 if half else 4, hoist=half)
+        return Config(N1, 4 if n > 512 else 2)
     if n <= 2048:
         return Config(N1, 4, acc_in_memory=True)
-    return Config(128, 8, acc_in_memory=not half)
+    return Config(128, 8, acc_in_memory=True)
 
 
 def _check_config(n: int, config: Config) -> None:
@@ -412,8 +550,16 @@ def _check_config(n: int, config: Config) -> None:
             f"config.n1 must be a power of two with n1 >= n // n1 >= 16 (n = {n}); got "
             f"n1={config.n1}"
         )
-    if config.num_warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"config.num_warps must be 1, 2, 4, 8 or 16; got {config.num_warps}")
+    for name in ("num_warps", "dk_num_warps"):
+        warps = getattr(config, name)
+        if warps not in (1, 2, 4, 8, 16) and not (name == "dk_num_warps" and warps is None):
+            raise ValueError(f"config.{name} must be 1, 2, 4, 8 or 16; got {warps}")
+    if config.steps < 1 or config.steps & (config.steps - 1):
+        raise ValueError(f"config.steps must be a power of two >= 1; got {config.steps}")
+    if config.stages < 1:
+        raise ValueError(f"config.stages must be >= 1; got {config.stages}")
+    if config.split not in SPLITS:
+        raise ValueError(f"config.split must be one of {SPLITS}; got {config.split!r}")
 
 
 def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -454,14 +600,36 @@ def pairs_per_program_for(B: int, H: int, device: torch.device) -> int:
     return triton.cdiv(n_pairs, chunks)
 
 
-def dot_flops(B: int, H: int, L: int, n: int, needs_z: bool = True, n1: int | None = None) -> int:
+def block_steps(pairs_per_program: int, steps: int) -> tuple[int, int]:
+    """``(STEPS, pairs per program)``: the block of the pair loop, ``steps`` or the largest
+    power of two not above the chunk when that is shorter (so that few pairs are masked out),
+    and the chunk rounded up to whole blocks."""
+    STEPS = min(steps, 1 << (pairs_per_program.bit_length() - 1))
+    return STEPS, triton.cdiv(pairs_per_program, STEPS) * STEPS
+
+
+def _splits(config: Config, needs: tuple[bool, ...]) -> bool:
+    need_u, need_k, need_pre, need_post, need_bias = needs
+    return config.split != "fused" and (need_u or need_pre or need_bias) and (need_k or need_post)
+
+
+def dot_flops(
+    B: int,
+    H: int,
+    L: int,
+    n: int,
+    needs_z: bool = True,
+    n1: int | None = None,
+    recompute_q: bool = False,
+) -> int:
     """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip included:
-    per pair two forward transforms (Q, P) and one inverse (dv), plus z for the postgate; each
-    transform 4 complex products, ``8 n (ROWS + N2)`` flops."""
+    per pair two forward transforms (Q, P) and one inverse (dv), plus z for the postgate, plus
+    Q again in the second kernel of a ``"recompute"`` split; each transform 4 complex
+    products, ``8 n (ROWS + N2)`` flops."""
     N1 = n1 or config_for(n).n1
     N2 = n // N1
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
-    transforms = 4 if needs_z else 3
+    transforms = (4 if needs_z else 3) + (1 if recompute_q else 0)
     return H * triton.cdiv(B, 2) * transforms * 8 * n * (rows + N2)
 
 
@@ -480,14 +648,15 @@ def launch(
     precision: str | None = None,
     out: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """The kernel: ``(d_u, dk_spectrum, d_pregate, d_postgate, d_bias)``, None where ``needs``
-    (for u, k, pregate, postgate, bias) is False. d_u and the gate gradients come in their
-    tensors' dtypes, ``dk_spectrum`` ``[H, 2, N1, N2]`` fp32 (``dk_from_spectrum`` turns it into
-    the filter gradient), d_bias ``[H]`` fp32.
+    """The kernel (or the two kernels of a split ``config``): ``(d_u, dk_spectrum, d_pregate,
+    d_postgate, d_bias)``, None where ``needs`` (for u, k, pregate, postgate, bias) is False.
+    d_u and the gate gradients come in their tensors' dtypes, ``dk_spectrum`` ``[H, 2, N1, N2]``
+    fp32 (``dk_from_spectrum`` turns it into the filter gradient), d_bias ``[H]`` fp32.
 
     kf: ``[H, n//2+1]`` complex64 (rfft order). ``config``, ``pairs_per_program``,
-    ``precision``: override the defaults. ``out``: ``(d_u, d_pregate, d_postgate)`` tensors to
-    write in place (None entries are allocated).
+    ``precision``: override the defaults (``pairs_per_program`` is rounded up to whole blocks
+    of ``config.steps``). ``out``: ``(d_u, d_pregate, d_postgate)`` tensors to write in place
+    (None entries are allocated).
     """
     B, H, L = u.shape
     if not supports(n, False, u.dtype) or L > n:
@@ -537,12 +706,17 @@ def launch(
     d_pre = output(out_pre, pregate, "d_pregate") if need_pre else None
     d_post = output(out_post, postgate, "d_postgate") if need_post else None
 
+    n_pairs = triton.cdiv(B, 2)
     pairs_per_program = pairs_per_program or pairs_per_program_for(B, H, u.device)
-    chunks = triton.cdiv(triton.cdiv(B, 2), pairs_per_program)
+    steps, pairs_per_program = block_steps(min(pairs_per_program, n_pairs), config.steps)
+    chunks = triton.cdiv(n_pairs, pairs_per_program)
     dk_parts = u.new_empty((H, chunks, 2, N1, N2), dtype=torch.float32) if need_k else None
     dbias_parts = u.new_empty((H, chunks), dtype=torch.float32) if need_bias else None
 
-    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+    def run(
+        kernel_needs: tuple[bool, ...], num_warps: int, q: Tensor | None, store_q: bool
+    ) -> None:
+        k_u, k_k, k_pre, k_post, k_bias = kernel_needs
         _fftconv_bwd_kernel[(H * chunks,)](
             dy,
             u,
@@ -553,11 +727,12 @@ def launch(
             dft1,
             dft2,
             twiddle,
-            d_u if d_u is not None else u,
-            d_pre if d_pre is not None else u,
-            d_post if d_post is not None else u,
-            dk_parts if dk_parts is not None else spectrum,
-            dbias_parts if dbias_parts is not None else spectrum,
+            d_u if k_u else u,
+            d_pre if k_pre else u,
+            d_post if k_post else u,
+            dk_parts if k_k else spectrum,
+            dbias_parts if k_bias else spectrum,
+            q if q is not None else u,
             B,
             H,
             L,
@@ -568,16 +743,32 @@ def launch(
             HAS_PREGATE=pregate is not None,
             HAS_POSTGATE=postgate is not None,
             HAS_BIAS=bias is not None,
-            NEED_DU=need_u,
-            NEED_DK=need_k,
-            NEED_DPREGATE=need_pre,
-            NEED_DPOSTGATE=need_post,
-            NEED_DBIAS=need_bias,
+            NEED_DU=k_u,
+            NEED_DK=k_k,
+            NEED_DPREGATE=k_pre,
+            NEED_DPOSTGATE=k_post,
+            NEED_DBIAS=k_bias,
             HOIST=config.hoist,
             ACC_IN_MEMORY=config.acc_in_memory,
+            STEPS=steps,
+            STAGES=config.stages,
+            STORE_Q=q is not None and store_q,
+            LOAD_Q=q is not None and not store_q,
             PRECISION=precision or dot_precision(u),
-            num_warps=config.num_warps,
+            num_warps=num_warps,
         )
+
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        if _splits(config, needs):
+            # (a) Q, dv and what follows from it; (b) P, z and the filter gradient
+            q = None
+            if config.split == "store_q" and need_k:
+                q = u.new_empty((H, n_pairs, 2, N1, N2))
+            run((need_u, False, need_pre, False, need_bias), config.num_warps, q, True)
+            warps_b = config.dk_num_warps or config.num_warps
+            run((False, need_k, False, need_post, False), warps_b, q, False)
+        else:
+            run(needs, config.num_warps, None, False)
     # fixed summation order over the chunks: deterministic
     dk_spectrum = dk_parts.sum(dim=1) if dk_parts is not None else None
     d_bias = dbias_parts.sum(dim=1) if dbias_parts is not None else None

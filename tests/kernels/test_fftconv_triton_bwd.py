@@ -3,7 +3,11 @@
 CPU: the kernel runs under TRITON_INTERPRET=1 (set before triton is imported), so the cases run
 in one subprocess (this file run as a module) and the tests check what it printed; fp32 and
 fp16 only (the interpreter's bf16 ``tl.dot`` is wrong), n = 256 and 512 only (it is slow).
-GPU (``gpu`` marker): the compiled kernel, every dtype and mode, torch.compile and autocast.
+The launch variants (``triton_bwd.Config``: blocks of pairs, the split into two kernels, the
+accumulator in memory) run there too, with masked tail pairs and half-empty pairs; the
+interpreter does not pipeline, so what pipelining changes is checked on the GPU.
+GPU (``gpu`` marker): the compiled kernel, every dtype and mode, torch.compile and autocast,
+and every variant the backward benchmark times.
 """
 
 from __future__ import annotations
@@ -116,13 +120,69 @@ CASES = {
     "B3-H3-L111-K100-causal-fp32-needs-pre-k": Case(3, 3, 111, 100, wants=("pregate", "k")),
 }
 
-# Launcher cases, NaN-poisoned outputs: id -> (B, H, L, n, dtype, config, pairs_per_program),
-# config = (n1, num_warps, hoist, acc_in_memory) or None for the default
+
+class LaunchCase(NamedTuple):
+    """A bare launch with NaN-poisoned outputs: ``config`` the ``triton_bwd.Config`` fields
+    (None: the default), ``wants`` the gradients asked for (all five, or u and k when plain)."""
+
+    B: int
+    H: int
+    L: int
+    n: int
+    dtype: str = "fp32"
+    config: dict | None = None
+    pairs_per_program: int | None = None
+    gated: bool = True
+    wants: tuple[str, ...] | None = None
+
+
+def _cfg(n1, warps, **options):
+    """``triton_bwd.Config`` fields as a dict."""
+    return dict(n1=n1, num_warps=warps, **options)
+
+
+_SPLIT_ACC_IN_MEMORY_PIPELINED = _cfg(32, 2, acc_in_memory=True, steps=4, stages=2, split="store_q")
 LAUNCHER_CASES = {
-    "B5-H2-L300-n512-fp32-default": (5, 2, 300, 512, "fp32", None, None),
-    "B7-H3-L256-n256-fp32-loop3-acc-in-memory": (7, 3, 256, 256, "fp32", (16, 2, False, True), 3),
-    "B6-H1-L260-n512-fp16-loop2-reload": (6, 1, 260, 512, "fp16", (32, 2, False, False), 2),
-    "B4-H2-L500-n512-fp32-hoist-loop1": (4, 2, 500, 512, "fp32", (32, 2, True, False), 1),
+    "B5-H2-L300-n512-fp32-default": LaunchCase(5, 2, 300, 512),
+    "B7-H3-L256-n256-fp32-loop3-acc-in-memory": LaunchCase(
+        7, 3, 256, 256, config=_cfg(16, 2, acc_in_memory=True), pairs_per_program=3
+    ),
+    "B6-H1-L260-n512-fp16-loop2-reload": LaunchCase(
+        6, 1, 260, 512, "fp16", _cfg(32, 2), pairs_per_program=2
+    ),
+    "B4-H2-L500-n512-fp32-hoist-loop1": LaunchCase(
+        4, 2, 500, 512, config=_cfg(32, 2, hoist=True), pairs_per_program=1
+    ),
+    # blocks of pairs (software-pipelined on a GPU): B = 9 is 5 pairs, the last half empty; 3
+    # pairs per program round up to 2 blocks of 2, so the second chunk's last pair is masked
+    "B9-H2-L256-n512-fp32-steps4-stages2-tail": LaunchCase(
+        9, 2, 256, 512, config=_cfg(32, 2, steps=4, stages=2), pairs_per_program=3
+    ),
+    "B9-H2-L200-n512-fp16-steps4-stages3-hoist-tail": LaunchCase(
+        9, 2, 200, 512, "fp16", _cfg(32, 2, hoist=True, steps=4, stages=3), 3
+    ),
+    # split backward: Q through memory, and Q computed twice
+    "B5-H3-L256-n256-fp32-store-q-steps2-tail": LaunchCase(
+        5, 3, 256, 256, config=_cfg(16, 2, steps=2, stages=2, split="store_q"), pairs_per_program=3
+    ),
+    "B7-H2-L300-n512-fp16-store-q-hoist": LaunchCase(
+        7, 2, 300, 512, "fp16", _cfg(32, 2, hoist=True, split="store_q", dk_num_warps=4)
+    ),
+    "B9-H2-L256-n512-fp16-store-q-acc-in-memory-steps4-stages2-tail": LaunchCase(
+        9, 2, 256, 512, "fp16", _SPLIT_ACC_IN_MEMORY_PIPELINED, pairs_per_program=3
+    ),
+    "B5-H2-L256-n512-fp32-recompute-acc-in-memory": LaunchCase(
+        5, 2, 256, 512, config=_cfg(32, 2, acc_in_memory=True, split="recompute")
+    ),
+    "B3-H2-L256-n512-fp16-store-q-plain-steps2": LaunchCase(
+        3, 2, 256, 512, "fp16", _cfg(32, 2, steps=2, stages=2, split="store_q"), 2, gated=False
+    ),
+    "B4-H2-L180-n512-fp32-recompute-plain": LaunchCase(
+        4, 2, 180, 512, config=_cfg(32, 2, split="recompute"), gated=False
+    ),
+    "B5-H2-L256-n512-fp32-store-q-needs-k-bias": LaunchCase(
+        5, 2, 256, 512, config=_cfg(32, 2, split="store_q"), wants=("k", "bias")
+    ),
 }
 SPECTRUM_CASE = "spectrum-n512-L200-fp32"
 DETERMINISM_CASE = "determinism-B9-H2-L256-fp32"
@@ -147,34 +207,51 @@ def _launcher_reference(dy, u, kf, pre, post, bias, n):
     return core.backward(*args, plan, reference, needs)
 
 
-def _run_launcher_case(B, H, L, n, dtype, config, pairs_per_program, device="cpu"):
+def _run_launcher_case(c: LaunchCase, device="cpu"):
+    """The bare launch against float64: ({name: rel. error, "unwritten": NaN count}, ok): ok is
+    False if an out tensor was not the one returned or a gradient's presence is wrong."""
     from kernels.fftconv import triton_bwd
 
-    u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], True, seed=1, device=device)
-    kf = torch.fft.rfft(k, n=n)
-    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(2)).to(device, DTYPES[dtype])
+    dtype = DTYPES[c.dtype]
+    u, k, pre, post, bias = make_inputs(c.B, c.H, c.L, c.n, dtype, c.gated, seed=1, device=device)
+    kf = torch.fft.rfft(k, n=c.n)
+    g = torch.Generator().manual_seed(2)
+    dy = torch.randn(c.B, c.H, c.L, generator=g).to(device, dtype)
+    wants = c.wants or (NAMES if c.gated else ("u", "k"))
+    needs = tuple(name in wants for name in NAMES)
     out = tuple(torch.full_like(u, float("nan")) for _ in range(3))
-    d_u, dk_spec, d_pre, d_post, d_bias = triton_bwd.launch(
+    grads = triton_bwd.launch(
         dy,
         u,
         kf,
         pre,
         post,
         bias,
-        n,
-        (True,) * 5,
-        config=triton_bwd.Config(*config) if config else None,
-        pairs_per_program=pairs_per_program,
+        c.n,
+        needs,
+        config=triton_bwd.Config(**c.config) if c.config else None,
+        pairs_per_program=c.pairs_per_program,
         out=out,
     )
-    d_k = triton_bwd.dk_from_spectrum(dk_spec, n, n // 2 + 1)
-    ref = _launcher_reference(dy, u, kf, pre, post, bias, n)
+    d_u, dk_spec, d_pre, d_post, d_bias = grads
+    d_k = triton_bwd.dk_from_spectrum(dk_spec, c.n, c.n // 2 + 1) if dk_spec is not None else None
+    ref = _launcher_reference(dy, u, kf, pre, post, bias, c.n)
+    got = (d_u, d_k, d_pre, d_post, d_bias)
     errs = {
         name: rel_err(a, b)
-        for name, a, b in zip(NAMES, (d_u, d_k, d_pre, d_post, d_bias), ref, strict=True)
+        for name, a, b in zip(NAMES, got, ref, strict=True)
+        if name in wants and a is not None
     }
-    errs["unwritten"] = float(sum(x.isnan().sum() for x in out))
-    return errs, all(a is b for a, b in zip(out, (d_u, d_pre, d_post), strict=True))
+    written = [
+        x for x, name in zip(out, ("u", "pregate", "postgate"), strict=True) if name in wants
+    ]
+    errs["unwritten"] = float(sum(x.isnan().sum() for x in written))
+    ok = all((a is not None) == (name in wants) for name, a in zip(NAMES, got, strict=True))
+    ok &= all(
+        a is b or name not in wants
+        for name, a, b in zip(("u", "pregate", "postgate"), out, (d_u, d_pre, d_post), strict=True)
+    )
+    return errs, ok
 
 
 def _run_spectrum_case():
@@ -225,7 +302,7 @@ def _interpreter_main() -> None:
 
     triton_bwd.fftconv_bwd = counted
     jobs = [(cid, _run_case, (case,)) for cid, case in CASES.items()]
-    jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
+    jobs += [(cid, _run_launcher_case, (case,)) for cid, case in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (DETERMINISM_CASE, _run_determinism_case, ())]
     results = {}
     for cid, run, args in jobs:
@@ -253,13 +330,14 @@ def test_interpreter_backward(interpreted, case):
 
 @pytest.mark.parametrize("case", list(LAUNCHER_CASES))
 def test_interpreter_launcher_poisoned(interpreted, case):
-    dtype = LAUNCHER_CASES[case][4]
+    c = LAUNCHER_CASES[case]
     res = interpreted[case]
-    assert res["ok"], "out tensors were not the ones returned"
+    assert res["ok"], "a gradient is missing or unexpected, or out tensors were not returned"
     errs = dict(res["errs"])
     assert errs.pop("unwritten") == 0
+    assert set(errs) == set(c.wants or (NAMES if c.gated else ("u", "k")))
     for name, err in errs.items():
-        assert err < TOL[DTYPES[dtype]], (name, err)
+        assert err < TOL[DTYPES[c.dtype]], (name, err)
 
 
 def test_interpreter_spectrum_for_longer_length(interpreted):
@@ -318,6 +396,35 @@ def test_launch_rejects_fp64_and_bad_config():
         triton_bwd.launch(*_launch_args(), config=triton_bwd.Config(32, 3))
     with pytest.raises(ValueError, match=r"pairs_per_program must be >= 1; got 0"):
         triton_bwd.launch(*_launch_args(), pairs_per_program=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        pytest.param({"steps": 3}, r"config.steps must be a power of two >= 1; got 3", id="steps"),
+        pytest.param({"steps": 0}, r"config.steps must be a power of two >= 1; got 0", id="steps0"),
+        pytest.param({"stages": 0}, r"config.stages must be >= 1; got 0", id="stages"),
+        pytest.param({"split": "dk"}, r"config.split must be one of .*; got 'dk'", id="split"),
+        pytest.param({"dk_num_warps": 3}, r"config.dk_num_warps must be .*; got 3", id="dk-warps"),
+    ],
+)
+def test_launch_rejects_bad_variant(options, match):
+    from kernels.fftconv import triton_bwd
+
+    with pytest.raises(ValueError, match=match):
+        triton_bwd.launch(*_launch_args(), config=triton_bwd.Config(32, 2, **options))
+
+
+@pytest.mark.parametrize(
+    ("per_program", "steps", "want"),
+    [(5, 8, (4, 8)), (1, 8, (1, 1)), (8, 4, (4, 8)), (3, 1, (1, 3)), (16, 8, (8, 16))],
+)
+def test_block_steps(per_program, steps, want):
+    """Blocks of at most ``steps`` pairs, no longer than the chunk (few masked pairs), and the
+    chunk a whole number of blocks."""
+    from kernels.fftconv import triton_bwd
+
+    assert triton_bwd.block_steps(per_program, steps) == want
 
 
 def test_fused_backward_declines_uncovered_plans():
@@ -477,15 +584,15 @@ GPU_LAUNCH = [
     pytest.param(512, 300, None, id="n512-L300"),
     pytest.param(1024, 200, None, id="n1024-L200-rows16"),
     pytest.param(2048, 1027, None, id="n2048-L1027-rows64"),
-    pytest.param(2048, 1000, (64, 4, True, False), id="n2048-hoist"),
-    pytest.param(2048, 1000, (64, 4, False, True), id="n2048-acc-in-memory"),
+    pytest.param(2048, 1000, _cfg(64, 4, hoist=True), id="n2048-hoist"),
+    pytest.param(2048, 1000, _cfg(64, 4, acc_in_memory=True), id="n2048-acc-in-memory"),
     pytest.param(4096, 300, None, id="n4096-L300"),
     pytest.param(4096, 2051, None, id="n4096-L2051"),
-    pytest.param(4096, 2048, (64, 4, False, False), id="n4096-64x64-w4"),
-    pytest.param(4096, 2048, (128, 8, False, False), id="n4096-128x32-acc-in-registers"),
+    pytest.param(4096, 2048, _cfg(64, 4), id="n4096-64x64-w4"),
+    pytest.param(4096, 2048, _cfg(128, 8), id="n4096-128x32-acc-in-registers"),
     pytest.param(8192, 1500, None, id="n8192-L1500"),
     pytest.param(8192, 5000, None, id="n8192-L5000"),
-    pytest.param(8192, 4096, (256, 16, False, True), id="n8192-256x32-w16"),
+    pytest.param(8192, 4096, _cfg(256, 16, acc_in_memory=True), id="n8192-256x32-w16"),
 ]
 
 
@@ -497,12 +604,76 @@ def test_gpu_launcher_poisoned(n, L, config, dtype):
     from kernels.fftconv import triton_bwd
 
     name = {v: k for k, v in DTYPES.items()}[dtype]
-    errs, ok = _run_launcher_case(5, 7, L, n, name, config, None, device="cuda")
+    errs, ok = _run_launcher_case(LaunchCase(5, 7, L, n, name, config), device="cuda")
     assert ok
     assert errs.pop("unwritten") == 0
     for name, err in errs.items():
         assert err < TOL[dtype], (name, err)
     assert triton_bwd.dot_flops(5, 7, L, n) > 0
+
+
+def _benchmark_variants():
+    """Every launch variant the backward benchmark times (benchmarks/fftconv_bwd.py), at B = 5
+    (a half-empty pair), an odd L just under n/2 (every tile row), bf16 and fp16, and fp32 up to
+    n = 2048 (pipelined fp32 at n >= 4096 needs more shared memory than an SM has)."""
+    from benchmarks.fftconv_bwd import variants
+
+    cases = []
+    for n in (512, 1024, 2048, 4096, 8192):
+        for name, options in variants(n).items():
+            if "config" not in options:
+                continue
+            for dtype in ("bf16", "fp16", "fp32"):
+                if dtype == "fp32" and n > 2048:
+                    continue
+                config = vars(options["config"])
+                case = LaunchCase(5, 7, n // 2 - 5, n, dtype, config, pairs_per_program=2)
+                cases.append(pytest.param(case, id=f"n{n}-{name}-{dtype}"))
+    return cases
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _benchmark_variants())
+def test_gpu_benchmark_variants_poisoned(case):
+    """The pipelined, split and accumulator-in-memory variants at real sizes: every output
+    element written, the five gradients right (2 pairs per program: a chunk of one block)."""
+    errs, ok = _run_launcher_case(case, device="cuda")
+    assert ok
+    assert errs.pop("unwritten") == 0
+    for name, err in errs.items():
+        assert err < TOL[DTYPES[case.dtype]], (name, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(_cfg(128, 8, steps=8, stages=3, split="store_q"), id="store-q-pipelined"),
+        pytest.param(_cfg(128, 8, acc_in_memory=True, split="store_q"), id="store-q-acc-memory"),
+        pytest.param(_cfg(128, 8, steps=8, stages=2), id="fused-pipelined"),
+    ],
+)
+def test_gpu_variants_deterministic_and_bounded(config):
+    """A variant gives the same bits twice, with several chunks per channel and several pairs
+    per block (B = 64, H = 256: 32 pairs per channel in 4 chunks of 8)."""
+    from kernels.fftconv import triton_bwd
+
+    B, H = 64, 256
+    u, k, pre, post, bias = make_inputs(B, H, 2000, 2000, torch.bfloat16, True, device="cuda")
+    dy = torch.randn_like(u)
+    kf = torch.fft.rfft(k, n=4096)
+    cfg = triton_bwd.Config(**config)
+    steps, per_program = triton_bwd.block_steps(
+        triton_bwd.pairs_per_program_for(B, H, u.device), cfg.steps
+    )
+    assert per_program % steps == 0 and B // 2 > per_program  # several chunks
+    assert steps > 1 or cfg.steps == 1
+    runs = [
+        triton_bwd.launch(dy, u, kf, pre, post, bias, 4096, (True,) * 5, config=cfg)
+        for _ in range(2)
+    ]
+    for name, a, b in zip(NAMES, *runs, strict=True):
+        assert torch.equal(a, b), name
 
 
 def _compiled_step(u, k, pre, post, bias, dy):
