@@ -835,7 +835,10 @@ def test_gpu_forward_backward(shape, x_dtype, res_dtype, out_dtype):
     assert_within(res)
     res_t = compare(inp, "torch")
     for name, err in res["errs"].items():
-        assert err <= max(2 * res_t["errs"][name], res["tols"][name] / 10), (name, err, res_t)
+        # d = 1: every gradient of the normalized row is a cancellation amplified by
+        # 1/sqrt(eps) (the row has no variance), so the floor is the tolerance itself
+        floor = res["tols"][name] / (1 if shape[-1] == 1 else 10)
+        assert err <= max(2 * res_t["errs"][name], floor), (name, err, res_t)
 
 
 @pytest.mark.gpu
