@@ -522,15 +522,17 @@ class Config:
 
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
-    (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block and 3 stages,
-    up to n = 2048; the fused kernel at 4096; the split with Q through memory at 8192. n = 1024
-    follows the static analysis, no spills with 4 warps); fp32: the fewest spills of the sm_90
-    compile (fp32 tables take twice the registers and shared memory, and the pipelined loops
-    need more shared memory than an SM has from n = 4096)."""
+    (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block, 3 stages
+    (2 at n = 1024), up to n = 2048; the fused kernel at 4096; the split with Q through memory
+    at 8192); fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the
+    registers and shared memory, and the pipelined loops need more shared memory than an SM
+    has from n = 4096)."""
     N1, _ = split(n)
     if dtype != torch.float32:
         if n <= 512:
             return Config(N1, 2, hoist=True, steps=8, stages=3)
+        if n <= 1024:
+            return Config(N1, 2, hoist=True, steps=8, stages=2)
         if n <= 2048:
             return Config(N1, 4, hoist=True, steps=8, stages=3)
         if n <= 4096:
