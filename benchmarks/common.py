@@ -46,3 +46,70 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
 
 def ratio(a: float | None, b: float | None, spec: str = ".2f") -> str:
     return fmt(a / b if a and b else None, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static analysis: a kernel compiled for sm_90 without a GPU (the benchmarks' --static modes)
+
+PTXAS_STATS = (
+    ("registers", r"Used (\d+) registers"),
+    ("stack_bytes", r"(\d+) bytes stack frame"),
+    ("spill_store_bytes", r"(\d+) bytes spill stores"),
+    ("spill_load_bytes", r"(\d+) bytes spill loads"),
+)
+
+
+def compile_sm90(
+    kernel,
+    constexprs: dict,
+    pointer_types: dict[str, str],
+    num_warps: int,
+    *,
+    num_stages: int | None = None,
+    scalar_types: dict[str, str] | None = None,
+    divisible: tuple[str, ...] = ("L",),
+):
+    """Compiles a ``@triton.jit`` kernel for sm_90 as the runtime specialises it (every pointer
+    16-byte aligned, the integer arguments named in ``divisible`` divisible by 16) and runs
+    ``ptxas -v`` on its PTX. ``pointer_types``: ``*bf16``/``*fp32``/... per pointer argument;
+    ``scalar_types``: the type of each other non-constexpr argument (default ``i32``).
+
+    Returns ``(compiled, stats)``: the compiled kernel (its ``asm`` and ``metadata``) and the
+    registers, stack frame, spill store and spill load bytes of ``ptxas`` plus the shared
+    memory Triton allocates (``shared_bytes``)."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    scalar_types = scalar_types or {}
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointer_types[name]
+        else:
+            signature[name] = scalar_types.get(name, "i32")
+        if name.endswith("_ptr") or name in divisible:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    options = {"num_warps": num_warps}
+    if num_stages is not None:
+        options["num_stages"] = num_stages
+    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        log = subprocess.run(
+            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", str(ptx), "-o",
+             str(Path(tmp) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr  # fmt: skip
+    stats = {key: int(re.search(pattern, log).group(1)) for key, pattern in PTXAS_STATS}
+    return compiled, stats | {"shared_bytes": compiled.metadata.shared}

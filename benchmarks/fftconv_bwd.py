@@ -33,10 +33,7 @@ import argparse
 import datetime
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +41,7 @@ import torch
 import triton
 
 from benchmarks.common import HBM_BYTES_PER_S, MATMUL_FLOPS_PER_S, fmt, median_ms, rel_err
+from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels import fftconv
 from kernels.fftconv import core, reference, triton_bwd
 from kernels.fftconv.plan import make_plan
@@ -284,9 +282,7 @@ KERNELS = {
 def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], num_warps: int):
     """The kernel compiled for sm_90 (gated, causal L = n/2, 16-byte-aligned pointers and L as
     the runtime specialises them, ``config.steps`` pairs per block): the compiled kernel and
-    the ``ptxas -v`` log of its PTX."""
-    from triton.backends.compiler import GPUTarget
-
+    ``ptxas -v``'s registers and spills (``benchmarks.common.compile_sm90``)."""
     kernel = triton_bwd._fftconv_bwd_kernel
     N1, N2 = config.n1, n // config.n1
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(n // 2, N2))))
@@ -313,31 +309,12 @@ def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], nu
     )
     operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
     fp32_ptrs = ("bias_ptr", "kf_ptr", "twiddle_ptr", "dk_ptr", "dbias_ptr")
-    signature, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in fp32_ptrs else operand
-        else:
-            signature[name] = "i32"
-        if name.endswith("_ptr") or name == "L":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
-    compiled = triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(compiled.asm["ptx"])
-        log = subprocess.run(
-            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", str(ptx), "-o",
-             str(Path(tmp) / "kernel.cubin")],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr  # fmt: skip
-    return compiled, log
+    pointer_types = {
+        name: "*fp32" if name in fp32_ptrs else operand
+        for name in kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    return common_compile_sm90(kernel, constexprs, pointer_types, num_warps)
 
 
 def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -348,16 +325,9 @@ def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
     row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
     for part, flags in KERNELS[config.split].items():
         warps = config.num_warps if part != "b" else config.dk_num_warps or config.num_warps
-        compiled, log = compile_sm90(n, config, dtype, flags, warps)
+        compiled, stats = compile_sm90(n, config, dtype, flags, warps)
         suffix = f"_{part}" if part else ""
-        for key, pattern in (
-            ("registers", r"Used (\d+) registers"),
-            ("stack_bytes", r"(\d+) bytes stack frame"),
-            ("spill_store_bytes", r"(\d+) bytes spill stores"),
-            ("spill_load_bytes", r"(\d+) bytes spill loads"),
-        ):
-            row[key + suffix] = int(re.search(pattern, log).group(1))
-        row["shared_bytes" + suffix] = compiled.metadata.shared
+        row |= {key + suffix: value for key, value in stats.items()}
         row["async_copies" + suffix] = compiled.asm["ttgir"].count("async_copy_global_to_local")
     return row
 

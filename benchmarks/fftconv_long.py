@@ -48,16 +48,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import triton
 
-from benchmarks.common import fmt, measure_copy_bandwidth, median_ms, rel_err
+from benchmarks.common import compile_sm90, fmt, measure_copy_bandwidth, median_ms, rel_err
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv import core, reference, triton_fwd, triton_long, triton_long_kernels
 from kernels.fftconv.plan import make_plan
@@ -274,44 +271,10 @@ def bench_length(L: int, gated: bool, args, copy_bw: float) -> dict:
 
 
 def compile_stats(kernel, constexprs: dict, pointer_types: dict, num_warps: int, num_stages=1):
-    """Compiles ``kernel`` for sm_90 (pointers 16-byte aligned, ``L`` divisible by 16, as the
-    runtime specialises them) and returns ``ptxas -v``'s registers and spills and the shared
-    memory Triton allocates."""
-    from triton.backends.compiler import GPUTarget
-
-    signature, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = pointer_types[name]
-        else:
-            signature[name] = "i32"
-        if name.endswith("_ptr") or name == "L":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
-    options = {"num_warps": num_warps, "num_stages": num_stages}
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(compiled.asm["ptx"])
-        log = subprocess.run(
-            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", str(ptx), "-o",
-             str(Path(tmp) / "kernel.cubin")],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr  # fmt: skip
-    found = {
-        key: int(re.search(pattern, log).group(1))
-        for key, pattern in (
-            ("registers", r"Used (\d+) registers"),
-            ("stack_bytes", r"(\d+) bytes stack frame"),
-            ("spill_store_bytes", r"(\d+) bytes spill stores"),
-            ("spill_load_bytes", r"(\d+) bytes spill loads"),
-        )
-    }
-    return {**found, "shared_bytes": compiled.metadata.shared, "num_warps": num_warps}
+    """``ptxas -v``'s registers and spills and the shared memory of ``kernel`` compiled for
+    sm_90 (``benchmarks.common.compile_sm90``)."""
+    _, stats = compile_sm90(kernel, constexprs, pointer_types, num_warps, num_stages=num_stages)
+    return {**stats, "num_warps": num_warps}
 
 
 def _pointer_types(kernel, operand: str, fp32: tuple[str, ...]) -> dict:

@@ -38,10 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -49,6 +46,7 @@ import torch.nn.functional as F
 import triton
 
 from benchmarks.common import HBM_BYTES_PER_S, fmt, measure_copy_bandwidth, median_ms, ratio
+from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels.layer_norm import add_layer_norm, reference
 from kernels.layer_norm import triton as triton_backend
 
@@ -304,11 +302,10 @@ def model_step_rows(spec: dict = MODEL_STEP, device: str = DEVICE) -> list[dict]
 # Registers and spills of an sm_90 compile (no GPU needed)
 
 
-def compile_sm90(D: int, backward: bool, block_m: int, num_warps: int, tiles: int = 1) -> str:
-    """The ``ptxas -v`` log of one kernel compiled for sm_90: the training case (bf16 x, dy, y
-    and dx; fp32 stream, residual, weight, bias), every gradient, D as the runtime specialises
-    it (divisible by 16 when it is)."""
-    from triton.backends.compiler import GPUTarget
+def compile_sm90(D: int, backward: bool, block_m: int, num_warps: int, tiles: int = 1) -> dict:
+    """``ptxas -v``'s registers and spills of one kernel compiled for sm_90: the training case
+    (bf16 x, dy, y and dx; fp32 stream, residual, weight, bias), every gradient, D as the
+    runtime specialises it (divisible by 16 when it is)."""
 
     block_d = triton.next_power_of_2(D)
     if backward:
@@ -332,44 +329,28 @@ def compile_sm90(D: int, backward: bool, block_m: int, num_warps: int, tiles: in
             HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_D=block_d
         )
         bf16_ptrs = ("x_ptr", "y_ptr")
-    signature, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = "*bf16" if name in bf16_ptrs else "*fp32"
-        else:
-            signature[name] = "fp32" if name == "eps" else "i32"
-        if name.endswith("_ptr") or (name == "D" and D % 16 == 0):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = triton.compiler.ASTSource(kernel, signature, constexprs, attrs)
-    compiled = triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
+    pointer_types = {
+        name: "*bf16" if name in bf16_ptrs else "*fp32"
+        for name in kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    divisible = ("D",) if D % 16 == 0 else ()
+    _, stats = common_compile_sm90(
+        kernel,
+        constexprs,
+        pointer_types,
+        num_warps,
+        scalar_types={"eps": "fp32"},
+        divisible=divisible,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(compiled.asm["ptx"])
-        return subprocess.run(
-            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", str(ptx), "-o",
-             str(Path(tmp) / "kernel.cubin")],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr  # fmt: skip
+    return stats
 
 
 def static_row(D: int, backward: bool, variant: str, block_m: int, warps: int, tiles: int) -> dict:
-    log = compile_sm90(D, backward, block_m, warps, tiles)
+    stats = compile_sm90(D, backward, block_m, warps, tiles)
     row = {"kernel": "bwd" if backward else "fwd", "D": D, "variant": variant}
     row |= {"block_m": block_m, "num_warps": warps, "tiles": tiles}
-    for key, pattern in (
-        ("registers", r"Used (\d+) registers"),
-        ("stack_bytes", r"(\d+) bytes stack frame"),
-        ("spill_store_bytes", r"(\d+) bytes spill stores"),
-        ("spill_load_bytes", r"(\d+) bytes spill loads"),
-    ):
-        row[key] = int(re.search(pattern, log).group(1))
-    return row
+    return row | {k: v for k, v in stats.items() if k != "shared_bytes"}
 
 
 def run_static(dims: list[int], out: Path) -> None:
