@@ -10,10 +10,13 @@ Design choices that differ from the reference, and why:
   layout directly (``models.projections``), ``in_proj`` one contiguous tensor per stream, and
   ``in_proj``'s bias is added by the short conv's kernel: the operator makes no transposed
   copy and no slice copy of its activations.
-- Every long convolution is one fused ``kernels.fftconv`` call (gates, skip and convolution
-  in one kernel). The kernel adds its ``bias`` outside the postgate, while the paper's last
-  step gates the skip too (``y = x0 * (h * v + D v)``); on that step we add ``D`` to lag 0
-  of the filter instead, which is the same sum and keeps the paper's math exact.
+- Every long convolution is one fused ``kernels.fftconv`` call (pregate, skip and
+  convolution in one kernel). The paper's last step gates the skip too
+  (``y = x0 * (h * v + D v)``); on that step we add ``D`` to lag 0 of the filter instead,
+  which is the same sum, and multiply by ``x0`` outside the kernel: autograd then keeps the
+  convolution's output for x0's gradient, so the backward kernel need not recompute it (a
+  quarter of its matrix products). Measured on hyena-s (H200, bf16): +3.5% training tokens/s
+  at 2K and 4K against the postgate fused into the kernel, for 1.9 GB more peak memory.
 - ``filter_len`` (partial convolution): the filter is generated for its first ``filter_len``
   taps only, on the positional grid of ``l_max``. The model then runs on any sequence length
   (the cost of the filter does not grow with it). Without it, sequences are capped at
@@ -243,7 +246,7 @@ class HyenaOperator(nn.Module):
                 v = self.dropout(v * gate)
             if step == self.order - 2:  # last step: x0 gates the skip too, so D joins lag 0
                 k_last = torch.cat([k[step, :, :1] + skip[step, :, None], k[step, :, 1:]], dim=-1)
-                v = self.fftconv(v, k_last, pregate=pregate, postgate=x[0])
+                v = x[0] * self.fftconv(v, k_last, pregate=pregate)
             else:
                 v = self.fftconv(v, k[step], pregate=pregate, bias=skip[step])
         return linear_from_channels(v, self.out_proj.weight, self.out_proj.bias)  # [B, L, d]
