@@ -48,6 +48,22 @@ def ratio(a: float | None, b: float | None, spec: str = ".2f") -> str:
     return fmt(a / b if a and b else None, spec)
 
 
+def best_variants(row: dict) -> str:
+    """ "<name> <ms>" of the fastest launch variant of each kernel in a benchmark row (keys
+    ``kernel_fwd_ms_<name>`` / ``kernel_bwd_ms_<name>``, None for a variant that failed its
+    check), forward / backward."""
+    out = []
+    for kind in ("fwd", "bwd"):
+        prefix = f"kernel_{kind}_ms_"
+        times = {
+            k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and v is not None
+        }
+        if times:
+            best = min(times, key=times.get)
+            out.append(f"{best} {times[best]:.3f}")
+    return " / ".join(out) or "-"
+
+
 # ---------------------------------------------------------------------------------------------
 # Static analysis: a kernel compiled for sm_90 without a GPU (the benchmarks' --static modes)
 

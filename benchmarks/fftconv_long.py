@@ -55,6 +55,7 @@ import torch
 import triton
 
 from benchmarks.common import compile_sm90, fmt, measure_copy_bandwidth, median_ms, rel_err
+from benchmarks.fftconv import torch_path_fp32
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv import core, reference, triton_fwd, triton_long, triton_long_kernels
 from kernels.fftconv.plan import make_plan
@@ -86,16 +87,6 @@ def make_inputs(L: int, gated: bool):
         post = torch.randn(B, H, L, device="cuda", generator=g).to(torch.bfloat16)
         bias = torch.randn(H, device="cuda", generator=g)
     return u, k, pre, post, bias
-
-
-def torch_path_fp32(u, k, pre, post, bias):
-    """The convolution through torch.fft in fp32 (the correctness reference at these sizes)."""
-    L = u.shape[-1]
-    n = 2 * L
-    v = u.float() * pre.float() if pre is not None else u.float()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    y = z * post.float() if post is not None else z
-    return y + bias.float()[:, None] * v if bias is not None else y
 
 
 def kernel_split_ms(run) -> dict:

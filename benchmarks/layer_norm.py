@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from benchmarks.common import HBM_BYTES_PER_S, fmt, measure_copy_bandwidth, median_ms, ratio
+from benchmarks.common import (
+    HBM_BYTES_PER_S,
+    best_variants,
+    fmt,
+    measure_copy_bandwidth,
+    median_ms,
+    ratio,
+)
 from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels.layer_norm import add_layer_norm, reference
 from kernels.layer_norm import triton as triton_backend
@@ -421,17 +428,6 @@ def print_table(rows: list[dict], paths: list[str]) -> None:
         "ms: do_bench medians; bf16 x and y, fp32 stream, weight and bias; x floor: multiple of "
         f"the HBM floor ({FWD_BYTES} B/element forward, {FWD_BYTES + BWD_BYTES} forward+backward)"
     )
-
-
-def best_variants(row: dict) -> str:
-    out = []
-    for kind in ("fwd", "bwd"):
-        prefix = f"kernel_{kind}_ms_"
-        times = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and v}
-        if times:
-            best = min(times, key=times.get)
-            out.append(f"{best} {times[best]:.3f}")
-    return " / ".join(out) or "-"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ import triton
 
 from benchmarks.common import (
     HBM_BYTES_PER_S,
+    best_variants,
     fmt,
     measure_copy_bandwidth,
     median_ms,
@@ -127,7 +128,8 @@ def bench_shape(layout: str, D: int, L: int, K: int) -> dict:
 def time_kernels(x, w, bias, dy, layout: str) -> dict:
     """The bare launchers per variant, each checked on NaN-poisoned outputs first."""
     y_ref = reference.forward(x, w, bias, "causal", layout)  # fp32
-    dx_ref, dw_ref, db_ref = reference.backward(dy, x, w, "causal", layout, (True, True, True))
+    needs = (True, True, True, False)
+    dx_ref, dw_ref, db_ref, _ = reference.backward(dy, x, w, "causal", layout, needs)
     y, dx = torch.empty_like(x), torch.empty_like(x)
     row = {}
     for name, (tile, warps) in KERNEL_VARIANTS.items():
@@ -137,14 +139,12 @@ def time_kernels(x, w, bias, dy, layout: str) -> dict:
             triton_backend.forward(x, w, bias, "causal", layout, out=y, **opts)
 
         def bwd(opts=opts):
-            return triton_backend.backward(
-                dy, x, w, "causal", layout, (True, True, True), dx_out=dx, **opts
-            )
+            return triton_backend.backward(dy, x, w, "causal", layout, needs, dx_out=dx, **opts)
 
         y.fill_(float("nan"))
         dx.fill_(float("nan"))
         fwd()
-        _, dw, db = bwd()
+        _, dw, db, _ = bwd()
         err = max(rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref), rel_err(db, db_ref))
         row[f"err_kernel_{name}"] = err
         if not err < TOL_BF16:
@@ -178,20 +178,6 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print("| " + " | ".join(fn(r) for _, fn in cols) + " |")
     print("ms: do_bench medians, bf16, causal, bias; x floor: multiple of the HBM floor")
-
-
-def best_variants(row: dict) -> str:
-    out = []
-    for kind in ("fwd", "bwd"):
-        times = {
-            name: row[f"kernel_{kind}_ms_{name}"]
-            for name in KERNEL_VARIANTS
-            if row.get(f"kernel_{kind}_ms_{name}") is not None
-        }
-        if times:
-            best = min(times, key=times.get)
-            out.append(f"{best} {times[best]:.3f}")
-    return " / ".join(out) or "-"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""What the kernels share about their backends and devices: whether Triton can run, one cache
-key per device, the SM count."""
+"""What the kernels share about their backends, devices and inputs: whether Triton can run,
+one cache key per device, the SM count, the checks of a float tensor argument."""
 
 from __future__ import annotations
 
@@ -42,3 +42,27 @@ def _sm_count(index: int) -> int:
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (queried once per device)."""
     return _sm_count(canonical_device(device).index)
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(name: str, t: object) -> torch.Tensor:
+    """``t`` when it is a floating-point tensor (fp16, bf16, fp32 or fp64), else a TypeError
+    naming the argument: the first check of every public kernel function."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {t.dtype}"
+        )
+    return t
+
+
+def check_same_device(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str = "x") -> None:
+    """A ValueError unless ``t`` is on the device of the main input ``ref`` (named
+    ``ref_name``)."""
+    if t.device != ref.device:
+        raise ValueError(
+            f"{name} must be on the same device as {ref_name} ({ref.device}); got {t.device}"
+        )

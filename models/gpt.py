@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .lm import MLP, CausalLM, LMConfig, add_norm, check_norm_backend
+from .lm import MLP, CausalLM, LMConfig, add_norm
 
 MODEL_TYPE = "gpt-lm"
 
@@ -58,20 +58,9 @@ class GPTConfig(LMConfig):
     norm_backend: str = "auto"  # add_layer_norm backend, or "unfused" (models.lm.NORM_BACKENDS)
 
     def __post_init__(self) -> None:
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-        for name in (
-            "vocab_size",
-            "pad_vocab_multiple",
-            "n_layer",
-            "d_model",
-            "n_head",
-            "d_inner",
-            "l_max",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be a positive int; got {value!r}")
+        self._check_sizes(
+            ("vocab_size", "pad_vocab_multiple", "n_layer", "d_model", "n_head", "d_inner", "l_max")
+        )
         if self.d_model % self.n_head != 0:
             raise ValueError(
                 f"model.d_model={self.d_model} must be a multiple of model.n_head={self.n_head}"
@@ -83,10 +72,7 @@ class GPTConfig(LMConfig):
             )
         if not self.rope_base > 1.0:
             raise ValueError(f"model.rope_base must be > 1; got {self.rope_base}")
-        for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1); got {getattr(self, name)}")
-        check_norm_backend(self.norm_backend)
+        self._check_rates(("embed_dropout", "attn_dropout", "resid_dropout"))
 
     @property
     def head_dim(self) -> int:

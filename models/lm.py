@@ -71,6 +71,22 @@ class LMConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _check_sizes(self, names: tuple[str, ...]) -> None:
+        """``d_inner``'s default (4 d_model), then each of ``names`` a positive int."""
+        if self.d_inner is None:
+            self.d_inner = 4 * self.d_model
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive int; got {value!r}")
+
+    def _check_rates(self, dropouts: tuple[str, ...]) -> None:
+        """Each of ``dropouts`` in [0, 1), and the norm backend one of ``NORM_BACKENDS``."""
+        for name in dropouts:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1); got {getattr(self, name)}")
+        check_norm_backend(self.norm_backend)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], **overrides: Any) -> LMConfig:
         known = {f.name for f in fields(cls)}
@@ -105,21 +121,18 @@ class HyenaConfig(LMConfig):
     norm_backend: str = "auto"  # add_layer_norm backend, or "unfused" (NORM_BACKENDS)
 
     def __post_init__(self) -> None:
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-        for name in (
-            "vocab_size",
-            "pad_vocab_multiple",
-            "n_layer",
-            "d_model",
-            "d_inner",
-            "l_max",
-            "filter_order",
-            "short_filter",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be a positive int; got {value!r}")
+        self._check_sizes(
+            (
+                "vocab_size",
+                "pad_vocab_multiple",
+                "n_layer",
+                "d_model",
+                "d_inner",
+                "l_max",
+                "filter_order",
+                "short_filter",
+            )
+        )
         if self.order < 2:
             raise ValueError(f"model.order must be >= 2; got {self.order}")
         if self.emb_dim < 3 or self.emb_dim % 2 == 0:
@@ -129,14 +142,11 @@ class HyenaConfig(LMConfig):
                 f"model.filter_len must be null or in [1, l_max={self.l_max}]; "
                 f"got {self.filter_len}"
             )
-        for name in ("embed_dropout", "resid_dropout", "mixer_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must be in [0, 1); got {getattr(self, name)}")
         if self.fftconv_backend not in BACKENDS:
             raise ValueError(
                 f"model.fftconv_backend must be one of {BACKENDS}; got {self.fftconv_backend!r}"
             )
-        check_norm_backend(self.norm_backend)
+        self._check_rates(("embed_dropout", "resid_dropout", "mixer_dropout"))
 
 
 # Hyena paper's 153M GPT-style model on the Pile (GPT-2 tokenizer), 2K context

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..backends import triton_unusable
+from ..backends import check_float_tensor, check_same_device, triton_unusable
 from . import core
 from .plan import MODES, ConvPlan, make_plan
 
@@ -24,7 +24,6 @@ _BACKEND_MODULES = {
     "monarch": "kernels.fftconv.monarch",
     "triton": "kernels.fftconv.triton",
 }
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _backend_module(name: str) -> ModuleType:
@@ -64,20 +63,10 @@ class FilterSpectrum(NamedTuple):
 
 
 def _check_tensor(name: str, x: object, *, ndim: int | None = None) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}"
-        )
+    x = check_float_tensor(name, x)
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions; got shape {tuple(x.shape)}")
     return x
-
-
-def _check_same_device(name: str, x: Tensor, u: Tensor) -> None:
-    if x.device != u.device:
-        raise ValueError(f"{name} must be on the same device as u ({u.device}); got {x.device}")
 
 
 def _check_u(u: object) -> Tensor:
@@ -101,14 +90,14 @@ def _check_gates(u: Tensor, pregate: Tensor | None, postgate: Tensor | None, bia
             raise ValueError(
                 f"{name} must have the shape of u {tuple(u.shape)}; got {tuple(g.shape)}"
             )
-        _check_same_device(name, g, u)
+        check_same_device(name, g, u, "u")
     if bias is not None:
         _check_tensor("bias", bias)
         if bias.shape != (u.shape[1],):
             raise ValueError(
                 f"bias must have shape (H,) = ({u.shape[1]},); got {tuple(bias.shape)}"
             )
-        _check_same_device("bias", bias, u)
+        check_same_device("bias", bias, u, "u")
 
 
 def _check_freq_keep(freq_keep: float) -> None:
@@ -375,11 +364,11 @@ def fftconv(
                 f"sequence length L={L} does not fit a spectrum prepared for "
                 f"seq_len={spec.plan.seq_len} (mode={mode!r}); prepare it for the longer length"
             )
-        _check_same_device("k", spec.kc, u)
+        check_same_device("k", spec.kc, u, "u")
         kc, kf, plan, name = spec.kc, spec.kf, spec.plan, spec.backend
     else:
         k = _check_tensor("k", k)
-        _check_same_device("k", k, u)
+        check_same_device("k", k, u, "u")
         _check_freq_keep(freq_keep)
         Lk = _filter_taps(k, mode, H, L)
         plan = make_plan(mode, L, Lk, freq_keep)

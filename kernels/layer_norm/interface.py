@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..backends import triton_unusable
+from ..backends import FLOAT_DTYPES, check_float_tensor, check_same_device, triton_unusable
 from .reference import acc_dtype
 
 BACKENDS = ("auto", "torch", "triton")
@@ -28,7 +28,6 @@ _BACKEND_MODULES = {
     "torch": "kernels.layer_norm.reference",
     "triton": "kernels.layer_norm.triton",  # imports triton: loaded on first use only
 }
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -75,49 +74,34 @@ def default_out_dtype(x: Tensor) -> torch.dtype:
 # Validation
 
 
-def _check_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {t.dtype}"
-        )
-    return t
-
-
-def _check_same_device(name: str, t: Tensor, x: Tensor) -> None:
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on the same device as x ({x.device}); got {t.device}")
-
-
 def _check_inputs(x, residual, weight, bias, eps, out_dtype) -> None:
-    x = _check_tensor("x", x)
+    x = check_float_tensor("x", x)
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(
             f"x must have shape [..., d] with d >= 1 features; got shape {tuple(x.shape)}"
         )
     d = x.shape[-1]
     if residual is not None:
-        _check_tensor("residual", residual)
+        check_float_tensor("residual", residual)
         if residual.shape != x.shape:
             raise ValueError(
                 f"residual must have the shape of x {tuple(x.shape)}; got {tuple(residual.shape)}"
             )
-        _check_same_device("residual", residual, x)
+        check_same_device("residual", residual, x)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_tensor(name, t)
+            check_float_tensor(name, t)
             if t.shape != (d,):
                 raise ValueError(f"{name} must have shape (d,) = ({d},); got {tuple(t.shape)}")
-            _check_same_device(name, t, x)
+            check_same_device(name, t, x)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number; got {type(eps).__name__}")
     if not 0.0 <= float(eps) < float("inf"):
         raise ValueError(f"eps must be a finite number >= 0; got {eps}")
     if out_dtype is not None and (
-        not isinstance(out_dtype, torch.dtype) or out_dtype not in _FLOAT_DTYPES
+        not isinstance(out_dtype, torch.dtype) or out_dtype not in FLOAT_DTYPES
     ):
-        raise TypeError(f"out_dtype must be None or one of {_FLOAT_DTYPES}; got {out_dtype!r}")
+        raise TypeError(f"out_dtype must be None or one of {FLOAT_DTYPES}; got {out_dtype!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..backends import triton_unusable
+from ..backends import check_float_tensor, check_same_device, triton_unusable
 from .reference import LAYOUTS, PADDINGS
 
 BACKENDS = ("auto", "torch", "triton")
@@ -21,7 +21,6 @@ _BACKEND_MODULES = {
     "torch": "kernels.short_conv.reference",
     "triton": "kernels.short_conv.triton",  # imports triton: loaded on first use only
 }
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _backend_module(name: str) -> ModuleType:
@@ -52,16 +51,6 @@ def resolve_backend(backend: str, device: torch.device, taps: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Validation
-
-
-def _check_tensor(name: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64); got {x.dtype}"
-        )
-    return x
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -100,11 +89,6 @@ def _check_w(w: Tensor, D: int) -> None:
 def _check_bias(bias: Tensor, D: int, name: str = "bias") -> None:
     if bias.shape != (D,):
         raise ValueError(f"{name} must have shape (D,) = ({D},); got {tuple(bias.shape)}")
-
-
-def _check_same_device(name: str, t: Tensor, x: Tensor) -> None:
-    if t.device != x.device:
-        raise ValueError(f"{name} must be on the same device as x ({x.device}); got {t.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,23 +218,23 @@ def short_conv(
         in each input's dtype. Under ``torch.autocast`` an fp32 ``x`` is first cast to the
         autocast dtype, like a convolution layer's input.
     """
-    x = _check_tensor("x", x)
-    w = _check_tensor("w", w)
+    x = check_float_tensor("x", x)
+    w = check_float_tensor("w", w)
     if bias is not None:
-        bias = _check_tensor("bias", bias)
+        bias = check_float_tensor("bias", bias)
     _check_choice("padding", padding, PADDINGS)
     _check_choice("layout", layout, LAYOUTS)
     _, D, _ = _check_x(x, layout)
     _check_w(w, D)
     name = resolve_backend(backend, x.device, w.shape[1])
-    _check_same_device("w", w, x)
+    check_same_device("w", w, x)
     if bias is not None:
         _check_bias(bias, D)
-        _check_same_device("bias", bias, x)
+        check_same_device("bias", bias, x)
     if input_bias is not None:
-        input_bias = _check_tensor("input_bias", input_bias)
+        input_bias = check_float_tensor("input_bias", input_bias)
         _check_bias(input_bias, D, "input_bias")
-        _check_same_device("input_bias", input_bias, x)
+        check_same_device("input_bias", input_bias, x)
 
     if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype(x.device.type))

@@ -99,13 +99,12 @@ def backward(
     w: Tensor,
     padding: str,
     layout: str,
-    needs: tuple[bool, ...],
+    needs: tuple[bool, bool, bool, bool],
     input_bias: Tensor | None = None,
-) -> tuple[Tensor | None, ...]:
-    """(dx, dw, dbias), and d(input_bias) when ``needs`` has a fourth entry, in
-    ``compute_dtype(x)``; None where ``needs`` says not wanted."""
-    need_x, need_w, need_bias = needs[:3]
-    need_ib = len(needs) == 4 and needs[3]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """(dx, dw, dbias, d input_bias) in ``compute_dtype(x)``; None where ``needs`` (the same
+    four) says not wanted."""
+    need_x, need_w, need_bias, need_ib = needs
     dtype = compute_dtype(x)
     K = w.shape[1]
     L = x.shape[-1] if layout == "bdl" else x.shape[-2]
@@ -132,4 +131,4 @@ def backward(
         )
     if need_bias:
         dbias = dy.sum(dim=reduce_dims)
-    return (dx, dw, dbias) if len(needs) == 3 else (dx, dw, dbias, dib)
+    return dx, dw, dbias, dib

@@ -581,7 +581,7 @@ def backward(
     w: Tensor,
     padding: str,
     layout: str,
-    needs: tuple[bool, ...],
+    needs: tuple[bool, bool, bool, bool],
     *,
     input_bias: Tensor | None = None,
     dx_out: Tensor | None = None,
@@ -589,20 +589,16 @@ def backward(
     num_warps: int = NUM_WARPS,
     **options: int | bool | None,
 ) -> tuple[Tensor | None, ...]:
-    """``(dx, dw, dbias)``, and ``d(input_bias)`` when ``needs`` has a fourth entry; None where
-    ``needs`` says not wanted (the backend's backward).
+    """``(dx, dw, dbias, d input_bias)``, None where ``needs`` (the same four) says not wanted
+    (the backend's backward).
 
     dx in ``x.dtype``; dw ``[D, K]``, dbias and d(input_bias) ``[D]`` in fp32 (fp64 for fp64
-    inputs), summed
-    per program in registers and over programs by one ``sum`` of the workspace: the same bits
-    on every run. ``dx_out``, ``workspace`` (``workspace_shape``, the accumulation dtype):
-    written in place when given. ``num_warps`` and ``options`` (those of ``launch_plan``):
-    launch settings. Capture-safe like ``forward``.
+    inputs), summed per program in registers and over programs by one ``sum`` of the
+    workspace: the same bits on every run. ``dx_out``, ``workspace`` (``workspace_shape``, the
+    accumulation dtype): written in place when given. ``num_warps`` and ``options`` (those of
+    ``launch_plan``): launch settings. Capture-safe like ``forward``.
     """
-    if len(needs) not in (3, 4):
-        raise ValueError(f"needs must have 3 or 4 entries; got {len(needs)}")
-    need_x, need_w, need_bias = needs[:3]
-    need_ib = len(needs) == 4 and needs[3]
+    need_x, need_w, need_bias, need_ib = needs
     B, D, L, K = _check(x, w, padding, layout)
     input_bias = _check_input_bias(input_bias, D, x)
     if need_ib and input_bias is None:
@@ -671,6 +667,4 @@ def backward(
     sums = partial.sum(dim=0) if partial is not None else None  # [rows, D]
     dw = sums[:K].t() if need_w else None
     dbias = sums[K].clone() if need_bias else None  # not a view sharing dw's storage
-    if len(needs) == 3:
-        return dx, dw, dbias
     return dx, dw, dbias, (sums[K + 1].clone() if need_ib else None)

@@ -8,10 +8,13 @@ and prints one JSON line of results, which its tests then check.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
+import torch
 
 from tests.helpers import ROOT, subprocess_env
 
@@ -30,3 +33,27 @@ def run_interpreted(module: str, *args: str, timeout: int = 600) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_interpreter() -> None:
+    """What each file's interpreter entry point does first: check it runs under the interpreter
+    and keep torch to the 2 cores the suite may use."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def count_calls(module: ModuleType, *names: str) -> list[str]:
+    """Wraps ``module.<name>`` for each of ``names`` so that every call appends the name to the
+    returned list (the cases clear it and check which launchers ran)."""
+    calls: list[str] = []
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for name in names:
+        setattr(module, name, counted(name, getattr(module, name)))
+    return calls

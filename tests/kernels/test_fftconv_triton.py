@@ -10,13 +10,12 @@ GPU (``gpu`` marker): the compiled kernels, every dtype, forward and backward.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 from .fftconv_reference import conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
-from .interpreted import run_interpreted
+from .interpreted import count_calls, run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -177,18 +176,11 @@ def _run_compile_case():
 
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start_interpreter()
     from kernels.fftconv import triton_fwd
 
-    calls = []
-    launch = triton_fwd.launch  # every fused forward of n <= 8192 ends in it (folded ones too)
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return launch(*args, **kwargs)
-
-    triton_fwd.launch = counted
+    # every fused forward of n <= 8192 ends in launch (folded ones too)
+    calls = count_calls(triton_fwd, "launch")
     results = {}
     jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]

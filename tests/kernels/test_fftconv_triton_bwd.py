@@ -13,14 +13,13 @@ and every variant the backward benchmark times.
 from __future__ import annotations
 
 import json
-import os
 from typing import NamedTuple
 
 import pytest
 import torch
 
 from .fftconv_reference import conv_torch64, make_inputs, rel_err
-from .interpreted import run_interpreted
+from .interpreted import count_calls, run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -289,18 +288,10 @@ def _run_determinism_case():
 
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start_interpreter()
     from kernels.fftconv import triton_bwd
 
-    calls = []
-    fused = triton_bwd.fftconv_bwd
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return fused(*args, **kwargs)
-
-    triton_bwd.fftconv_bwd = counted
+    calls = count_calls(triton_bwd, "fftconv_bwd")
     jobs = [(cid, _run_case, (case,)) for cid, case in CASES.items()]
     jobs += [(cid, _run_launcher_case, (case,)) for cid, case in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (DETERMINISM_CASE, _run_determinism_case, ())]

@@ -12,14 +12,13 @@ L = 2^22, every dtype, through the public call. The rows kernel's launch variant
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 import torch
 
 from .fftconv_reference import conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
-from .interpreted import run_interpreted
+from .interpreted import run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -322,8 +321,7 @@ def _run_two_level_case(which, B, H, L, n0, m, dtype):
 def _interpreter_main(slow: bool) -> None:
     """Runs the CPU cases (the slow ones instead when ``slow``) under the interpreter; prints
     one JSON line of results."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start_interpreter()
     from kernels.fftconv import triton_fwd, triton_long
 
     calls = {"long": 0, "fold-inner": 0, "rows-v1": 0, "rows-held": 0}

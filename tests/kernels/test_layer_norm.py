@@ -19,7 +19,6 @@ determinism of dweight, torch.compile with inductor, CUDA graphs, 64-bit offsets
 from __future__ import annotations
 
 import json
-import os
 from typing import NamedTuple
 
 import pytest
@@ -30,7 +29,7 @@ from torch import nn
 from kernels.layer_norm import add_layer_norm
 from kernels.layer_norm import reference as reference_backend
 
-from .interpreted import run_interpreted
+from .interpreted import count_calls, run_interpreted, start_interpreter
 
 TOL = {
     torch.float32: 1e-5,
@@ -641,21 +640,10 @@ def _run_compile_case() -> dict:
 
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start_interpreter()
     from kernels.layer_norm import triton as triton_backend
 
-    calls = []
-    launch_fwd, launch_bwd = triton_backend.forward, triton_backend.backward
-
-    def counted(fn):
-        def wrapper(*args, **kwargs):
-            calls.append(fn.__name__)
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    triton_backend.forward, triton_backend.backward = counted(launch_fwd), counted(launch_bwd)
+    calls = count_calls(triton_backend, "forward", "backward")
     jobs = [(cid, _run_api_case, (cid,)) for cid in CASES]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(NEEDS_CASE, _run_needs_case, ()), (AUTOCAST_CASE, _run_autocast_case, ())]

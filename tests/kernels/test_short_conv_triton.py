@@ -15,7 +15,6 @@ numpy definition of ``test_short_conv.py``.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from kernels import short_conv
 
-from .interpreted import run_interpreted
+from .interpreted import count_calls, run_interpreted, start_interpreter
 
 TOL = {
     torch.float32: 1e-5,
@@ -181,8 +180,16 @@ def _run_launcher_case(case, options):
     dx = torch.full_like(x, nan)
     workspace = torch.full(triton_backend.workspace_shape(x, w, layout, **options), nan)
     triton_backend.forward(x, w, b, padding, layout, out=y, **options)
-    _, dw, dbias = triton_backend.backward(
-        dy, x, w, padding, layout, (True, True, True), dx_out=dx, workspace=workspace, **options
+    _, dw, dbias, _ = triton_backend.backward(
+        dy,
+        x,
+        w,
+        padding,
+        layout,
+        (True, True, True, False),
+        dx_out=dx,
+        workspace=workspace,
+        **options,
     )
     y_ref, ref = reference_grads(x, w, b, dy, padding, layout)
     errs = {"y": rel_err(y, y_ref), "dx": rel_err(dx, ref["dx"])}
@@ -306,21 +313,10 @@ def _run_compile_case():
 
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    start_interpreter()
     from kernels.short_conv import triton as triton_backend
 
-    calls = []
-    launch_fwd, launch_bwd = triton_backend.forward, triton_backend.backward
-
-    def counted(fn):
-        def wrapper(*args, **kwargs):
-            calls.append(fn.__name__)
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    triton_backend.forward, triton_backend.backward = counted(launch_fwd), counted(launch_bwd)
+    calls = count_calls(triton_backend, "forward", "backward")
     jobs = [(cid, _run_api_case, args) for cid, args in API_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(cid, _run_input_bias_case, args) for cid, args in INPUT_BIAS_CASES.items()]
@@ -483,10 +479,10 @@ def test_launchers_reject_bad_input(monkeypatch):
         with pytest.raises(error, match=match):
             triton_backend.forward(**args, out=out)
     with pytest.raises(ValueError, match=r"dy must have x's shape \(2, 3, 8\)"):
-        triton_backend.backward(dy[..., 1:], x, w, "causal", "bdl", (True, True, True))
+        triton_backend.backward(dy[..., 1:], x, w, "causal", "bdl", (True, True, True, False))
     with pytest.raises(ValueError, match=r"workspace must be a contiguous torch.float32 tensor"):
         triton_backend.backward(
-            dy, x, w, "causal", "bdl", (False, True, False), workspace=torch.empty(1, 4, 3)
+            dy, x, w, "causal", "bdl", (False, True, False, False), workspace=torch.empty(1, 4, 3)
         )
 
 
@@ -609,8 +605,16 @@ def test_gpu_launcher_poisoned(layout, options, dtype):
         triton_backend.workspace_shape(x, w, layout, **plan_options), nan, device=x.device
     )
     triton_backend.forward(x, w, b, "same", layout, out=y, **options)
-    _, dw, dbias = triton_backend.backward(
-        dy, x, w, "same", layout, (True, True, True), dx_out=dx, workspace=workspace, **options
+    _, dw, dbias, _ = triton_backend.backward(
+        dy,
+        x,
+        w,
+        "same",
+        layout,
+        (True, True, True, False),
+        dx_out=dx,
+        workspace=workspace,
+        **options,
     )
     assert not (y.isnan().any() or dx.isnan().any() or workspace.isnan().any())
     y_ref, ref = reference_grads(x, w, b, dy, "same", layout)
