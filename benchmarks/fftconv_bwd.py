@@ -291,6 +291,7 @@ def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], nu
         N1=N1,
         N2=N2,
         ROWS=rows,
+        BLOCKED=False,
         HAS_PREGATE=True,
         HAS_POSTGATE=True,
         HAS_BIAS=True,

@@ -22,6 +22,12 @@ is its input, not its spectrum):
     dv = irfft(DL * conj(kf))[:L] + bias * dy               (correlation with the filter)
     dkc = irfft(sum_b DL * conj(rfft(v)))[:m]               (correlation with the input)
     du = dv * pregate           dpregate = dv * u
+
+A blocked plan (``plan.blocked``, a causal partial filter, overlap-save with blocks of
+``S = n / 2``) runs the same formulas per block on windows of two blocks: the forward
+transforms the window ``v[(j-1)S : (j+1)S]`` and keeps the second half of the circular result;
+the backward transforms ``dz[jS : (j+2)S]`` for dv (its first half) and correlates it with
+``v[jS : (j+1)S]`` for dkc, summed over the blocks as over the batch (README section 1).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .plan import ConvPlan
@@ -61,6 +68,28 @@ def window_adjoint(dz: Tensor, plan: ConvPlan) -> Tensor:
     return torch.cat([dz, dz[..., : plan.seq_len - 1]], dim=-1)
 
 
+def blocks(x: Tensor, plan: ConvPlan, ahead: bool) -> Tensor:
+    """``[B, H, L]`` -> the windows of a blocked plan ``[B, H, NB, 2S]`` (a strided view of one
+    padded copy): ``x[(j-1)S : (j+1)S]`` (the forward's, ``ahead=False``) or
+    ``x[jS : (j+2)S]`` (the backward's ``dz``, ``ahead=True``), zero outside ``[0, L)``."""
+    S, NB, L = plan.block, plan.num_blocks, x.shape[-1]
+    left = 0 if ahead else S
+    padded = F.pad(x, (left, (NB + 1) * S - left - L))
+    return padded.unfold(-1, 2 * S, S)
+
+
+def unblock(z: Tensor, L: int) -> Tensor:
+    """``[B, H, NB, S]`` block outputs -> ``[B, H, L]``."""
+    return z.reshape(*z.shape[:-2], -1)[..., :L]
+
+
+def _blocked_conv(v: Tensor, kf: Tensor, plan: ConvPlan, backend: ModuleType) -> Tensor:
+    """z = causal conv(v, kc) of a blocked plan, on the primitives."""
+    n, S, keep = plan.fft_size, plan.block, plan.keep_bins
+    Z = backend.irfft(backend.rfft(blocks(v, plan, False), n, keep) * kf[:, None], n, n, keep)
+    return unblock(Z[..., S:], v.shape[-1])
+
+
 def gated_input(u: Tensor, pregate: Tensor | None, dtype: torch.dtype) -> Tensor:
     v = u.to(dtype)
     return v * pregate.to(dtype) if pregate is not None else v
@@ -85,7 +114,10 @@ def forward(
         if y is not None:
             return y
     v = gated_input(u, pregate, dtype)
-    z = window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
+    if plan.blocked:
+        z = _blocked_conv(v, kf, plan, backend)
+    else:
+        z = window(backend.irfft(backend.rfft(v, n, keep) * kf, n, plan.out_len, keep), plan)
     y = z * postgate.to(dtype) if postgate is not None else z
     if bias is not None:
         y = y + bias.to(dtype)[:, None] * v
@@ -116,6 +148,8 @@ def backward(
             return grads
     dy = dy.to(dtype)
     v = gated_input(u, pregate, dtype)
+    if plan.blocked:
+        return _blocked_backward(dy, u, v, kc, kf, pregate, postgate, bias, plan, backend, needs)
     V = backend.rfft(v, n, keep) if (need_k or need_post) else None
 
     d_post = None
@@ -134,6 +168,36 @@ def backward(
             )
         if need_u or need_pre:
             dv = backend.irfft(DL * torch.conj_physical(kf), n, L, keep)
+            if bias is not None:
+                dv = dv + bias.to(dtype)[:, None] * dy
+            if need_pre:
+                d_pre = (dv * u.to(dtype)).to(pregate.dtype)
+            if need_u:
+                d_u = (dv * pregate.to(dtype) if pregate is not None else dv).to(u.dtype)
+    return d_u, d_k, d_pre, d_post, d_bias
+
+
+def _blocked_backward(dy, u, v, kc, kf, pregate, postgate, bias, plan, backend, needs):
+    """``backward`` for a blocked plan (dy and v in the compute dtype)."""
+    need_u, need_k, need_pre, need_post, need_bias = needs
+    dtype = v.dtype
+    n, keep, S, L = plan.fft_size, plan.keep_bins, plan.block, plan.seq_len
+    d_post = None
+    if need_post:
+        d_post = (dy * _blocked_conv(v, kf, plan, backend)).to(postgate.dtype)
+    dz = dy * postgate.to(dtype) if postgate is not None else dy
+    d_bias = (dy * v).sum(dim=(0, 2)).to(bias.dtype) if need_bias else None
+
+    d_u = d_pre = d_k = None
+    if need_u or need_pre or need_k:
+        DL = backend.rfft(blocks(dz, plan, True), n, keep)  # [B, H, NB, n//2+1]
+        if need_k:
+            v_blocks = F.pad(v, (0, plan.num_blocks * S - L)).unflatten(-1, (-1, S))
+            V = backend.rfft(v_blocks, n, keep)
+            cross = (DL * torch.conj_physical(V)).sum(dim=(0, 2))
+            d_k = backend.irfft(cross, n, kc.shape[-1], keep).to(kc.dtype)
+        if need_u or need_pre:
+            dv = unblock(backend.irfft(DL * torch.conj_physical(kf)[:, None], n, S, keep), L)
             if bias is not None:
                 dv = dv + bias.to(dtype)[:, None] * dy
             if need_pre:

@@ -171,9 +171,10 @@ def _fftconv_op(
     fft_size: int,
     fold: bool,
     keep_bins: int,
+    blocked: bool,
     backend: str,
 ) -> Tensor:
-    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins, blocked)
     with torch.autocast(u.device.type, enabled=False):
         return core.forward(
             u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend)
@@ -181,7 +182,8 @@ def _fftconv_op(
 
 
 @_fftconv_op.register_fake
-def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins, backend):
+def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins, blocked,
+      backend):  # fmt: skip
     return torch.empty_like(u)
 
 
@@ -199,10 +201,11 @@ def _fftconv_backward_op(
     fft_size: int,
     fold: bool,
     keep_bins: int,
+    blocked: bool,
     backend: str,
     needs: list[bool],
 ) -> list[Tensor]:
-    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins)
+    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins, blocked)
     with torch.autocast(u.device.type, enabled=False):
         grads = core.backward(
             dy, u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend), tuple(needs)
@@ -225,6 +228,7 @@ def _(
     fft_size,
     fold,
     keep_bins,
+    blocked,
     backend,
     needs,
 ):
@@ -290,10 +294,14 @@ def filter_spectrum(
     mode: str = "causal",
     freq_keep: float = 1.0,
     backend: str = "auto",
+    blocked: bool | None = None,
 ) -> FilterSpectrum:
     """Prepares ``k`` ([H, Lk], or [2, H, M] for a bidirectional pair) for ``fftconv``.
 
     Compute it once per step and pass it as ``k`` to every call that uses the same filter.
+    ``blocked``: how a causal partial filter runs (``plan.make_plan``): None picks, True cuts
+    the sequence into blocks of the filter's size (raises where it cannot), False runs one
+    dense FFT of the whole sequence.
     """
     k = _check_tensor("k", k)
     if not isinstance(seq_len, int) or seq_len < 1:
@@ -301,7 +309,7 @@ def filter_spectrum(
     H = k.shape[1] if k.dim() == 3 else k.shape[0]
     _check_freq_keep(freq_keep)
     Lk = _filter_taps(k, mode, H, seq_len)
-    plan = make_plan(mode, seq_len, Lk, freq_keep)
+    plan = make_plan(mode, seq_len, Lk, freq_keep, blocked)
     name = resolve_backend(backend, k.device)
     kc = circular_filter(k, plan)
     kf = _spectrum_op(kc.detach().contiguous(), plan.fft_size, plan.keep_bins, name)
@@ -387,6 +395,7 @@ def fftconv(
         plan.fft_size,
         plan.fold,
         plan.keep_bins,
+        plan.blocked,
         name,
     )
 

@@ -1,6 +1,9 @@
 """The ``triton`` backend: fused tensor-core FFT convolution kernels (GPU; CPU under
 TRITON_INTERPRET=1).
 
+Blocked plans (causal partial filters cut into blocks, ``plan.py``) run the same two kernels
+in their blocked mode (``blocked=True``, FFT sizes 512 to 8192).
+
 The forward (``fused_forward``): every non-fold plan (causal, bidirectional, circular of a
 power-of-two length) with FFT size ``256 <= n <= 8192`` runs in one in-register kernel
 (``triton_fwd.py``); n > 8192 up to 2^23 (causal L = 4M) and every folded plan (circular, L not
@@ -54,6 +57,10 @@ def fused_forward(
     n > 8192 and every folded plan (``triton_long``)."""
     if kf.dtype != torch.complex64:
         return None
+    if plan.blocked:
+        if not triton_fwd.supports(plan.fft_size, False, u.dtype):
+            return None
+        return triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, plan.fft_size, blocked=True)
     if triton_fwd.supports(plan.fft_size, plan.fold, u.dtype):
         return triton_fwd.fftconv_fwd(
             u, kf, pregate, postgate, bias, plan.fft_size, keep_bins=plan.keep_bins
@@ -77,6 +84,12 @@ def fused_backward(
     if kf.dtype != torch.complex64:
         return None
     n = plan.fft_size
+    if plan.blocked:
+        if not triton_bwd.supports(n, False, u.dtype):
+            return None
+        return triton_bwd.fftconv_bwd(
+            dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs, blocked=True
+        )
     if triton_bwd.supports(n, plan.fold, u.dtype):
         return triton_bwd.fftconv_bwd(
             dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs

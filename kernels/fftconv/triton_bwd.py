@@ -24,6 +24,23 @@ The last line holds because the cross terms ``corr(dz_b, v_b+1)`` enter as ``i (
 real correlations, so they are purely imaginary; the filter gradient therefore needs one
 spectrum accumulator per channel, not per sequence, and no separation of the pair.
 
+Blocked plan (``blocked``: a causal filter of ``m <= S = n/2`` taps, any L, n >= 512): each row
+is cut into ``NB = cdiv(L, S)`` blocks, and block j of batch row b is a sequence of its own,
+``q = b * NB + j`` (a pair q, q+1 may span two rows). With ``v_j = v[jS : jS + S]`` zero-padded
+to n and the dz window ``w_j = dz[jS : jS + 2S]`` (this block and the next, zero past L):
+
+    dv[jS + i] = Inv(Fwd(w_j) * conj(K))[i]  (i < S)   lags s < m <= S: i + s < 2S, no wrap
+    dk = sum_j corr(w_j, v_j)[:m]                      S += Fwd(w_j) * conj(Fwd(v_j))
+
+so P and dv use the first N1/2 rows (the zero-row skip with ROWS = N1/2) and Q all N1 (a second
+first-stage table: F_N1 whole); dbias sums over the block's own positions. z for dpostgate
+needs the previous block of v, which this kernel does not transform: the launcher takes it
+from the blocked forward kernel (``triton_fwd``) and multiplies by dy on the host. The default
+configurations compile for sm_90 as they are (every n, bf16/fp16/fp32); the dz window doubles
+the input buffers that pipelining adds per stage, so of the benchmark's other variants the
+pipelined splits at n = 4096 (3 stages) and 8192 (2 stages) ask for 240 and 256 KB of shared
+memory in kernel (a) (bf16), more than an SM has (227 KB).
+
 Design choices:
 
 - One program per (channel h, chunk of the channel's batch); it loops over the chunk's
@@ -103,6 +120,7 @@ from . import triton_fwd
 from .triton_fwd import (
     DTYPES,
     MAX_FFT,
+    MIN_BLOCKED_FFT,
     MIN_FFT,
     _complex_dot,
     _dot,
@@ -187,9 +205,10 @@ def _forward_transform(
     x_re, x_im, F1, TW, F2, live, HOIST: tl.constexpr, GUARD: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """``Fwd(x_re + i x_im)``: x [ROWS, N2] in the operand dtype (the first ROWS rows of the
-    tile; the rest is zero padding, skipped) -> the spectrum [N1, N2] fp32, permuted layout.
-    F1, TW, F2: the handles of F_N1[:, :ROWS], the twiddles and F_N2."""
+    """``Fwd(x_re + i x_im)``: x [R, N2] in the operand dtype (the first R rows of the tile;
+    the rest is zero padding, skipped) -> the spectrum [N1, N2] fp32, permuted layout.
+    F1, TW, F2: the handles of F_N1[:, :R], the twiddles and F_N2 (R: ROWS, or N1 for the
+    blocked backward's dz window)."""
     f1_re, f1_im = _table(F1, live, x_re, HOIST, GUARD)
     op_dtype = f1_re.dtype
     b_re, b_im = _complex_dot(f1_re, f1_im, x_re, x_im, PRECISION)  # [N1, N2]
@@ -284,7 +303,7 @@ def _fftconv_bwd_kernel(
     dpostgate_ptr,  # [B, H, L] (unused unless NEED_DPOSTGATE)
     dk_ptr,  # [H, chunks, 2, N1, N2] fp32 partial spectra (unused unless NEED_DK)
     dbias_ptr,  # [H, chunks] fp32 partial sums (unused unless NEED_DBIAS)
-    q_ptr,  # [H, cdiv(B, 2), 2, N1, N2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
+    q_ptr,  # [H, pairs, 2, N1, N2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
     B,
     H,
     L,
@@ -306,6 +325,7 @@ def _fftconv_bwd_kernel(
     STAGES: tl.constexpr,
     STORE_Q: tl.constexpr,
     LOAD_Q: tl.constexpr,
+    BLOCKED: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     # STEPS: the pairs of one block of the loop (a constexpr trip count, software-pipelined
@@ -316,9 +336,19 @@ def _fftconv_bwd_kernel(
     NEED_Q: tl.constexpr = NEED_DV or NEED_DK or STORE_Q  # the spectrum of dz
     NEED_P: tl.constexpr = NEED_DK or NEED_DPOSTGATE  # the spectrum of v
     GUARD: tl.constexpr = STAGES > 1  # table loads in the loop kept out of the pipeline
+    # BLOCKED: every row cut into NB blocks of S = n/2 samples, one sequence per block (ROWS =
+    # N1/2): v the block, dz the window of the block and the next (all N1 rows), dv the block
+    S: tl.constexpr = ROWS * N2
+    if BLOCKED:
+        tl.static_assert(2 * ROWS == N1, "a blocked backward reads its blocks on N1/2 rows")
+        tl.static_assert(not NEED_DPOSTGATE, "a blocked backward's z comes from the forward")
+        NB = tl.cdiv(L, S)
+        SEQS = B * NB  # sequences per channel, q = b * NB + j
+    else:
+        SEQS = B
 
     pid = tl.program_id(0)
-    n_pairs = tl.cdiv(B, 2)
+    n_pairs = tl.cdiv(SEQS, 2)
     programs_per_channel = tl.cdiv(n_pairs, PAIRS_PER_PROGRAM)
     pid_h = pid // programs_per_channel
     pid_c = pid - pid_h * programs_per_channel  # the chunk of the batch
@@ -344,6 +374,9 @@ def _fftconv_bwd_kernel(
     F2 = _handle(dft2_ptr, offs_f2, N2 * N2, HOIST)  # F_N2
     TW = _handle(twiddle_ptr, offs_tile, N1 * N2, HOIST)  # [N1, N2]
     K = _handle(kf_ptr, offs_tile, N1 * N2, HOIST)  # the filter spectrum [N1, N2]
+    if BLOCKED:
+        offs_f1z = offs_n1[:, None] * N1 + offs_n1[None, :]  # [N1, N1]
+        F1Z = _handle(dft1_ptr, offs_f1z, N1 * N1, HOIST)  # F_N1, for the dz window's N1 rows
     op_dtype = dft1_ptr.dtype.element_ty
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
@@ -371,11 +404,32 @@ def _fftconv_bwd_kernel(
         for step in tl.range(0, STEPS, num_stages=STAGES):
             pair = block + step
             live = pair < pair_end  # the last block of a chunk may run past it
-            b = 2 * pair
-            row_v = (b.to(tl.int64) * H + pid_h) * L  # 64-bit: B*H*L may pass 2^31
-            row_w = row_v + HL
-            mask_v = mask_t & live
-            mask_w = mask_v & (b + 1 < B)
+            if BLOCKED:
+                # sequences q and q + 1, (b, j) = divmod(q, NB): each its own row and block
+                q = 2 * pair
+                b_v = q // NB
+                j_v = q - b_v * NB
+                b_w = (q + 1) // NB
+                j_w = q + 1 - b_w * NB
+                row_v = (b_v.to(tl.int64) * H + pid_h) * L + j_v * S  # at the block's start
+                row_w = (b_w.to(tl.int64) * H + pid_h) * L + j_w * S
+                len_v = L - j_v * S  # the row's samples from the block's start on
+                len_w = L - j_w * S
+                live_w = live & (q + 1 < SEQS)
+                mask_v = (offs_t < len_v) & live
+                mask_w = (offs_t < len_w) & live_w
+                offs_z = offs_tile  # the dz window: [N1, N2], this block and the next
+                mask_zv = (offs_z < len_v) & live
+                mask_zw = (offs_z < len_w) & live_w
+            else:
+                b = 2 * pair
+                row_v = (b.to(tl.int64) * H + pid_h) * L  # 64-bit: B*H*L may pass 2^31
+                row_w = row_v + HL
+                mask_v = mask_t & live
+                mask_w = mask_v & (b + 1 < B)
+                offs_z = offs_t  # dz on the rows of v
+                mask_zv = mask_v
+                mask_zw = mask_w
             q_pair_ptr = q_ptr + pair.to(tl.int64) * (2 * N1 * N2)
             # pipelined: the tables' pointers made loop-variant by a zero the compiler cannot
             # prove (pair >= 0), else they are hoisted out of the loop and held, 64 bits per
@@ -387,6 +441,10 @@ def _fftconv_bwd_kernel(
             F2_at = _rebase(F2, zero, GUARD)
             TW_at = _rebase(TW, zero, GUARD)
             K_at = _rebase(K, zero, GUARD)
+            if BLOCKED:
+                F1Z_at = _rebase(F1Z, zero, GUARD)
+            else:
+                F1Z_at = F1_at
 
             # 1. the gated input v, its spectrum P, z = Inv(P * K) for the postgate, dbias
             if NEED_P or NEED_DBIAS:
@@ -428,13 +486,15 @@ def _fftconv_bwd_kernel(
 
             # 2. dz, its spectrum Q, the filter-gradient spectrum, dv = Inv(Q * conj(K))
             if NEED_Q and not LOAD_Q:
-                dz_v, dz_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                dz_v, dz_w = _load_pair(dy_ptr, row_v, row_w, offs_z, mask_zv, mask_zw)
                 if HAS_POSTGATE:
-                    post_v, post_w = _load_pair(postgate_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                    post_v, post_w = _load_pair(
+                        postgate_ptr, row_v, row_w, offs_z, mask_zv, mask_zw
+                    )
                     dz_v *= post_v
                     dz_w *= post_w
                 q_re, q_im = _forward_transform(
-                    dz_v.to(op_dtype), dz_w.to(op_dtype), F1_at, TW_at, F2_at, live, HOIST, GUARD,
+                    dz_v.to(op_dtype), dz_w.to(op_dtype), F1Z_at, TW_at, F2_at, live, HOIST, GUARD,
                     PRECISION,
                 )  # [N1, N2]  # fmt: skip
                 if STORE_Q:
@@ -596,7 +656,8 @@ def _sm_count(device: torch.device) -> int:
 
 def pairs_per_program_for(B: int, H: int, device: torch.device) -> int:
     """Sequence pairs per program: the fewest that still give ``PROGRAMS_PER_SM`` programs per
-    SM (each extra program adds a partial spectrum of 8n bytes to write and sum)."""
+    SM (each extra program adds a partial spectrum of 8n bytes to write and sum). B: the
+    sequences per channel (the batch; ``B * NB`` blocks in a blocked plan)."""
     n_pairs = triton.cdiv(B, 2)
     chunks = min(n_pairs, max(1, triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), H)))
     return triton.cdiv(n_pairs, chunks)
@@ -623,13 +684,21 @@ def dot_flops(
     needs_z: bool = True,
     n1: int | None = None,
     recompute_q: bool = False,
+    blocked: bool = False,
 ) -> int:
     """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip included:
     per pair two forward transforms (Q, P) and one inverse (dv), plus z for the postgate, plus
     Q again in the second kernel of a ``"recompute"`` split; each transform 4 complex
-    products, ``8 n (ROWS + N2)`` flops."""
+    products, ``8 n (ROWS + N2)`` flops. ``blocked``: ``B * cdiv(L, n/2)`` sequences, P and dv
+    on ``ROWS = N1/2`` rows, Q on all N1 (the dz window); z comes from the forward kernel
+    (``triton_fwd.dot_flops``), so ``needs_z`` adds nothing there."""
     N1 = n1 or config_for(n).n1
     N2 = n // N1
+    if blocked:
+        seqs = B * triton.cdiv(L, n // 2)
+        q_transforms = 2 if recompute_q else 1
+        per_pair = 8 * n * (2 * (N1 // 2 + N2) + q_transforms * (N1 + N2))
+        return H * triton.cdiv(seqs, 2) * per_pair
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
     transforms = (4 if needs_z else 3) + (1 if recompute_q else 0)
     return H * triton.cdiv(B, 2) * transforms * 8 * n * (rows + N2)
@@ -649,6 +718,7 @@ def launch(
     pairs_per_program: int | None = None,
     precision: str | None = None,
     out: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
+    blocked: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """The kernel (or the two kernels of a split ``config``): ``(d_u, dk_spectrum, d_pregate,
     d_postgate, d_bias)``, None where ``needs`` (for u, k, pregate, postgate, bias) is False.
@@ -658,10 +728,18 @@ def launch(
     kf: ``[H, n//2+1]`` complex64 (rfft order). ``config``, ``pairs_per_program``,
     ``precision``: override the defaults (``pairs_per_program`` is rounded up to whole blocks
     of ``config.steps``). ``out``: ``(d_u, d_pregate, d_postgate)`` tensors to write in place
-    (None entries are allocated).
+    (None entries are allocated). ``blocked``: the blocked plan of a causal filter of at most
+    ``n/2`` taps (module docstring), any L, ``n >= 512``; its d_postgate comes from the blocked
+    forward kernel's z.
     """
     B, H, L = u.shape
-    if not supports(n, False, u.dtype) or L > n:
+    if blocked:
+        if not supports(n, False, u.dtype) or n < MIN_BLOCKED_FFT or L < 1:
+            raise ValueError(
+                f"the blocked backward covers n in [{MIN_BLOCKED_FFT}, {MAX_FFT}], "
+                f"L >= 1, dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
+            )
+    elif not supports(n, False, u.dtype) or L > n:
         raise ValueError(
             f"the fused backward covers n in [{MIN_FFT}, {MAX_FFT}], L <= n, "
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
@@ -708,10 +786,13 @@ def launch(
     d_pre = output(out_pre, pregate, "d_pregate") if need_pre else None
     d_post = output(out_post, postgate, "d_postgate") if need_post else None
 
-    n_pairs = triton.cdiv(B, 2)
-    pairs_per_program = pairs_per_program or pairs_per_program_for(B, H, u.device)
+    # a blocked plan: NB blocks of S = n/2 samples per row, each its own sequence (ROWS = N1/2)
+    seqs = B * triton.cdiv(L, n // 2) if blocked else B
+    n_pairs = triton.cdiv(seqs, 2)
+    pairs_per_program = pairs_per_program or pairs_per_program_for(seqs, H, u.device)
     steps, pairs_per_program = block_steps(min(pairs_per_program, n_pairs), config.steps)
     chunks = triton.cdiv(n_pairs, pairs_per_program)
+    rows = N1 // 2 if blocked else min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
     dk_parts = u.new_empty((H, chunks, 2, N1, N2), dtype=torch.float32) if need_k else None
     dbias_parts = u.new_empty((H, chunks), dtype=torch.float32) if need_bias else None
 
@@ -741,7 +822,7 @@ def launch(
             pairs_per_program,
             N1=N1,
             N2=N2,
-            ROWS=min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2)))),
+            ROWS=rows,
             HAS_PREGATE=pregate is not None,
             HAS_POSTGATE=postgate is not None,
             HAS_BIAS=bias is not None,
@@ -756,21 +837,30 @@ def launch(
             STAGES=config.stages,
             STORE_Q=q is not None and store_q,
             LOAD_Q=q is not None and not store_q,
+            BLOCKED=blocked,
             PRECISION=precision or dot_precision(u),
             num_warps=num_warps,
         )
 
+    # z for the postgate: in a blocked plan it needs the previous block of v, which the backward
+    # does not transform, so the blocked forward kernel computes it (ungated) and dy * z is one
+    # elementwise product here
+    need_z = need_post and not blocked
+    kernel_needs = (need_u, need_k, need_pre, need_z, need_bias)
+    if blocked and need_post:
+        z = triton_fwd.fftconv_fwd(u, kf, pregate, None, None, n, blocked=True)
+        d_post.copy_(dy.to(torch.float32) * z.to(torch.float32))
     with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
-        if _splits(config, needs):
+        if _splits(config, kernel_needs):
             # (a) Q, dv and what follows from it; (b) P, z and the filter gradient
             q = None
             if config.split == "store_q" and need_k:
                 q = u.new_empty((H, n_pairs, 2, N1, N2))
             run((need_u, False, need_pre, False, need_bias), config.num_warps, q, True)
             warps_b = config.dk_num_warps or config.num_warps
-            run((False, need_k, False, need_post, False), warps_b, q, False)
-        else:
-            run(needs, config.num_warps, None, False)
+            run((False, need_k, False, need_z, False), warps_b, q, False)
+        elif any(kernel_needs):
+            run(kernel_needs, config.num_warps, None, False)
     # fixed summation order over the chunks: deterministic
     dk_spectrum = dk_parts.sum(dim=1) if dk_parts is not None else None
     d_bias = dbias_parts.sum(dim=1) if dbias_parts is not None else None
@@ -788,6 +878,7 @@ def fftconv_bwd(
     n: int,
     keep_bins: int,
     needs: tuple[bool, bool, bool, bool, bool],
+    blocked: bool = False,
     **launch_options,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of ``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u *
@@ -796,14 +887,23 @@ def fftconv_bwd(
 
     u, dy, gates: ``[B, H, L]`` with ``L <= n``; kc ``[H, m]`` the filter in circular order
     (only its length and dtype are used: the gradient has them); kf ``[H, n//2+1]`` complex64
-    (rfft order, zero from ``keep_bins`` on); bias ``[H]``. ``launch_options``: those of
-    ``launch``.
+    (rfft order, zero from ``keep_bins`` on); bias ``[H]``. ``blocked``: the gradients of the
+    causal convolution ``y = postgate * conv(u * pregate, kc)[:L] + bias * (u * pregate)`` by
+    the blocked plan (module docstring): any L, ``m <= n/2``, ``n >= 512``, no frequency
+    cut-off (kf is ``rfft(kc, n)``). ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
-    if kc.dim() != 2 or kc.shape[0] != H or not 1 <= kc.shape[1] <= n:
-        raise ValueError(f"kc must have shape ({H}, m) with 1 <= m <= {n}; got {tuple(kc.shape)}")
+    max_taps = n // 2 if blocked else n  # a blocked plan: the filter fits in one block
+    if kc.dim() != 2 or kc.shape[0] != H or not 1 <= kc.shape[1] <= max_taps:
+        raise ValueError(
+            f"kc must have shape ({H}, m) with 1 <= m <= {max_taps}; got {tuple(kc.shape)}"
+        )
+    if blocked and keep_bins != n // 2 + 1:
+        raise ValueError(
+            f"a blocked plan keeps every frequency: keep_bins must be {n // 2 + 1}; got {keep_bins}"
+        )
     d_u, dk_spectrum, d_pre, d_post, d_bias = launch(
-        dy, u, kf, pregate, postgate, bias, n, needs, **launch_options
+        dy, u, kf, pregate, postgate, bias, n, needs, blocked=blocked, **launch_options
     )
     d_k = None
     if dk_spectrum is not None:

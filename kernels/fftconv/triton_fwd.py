@@ -49,9 +49,19 @@ Design choices:
   only those columns (``C @ F_N2[:, kept]``) and the first inverse stage sums over them only
   (``S @ conj(F_N2)[kept, :]``): with 75% of the bins zero, those two stages do a quarter of
   the work (``kept_columns``; at least 16 columns, so from N2 = 32, i.e. n >= 2048).
-- Sizes: ``MIN_FFT <= n <= MAX_FFT``. Smaller n would need a DFT factor below 16; larger n
-  does not fit one program's registers. ``supports`` says which plans run here; the caller
-  falls back to the unfused primitives for the rest.
+- Blocked plans (``BLOCKED``, a causal partial convolution: a filter of at most S = n/2 taps,
+  any L): each row is cut into ``NB = cdiv(L, S)`` blocks of S outputs and block j is one
+  size-n circular convolution of the window ``v[(j-1) S : (j+1) S]`` (zero outside [0, L)),
+  of which the second half is kept: for t in [S, 2S) and lags s < S, t - s stays inside the
+  window, so there is no wrap-around and the result is the causal convolution exactly (only
+  the rounding differs). A channel then has ``B * NB`` sequences (pairs may span two rows);
+  the first stage reads all N1 rows, the last writes rows [N1/2, N1). Cost: NB sequences of
+  size n = 2S per row, so the filter length, not L, sets the FFT size; u and pregate are read
+  twice (each block in two windows), and once more at the output positions for the skip term
+  (the positions the same step's window has just read).
+- Sizes: ``MIN_FFT <= n <= MAX_FFT`` (blocked: ``n >= MIN_BLOCKED_FFT``). Smaller n would need
+  a DFT factor below 16; larger n does not fit one program's registers. ``supports`` says
+  which plans run here; the caller falls back to the unfused primitives for the rest.
 """
 
 from __future__ import annotations
@@ -65,9 +75,11 @@ import triton.language as tl
 from torch import Tensor
 
 from ..backends import canonical_device, sm_count
+from .plan import BLOCK_MIN
 
 MIN_FFT = 256
 MAX_FFT = 8192
+MIN_BLOCKED_FFT = 2 * BLOCK_MIN  # N1 >= 32 at n = 512, so the output half has >= 16 rows
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_STEPS = 16
 PROGRAMS_PER_SM = 8
@@ -198,6 +210,15 @@ def _load_row(ptr, row, offs, mask):
     return tl.load(ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _load_input(u_ptr, pregate_ptr, row, offs, mask, HAS_PREGATE: tl.constexpr):
+    """v = u * pregate (or u) at ``row + offs``, zero where masked."""
+    v = _load_row(u_ptr, row, offs, mask)
+    if HAS_PREGATE:
+        v *= _load_row(pregate_ptr, row, offs, mask)
+    return v
+
+
 # B and H only index programs and rows: no recompilation per batch size or width
 @triton.jit(do_not_specialize=["B", "H"])
 def _fftconv_fwd_kernel(
@@ -224,25 +245,39 @@ def _fftconv_fwd_kernel(
     HAS_POSTGATE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
+    BLOCKED: tl.constexpr,
 ):
-    # PAIR: sequences b (v) and b+1 (w) of one channel as the real and imaginary parts of one
+    # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
     # or pairs of one channel) per program, the tables and the filter loaded once for all.
+    # A channel's sequences: its B rows, or with BLOCKED its B * NB blocks of S = n/2 outputs,
+    # q = b * NB + j (block j of row b; a pair may span two rows).
     SEQS: tl.constexpr = 2 if PAIR else 1
+    S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
-    programs_per_channel = tl.cdiv(B, SEQS * STEPS)
+    if BLOCKED:
+        NB = tl.cdiv(L, S)
+        per_channel = B * NB
+    else:
+        per_channel = B
+    programs_per_channel = tl.cdiv(per_channel, SEQS * STEPS)
     pid_h = pid // programs_per_channel
-    first_b = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
+    first_q = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
     op_dtype = dft1_ptr.dtype.element_ty
 
     kf_start = pid_h.to(tl.int64) * (2 * N1 * K2)
-    offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y
+    offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y (BLOCKED: u, all N1)
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
     offs_t = offs_r[:, None] * N2 + offs_n2[None, :]  # [ROWS, N2] time index
     offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
     offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
-    offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
+    if BLOCKED:  # y: the window's second half, rows [N1/2, N1)
+        offs_o = tl.arange(0, N1 // 2)
+        offs_out = offs_o[:, None] * N2 + offs_n2[None, :]  # [N1/2, N2] position - j*S
+        offs_g1 = (offs_o[:, None] + N1 // 2) * N1 + offs_n1[None, :]  # [N1/2, N1]
+    else:
+        offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
     offs_k2 = tl.arange(0, K2)  # the kept frequency columns k2 (all N2 for a dense filter)
     offs_f2 = offs_n2[:, None] * K2 + offs_k2[None, :]  # [N2, K2]
     offs_spec = offs_n1[:, None] * K2 + offs_k2[None, :]  # [N1, K2]
@@ -257,27 +292,52 @@ def _fftconv_fwd_kernel(
     else:
         g2_re, g2_im = f2_re, f2_im
     k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
-    g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1]
+    g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1] (BLOCKED: N1/2)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
 
     for step in tl.range(0, STEPS, num_stages=STAGES):
-        # the last program of a channel may run past B: its extra steps are masked out
-        pid_b = first_b + step * SEQS
-        # 64-bit: B*H*L may pass 2^31
-        row_v = (pid_b.to(tl.int64) * H + pid_h) * L
-        row_w = row_v + H.to(tl.int64) * L
-        mask_v = (offs_t < L) & (pid_b < B)
-        mask_w = (offs_t < L) & (pid_b + 1 < B)
+        # the last program of a channel may run past its sequences: those steps are masked out
+        q = first_q + step * SEQS
+        if BLOCKED:
+            # block j of row b: the window (j - 1) S + t, t in [0, 2S), reads the block before
+            # and this one (positions outside [0, L) read as zero); y is its second half
+            b_v = q // NB
+            b_w = (q + 1) // NB
+            start_v = (q - b_v * NB) * S
+            start_w = (q + 1 - b_w * NB) * S
+            # 64-bit: B*H*L may pass 2^31
+            row_v = (b_v.to(tl.int64) * H + pid_h) * L
+            row_w = (b_w.to(tl.int64) * H + pid_h) * L
+            in_v = start_v - S + offs_t  # [N1, N2]
+            in_w = start_w - S + offs_t
+            mask_v = (in_v >= 0) & (in_v < L) & (q < per_channel)
+            mask_w = (in_w >= 0) & (in_w < L) & (q + 1 < per_channel)
+            out_v = start_v + offs_out  # [N1/2, N2]
+            out_w = start_w + offs_out
+            mask_out_v = (out_v < L) & (q < per_channel)
+            mask_out_w = (out_w < L) & (q + 1 < per_channel)
+        else:
+            # 64-bit: B*H*L may pass 2^31
+            row_v = (q.to(tl.int64) * H + pid_h) * L
+            row_w = row_v + H.to(tl.int64) * L
+            in_v = offs_t
+            in_w = offs_t
+            mask_v = (offs_t < L) & (q < B)
+            mask_w = (offs_t < L) & (q + 1 < B)
+            out_v = offs_t
+            out_w = offs_t
+            mask_out_v = mask_v
+            mask_out_w = mask_w
 
         # the input, zero-padded by the mask alone (no padded copy)
-        v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, N2]
+        v = _load_row(u_ptr, row_v, in_v, mask_v)  # [ROWS, N2]
         if HAS_PREGATE:
-            v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+            v *= _load_row(pregate_ptr, row_v, in_v, mask_v)
         if PAIR:
-            w = _load_row(u_ptr, row_w, offs_t, mask_w)
+            w = _load_row(u_ptr, row_w, in_w, mask_w)
             if HAS_PREGATE:
-                w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+                w *= _load_row(pregate_ptr, row_w, in_w, mask_w)
 
         # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
         if PAIR:
@@ -300,7 +360,8 @@ def _fftconv_fwd_kernel(
         e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
         e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
 
-        # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part)
+        # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part;
+        # BLOCKED: conj(F_N1)[N1/2:] @ E)
         z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
         if PAIR:
             # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the negated
@@ -311,16 +372,25 @@ def _fftconv_fwd_kernel(
             z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
 
         if HAS_POSTGATE:
-            z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
+            z_v *= _load_row(postgate_ptr, row_v, out_v, mask_out_v)
         if HAS_BIAS:
-            z_v += bias * v
-        tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+            if BLOCKED:  # v at the output positions, loaded again (this window just read
+                # them): they are the window tile's second half, and a register tile has no slices
+                z_v += bias * _load_input(u_ptr, pregate_ptr, row_v, out_v, mask_out_v, HAS_PREGATE)
+            else:
+                z_v += bias * v
+        tl.store(y_ptr + row_v + out_v, z_v.to(y_ptr.dtype.element_ty), mask=mask_out_v)
         if PAIR:
             if HAS_POSTGATE:
-                z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+                z_w *= _load_row(postgate_ptr, row_w, out_w, mask_out_w)
             if HAS_BIAS:
-                z_w += bias * w
-            tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+                if BLOCKED:
+                    z_w += bias * _load_input(
+                        u_ptr, pregate_ptr, row_w, out_w, mask_out_w, HAS_PREGATE
+                    )
+                else:
+                    z_w += bias * w
+            tl.store(y_ptr + row_w + out_w, z_w.to(y_ptr.dtype.element_ty), mask=mask_out_w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,22 +433,54 @@ def fftconv_fwd(
     bias: Tensor | None,
     n: int,
     keep_bins: int | None = None,
+    blocked: bool = False,
     **launch_options,
 ) -> Tensor:
     """``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u * pregate)``.
 
     u, gates: ``[B, H, L]`` with ``L <= n``; kf: ``[H, n//2+1]`` complex64 (rfft order); bias
     ``[H]``. ``keep_bins``: kf's bins from there on are zero (a frequency-sparse filter): the
-    kernel then skips the frequency columns that hold only zeros. Returns y ``[B, H, L]`` in
-    u's dtype. ``launch_options``: those of ``launch``.
+    kernel then skips the frequency columns that hold only zeros. ``blocked``: the causal
+    convolution in blocks of ``S = n/2`` outputs, any L >= 1; kf must be the size-n rfft of a
+    filter of at most S taps (the result is otherwise wrong, unchecked) and ``n >=
+    MIN_BLOCKED_FFT``, no ``keep_bins`` cut-off. Returns y ``[B, H, L]`` in u's dtype.
+    ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
     if kf.shape != (H, n // 2 + 1) or kf.dtype != torch.complex64:
         raise ValueError(
             f"kf must be complex64 of shape ({H}, {n // 2 + 1}); got {kf.dtype} {tuple(kf.shape)}"
         )
+    if blocked:  # before the layout: a cut-off would be taken for kept columns
+        _check_blocked(u, n, keep_bins)
     spectrum = spectrum_layout(kf, n, keep_bins)
-    return launch(u, spectrum, pregate, postgate, bias, n, keep_bins=keep_bins, **launch_options)
+    return launch(
+        u,
+        spectrum,
+        pregate,
+        postgate,
+        bias,
+        n,
+        keep_bins=keep_bins,
+        blocked=blocked,
+        **launch_options,
+    )
+
+
+def _check_blocked(u: Tensor, n: int, keep_bins: int | None) -> None:
+    L = u.shape[-1]
+    if not supports(n, False, u.dtype) or n < MIN_BLOCKED_FFT:
+        raise ValueError(
+            f"n: a blocked plan needs a power of two in [{MIN_BLOCKED_FFT}, {MAX_FFT}] and "
+            f"dtypes {DTYPES}; got n={n}, {u.dtype}"
+        )
+    if keep_bins is not None and keep_bins < n // 2 + 1:
+        raise ValueError(
+            f"keep_bins: a blocked plan takes the full spectrum (None or >= {n // 2 + 1}); "
+            f"got {keep_bins}"
+        )
+    if L < 1:
+        raise ValueError(f"u: a blocked plan needs a sequence length L >= 1; got L={L}")
 
 
 def launch(
@@ -390,6 +492,7 @@ def launch(
     n: int,
     *,
     keep_bins: int | None = None,
+    blocked: bool = False,
     out: Tensor | None = None,
     pair: bool | None = None,
     steps: int | None = None,
@@ -400,15 +503,18 @@ def launch(
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``).
 
-    ``out``: written in place when given. ``pair`` (default ``B >= 2``): two sequences of a
-    channel per step. ``steps``: steps (sequences or pairs) of one channel per program (default
-    ``steps_for``). ``stages``: software-pipelining depth of that loop (loads of the next step
-    issued during this one; 1: none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for
-    fp32, whose tables leave no shared memory for a second stage). ``num_warps``,
-    ``precision``: override the defaults.
+    ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
+    channel, one per block, instead of B. ``out``: written in place when given. ``pair``
+    (default: at least 2 sequences per channel): two sequences of a channel per step. ``steps``:
+    steps (sequences or pairs) of one channel per program (default ``steps_for``). ``stages``:
+    software-pipelining depth of that loop (loads of the next step issued during this one; 1:
+    none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no
+    shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
     """
     B, H, L = u.shape
-    if not supports(n, False, u.dtype) or L > n:
+    if blocked:
+        _check_blocked(u, n, keep_bins)
+    elif not supports(n, False, u.dtype) or L > n:
         raise ValueError(
             f"the fused forward covers n in [{MIN_FFT}, {MAX_FFT}], L <= n, "
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
@@ -434,14 +540,17 @@ def launch(
     ):
         raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
     y = torch.empty_like(u) if out is None else out
-    pair = B >= 2 if pair is None else pair
-    per_channel = triton.cdiv(B, 2 if pair else 1)
+    sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel
+    pair = sequences >= 2 if pair is None else pair
+    per_channel = triton.cdiv(sequences, 2 if pair else 1)
     steps = steps_for(n, H, per_channel, u.device) if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     # fp32 at n = 8192: the held fp32 tables need more shared memory than an SM has (295-490 KB
-    # > 227 KB on an H200), so one step per program (tables reloaded per sequence)
-    steps = 1 if u.dtype == torch.float32 and n >= 8192 else min(steps, per_channel)
+    # > 227 KB on an H200), so one step per program (tables reloaded per sequence); blocked,
+    # already at n = 4096 (256 KB paired: the N1/2-row last stage holds its own tables)
+    held_tables_fit = n < (4096 if blocked else 8192)
+    steps = 1 if u.dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
     if stages is None:  # measured on the H200 (benchmarks/NOTES.md, v6)
         stages = 1 if u.dtype == torch.float32 else (3 if n <= 2048 else 2)
     if stages < 1:
@@ -464,7 +573,7 @@ def launch(
             N1=N1,
             N2=N2,
             K2=K2,
-            ROWS=tile_rows(L, n),
+            ROWS=N1 if blocked else tile_rows(L, n),
             PAIR=pair,
             STEPS=steps,
             STAGES=stages,
@@ -472,20 +581,34 @@ def launch(
             HAS_POSTGATE=postgate is not None,
             HAS_BIAS=bias is not None,
             PRECISION=precision or dot_precision(u),
+            BLOCKED=blocked,
             num_warps=num_warps or num_warps_for(n),
         )
     return y
 
 
 def dot_flops(
-    B: int, H: int, L: int, n: int, pair: bool | None = None, keep_bins: int | None = None
+    B: int,
+    H: int,
+    L: int,
+    n: int,
+    pair: bool | None = None,
+    keep_bins: int | None = None,
+    blocked: bool = False,
 ) -> int:
     """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
-    frequency-column skip of a sparse filter (``keep_bins``) included."""
-    rows = tile_rows(L, n)
+    frequency-column skip of a sparse filter (``keep_bins``) included. ``blocked``: B *
+    cdiv(L, n/2) sequences per channel, the first stage on all N1 rows, the last on N1/2."""
+    N1 = split(n)[0]
+    if blocked:
+        sequences = B * triton.cdiv(L, n // 2)
+        rows_in, rows_out = N1, N1 // 2
+    else:
+        sequences = B
+        rows_in = rows_out = tile_rows(L, n)
     K2 = sum(kept_columns(n, keep_bins))
-    pair = B >= 2 if pair is None else pair
+    pair = sequences >= 2 if pair is None else pair
     if pair:  # 16 dots per two sequences: 4 in each of the four stages
-        per_program = 8 * n * (2 * rows + 2 * K2)
-        return H * triton.cdiv(B, 2) * per_program
-    return B * H * (8 * n * rows + 16 * n * K2)  # 2 + 4 + 4 + 2 dots
+        per_step = 8 * n * (rows_in + rows_out + 2 * K2)
+        return H * triton.cdiv(sequences, 2) * per_step
+    return sequences * H * (4 * n * (rows_in + rows_out) + 16 * n * K2)  # 2 + 4 + 4 + 2 dots

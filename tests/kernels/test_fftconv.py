@@ -171,6 +171,88 @@ def test_keep_bins_steps():
     assert make_plan("causal", 1024, 1024, 1.0).keep_bins == 1025
 
 
+def test_blocked_plan_choice():
+    """Partial causal filters are cut into blocks where the FFT shrinks BLOCK_GAIN times."""
+    plan = make_plan("causal", 4096, 512)
+    assert plan.blocked and plan.fft_size == 1024 and plan.block == 512 and plan.num_blocks == 8
+    assert plan.keep_bins == 513
+    # short filters still take the smallest block (n = 512)
+    assert make_plan("causal", 1 << 20, 3).fft_size == 512
+    # a full-length filter, or one whose blocks would not shrink the FFT enough: dense
+    assert not make_plan("causal", 4096, 4096).blocked
+    assert not make_plan("causal", 1000, 10).blocked  # 1024 -> 512 only
+    # larger than BLOCK_MAX taps, a frequency cut-off, other modes: dense
+    assert not make_plan("causal", 1 << 20, 8192).blocked
+    assert not make_plan("causal", 4096, 512, 0.5).blocked
+    assert not make_plan("bidirectional", 4096, 511).blocked
+    # forced either way
+    assert make_plan("causal", 600, 300, blocked=True).num_blocks == 2  # S = 512
+    assert not make_plan("causal", 4096, 512, blocked=False).blocked
+    with pytest.raises(ValueError, match="blocked=True needs a causal filter of at most"):
+        make_plan("causal", 1 << 20, 8192, blocked=True)
+    with pytest.raises(ValueError, match="blocked=True needs mode='causal'"):
+        make_plan("circular", 1024, 1024, blocked=True)
+    with pytest.raises(ValueError, match="blocked must be None, True or False"):
+        make_plan("causal", 1024, 100, blocked="yes")
+
+
+# (B, H, L, Lk): several blocks with a short last one, a single block (L < S), one sample past
+# a block, a one-tap filter, taps == S
+BLOCKED_CASES = [
+    pytest.param(3, 5, 1000, 100, id="B3-H5-L1000-K100"),
+    pytest.param(2, 3, 200, 150, id="B2-H3-L200-K150-one-block"),
+    pytest.param(1, 3, 257, 256, id="B1-H3-L257-K256"),
+    pytest.param(2, 1, 1500, 1, id="B2-H1-L1500-K1"),
+    pytest.param(1, 2, 1300, 300, id="B1-H2-L1300-K300-S512"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+    ids=["fp64", "fp32", "fp16", "bf16"],
+)
+@pytest.mark.parametrize(("B", "H", "L", "Lk"), BLOCKED_CASES)
+def test_blocked_forward_backward(B, H, L, Lk, dtype, backend):
+    """A blocked plan is the causal convolution: output and all five gradients."""
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, torch.float32, gated=True, seed=L)
+    u, pre, post = u.to(dtype), pre.to(dtype), post.to(dtype)
+    if dtype == torch.float64:
+        k, bias = k.double(), bias.double()
+    leaves = [x.detach().clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.detach().double().requires_grad_() for x in (u, k, pre, post, bias)]
+    spec = filter_spectrum(leaves[1], L, backend=backend, blocked=True)
+    assert spec.plan.blocked
+    y = fftconv(leaves[0], spec, pregate=leaves[2], postgate=leaves[3], bias=leaves[4])
+    want = conv_torch64(*refs)
+    assert y.dtype == dtype
+    assert rel_err(y, want) < TOL[dtype]
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(7)).to(dtype)
+    y.backward(dy)
+    want.backward(dy.double())
+    names = ("u", "k", "pregate", "postgate", "bias")
+    for name, leaf, ref in zip(names, leaves, refs, strict=True):
+        assert leaf.grad is not None and leaf.grad.dtype == leaf.dtype, name
+        assert rel_err(leaf.grad, ref.grad) < TOL[dtype], (name, rel_err(leaf.grad, ref.grad))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocked_spectrum_serves_shorter_and_matches_dense(backend):
+    """A blocked spectrum serves any shorter length, and agrees with the dense plan."""
+    u, k, pre, post, bias = make_inputs(2, 3, 2000, 200, torch.float32, True, seed=3)
+    blocked = filter_spectrum(k, 2000, backend=backend)
+    dense = filter_spectrum(k, 2000, backend=backend, blocked=False)
+    assert blocked.plan.blocked and blocked.plan.fft_size == 512
+    assert not dense.plan.blocked and dense.plan.fft_size == 4096
+    y_b = fftconv(u, blocked, pregate=pre, postgate=post, bias=bias)
+    y_d = fftconv(u, dense, pregate=pre, postgate=post, bias=bias)
+    assert rel_err(y_b, y_d) < 1e-6
+    for L in (1, 255, 256, 700):
+        got = fftconv(u[..., :L], blocked)
+        assert rel_err(got, conv_numpy(to_numpy(u[..., :L]), to_numpy(k))) < 1e-5, L
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("mode", "Lk"), [("causal", 40), ("bidirectional", 41), ("circular", 64)])
 def test_filter_spectrum_reuse(mode, Lk, backend):

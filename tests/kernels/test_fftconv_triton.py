@@ -90,6 +90,9 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisone
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
+# a partial filter the default plan cuts into blocks (dense n = 2048, blocked n = 512), through
+# the public call, forward and backward
+BLOCKED_CASE = "B3-H2-L1500-K100-causal-fp16-blocked"
 COMPILE_CASE = "compile-fullgraph-fp32"
 
 
@@ -161,6 +164,26 @@ def _run_backward_case():
     }, True
 
 
+def _run_blocked_case():
+    from kernels import fftconv
+    from kernels.fftconv.plan import make_plan
+
+    u, k, pre, post, bias = make_inputs(3, 2, 1500, 100, torch.float16, True, seed=8)
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn(3, 2, 1500, generator=torch.Generator().manual_seed(9)).half()
+    y = fftconv(
+        *leaves[:2], pregate=leaves[2], postgate=leaves[3], bias=leaves[4], backend="triton"
+    )
+    y.backward(dy)
+    want = conv_torch64(*refs)
+    want.backward(dy.double())
+    names = ("u", "k", "pregate", "postgate", "bias")
+    errs = {"y": rel_err(y, want)}
+    errs |= {name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)}
+    return errs, make_plan("causal", 1500, 100).blocked
+
+
 def _run_compile_case():
     """torch.compile(fullgraph=True) around the triton backend: one graph, the eager result."""
     from kernels import fftconv
@@ -177,19 +200,21 @@ def _run_compile_case():
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
     start_interpreter()
-    from kernels.fftconv import triton_fwd
+    from kernels.fftconv import triton_bwd, triton_fwd
 
     # every fused forward of n <= 8192 ends in launch (folded ones too)
     calls = count_calls(triton_fwd, "launch")
+    bwd_calls = count_calls(triton_bwd, "launch")
     results = {}
     jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
-    jobs += [(COMPILE_CASE, _run_compile_case, ())]
+    jobs += [(COMPILE_CASE, _run_compile_case, ()), (BLOCKED_CASE, _run_blocked_case, ())]
     for cid, run, args in jobs:
         calls.clear()
+        bwd_calls.clear()
         errs, ok = run(*args)
-        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls)}
+        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls), "bwd_fused": bool(bwd_calls)}
     print(json.dumps(results))
 
 
@@ -232,6 +257,15 @@ def test_interpreter_backward(interpreted):
     assert res["fused"]
     for name, err in res["errs"].items():
         assert err < TOL[torch.float32], (name, err)
+
+
+def test_interpreter_blocked_public_call(interpreted):
+    """The default plan of a partial filter is blocked, and both fused kernels run it."""
+    res = interpreted[BLOCKED_CASE]
+    assert res["ok"], "the default plan is not blocked"
+    assert res["fused"] and res["bwd_fused"]
+    for name, err in res["errs"].items():
+        assert err < TOL[torch.float16], (name, err)
 
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
