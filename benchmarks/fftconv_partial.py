@@ -1,5 +1,6 @@
 """Partial convolutions on a GPU: the blocked plan against the dense one, and both against
-torch.fft. Causal, bf16, B*H*L = 2^27, gated (pregate, postgate, bias).
+torch.fft. Causal, bf16, B*H*L = 2^27, gated (pregate, postgate, bias; ``--gates hyena``:
+pregate and bias).
 
     python -m benchmarks.fftconv_partial --out benchmarks/results/partial-<gpu>-<date>.json
 
@@ -38,10 +39,12 @@ ROWS = (
     *((L, L // 8) for L in (2048, 4096, 8192, 16384, 32768)),
     # short filters on long sequences
     *((L, taps) for L in (65536, 1 << 20, 1 << 22) for taps in (1024, 4096)),
-    # near the default's threshold (BLOCK_GAIN = 4): FFT 4x smaller, and only 2x (dense default)
-    (1024, 128),
+    # either side of the default's threshold (plan.min_block_gain)
     (1024, 256),
+    (2048, 256),
+    (2048, 512),
     (2048, 1024),
+    (4096, 1024),
     (4096, 2048),
     (8192, 4096),
 )
@@ -53,10 +56,14 @@ def torch_path_fp32(u, k, pre, post, bias):
     n = make_plan("causal", L, taps, blocked=False).fft_size
     v = u.float() * pre.float()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    return z * post.float() + bias.float()[:, None] * v
+    y = z * post.float() if post is not None else z
+    return y + bias.float()[:, None] * v
 
 
-def inputs_for(L: int, taps: int) -> tuple:
+GATES = ("full", "hyena")  # pregate, postgate, bias; or Hyena's pregate and bias
+
+
+def inputs_for(L: int, taps: int, gates: str = "full") -> tuple:
     H = min(1024, TOTAL // L)
     B = TOTAL // (H * L)
     gen = torch.Generator(device="cuda").manual_seed(L + taps)
@@ -66,11 +73,11 @@ def inputs_for(L: int, taps: int) -> tuple:
     k = torch.randn(H, taps, device="cuda", generator=gen)
     k = k / (1 + torch.arange(taps, device="cuda")) ** 0.5
     bias = torch.randn(H, device="cuda", generator=gen)
-    return u, k, pre, post, bias
+    return u, k, pre, post if gates == "full" else None, bias
 
 
-def bench_row(L: int, taps: int) -> dict:
-    u, k, pre, post, bias = inputs_for(L, taps)
+def bench_row(L: int, taps: int, gates: str = "full") -> dict:
+    u, k, pre, post, bias = inputs_for(L, taps, gates)
     B, H, _ = u.shape
     dense_plan = make_plan("causal", L, taps, blocked=False)
     blocked_plan = make_plan("causal", L, taps, blocked=True)
@@ -84,6 +91,7 @@ def bench_row(L: int, taps: int) -> dict:
         "n_blocked": blocked_plan.fft_size,
         "blocks": blocked_plan.num_blocks,
         "default": "blocked" if auto_plan.blocked else "dense",
+        "gates": gates,
     }
 
     def call(u, k, pre, post, bias, plan_kind):
@@ -104,14 +112,17 @@ def bench_row(L: int, taps: int) -> dict:
         row[f"fwd_ms_{kind}"] = (
             median_ms(lambda kind=kind: call(u, k, pre, post, bias, kind)) if ok[kind] else None
         )
-    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    leaves = [
+        x.clone().requires_grad_() if x is not None else None for x in (u, k, pre, post, bias)
+    ]
+    grads = [x for x in leaves if x is not None]
     dy = torch.randn_like(u)
     for kind in kinds:
 
         def step(kind=kind):
             call(*leaves, kind).backward(dy)
 
-        row[f"fwdbwd_ms_{kind}"] = median_ms(step, grad_to_none=leaves) if ok[kind] else None
+        row[f"fwdbwd_ms_{kind}"] = median_ms(step, grad_to_none=grads) if ok[kind] else None
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return row
 
@@ -140,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rows", nargs="*", default=None, help="L:taps pairs (default: the module's ROWS)"
     )
+    parser.add_argument(
+        "--gates",
+        choices=GATES,
+        default="full",
+        help="full: pregate, postgate, bias; hyena: "
+        "pregate and bias (Hyena's long convolutions, whose x0 gate is applied outside)",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv_partial needs a CUDA GPU")
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L, taps in rows_wanted:
         torch.cuda.reset_peak_memory_stats()
-        rows.append(bench_row(L, taps))
+        rows.append(bench_row(L, taps, args.gates))
         print(json.dumps(rows[-1]), flush=True)
         torch.cuda.empty_cache()
     print_table(rows)

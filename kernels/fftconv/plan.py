@@ -26,10 +26,9 @@ FREQ_STEPS = 16
 
 # Blocked partial convolutions: block lengths S (FFT size 2S) from BLOCK_MIN (the fused kernels'
 # output half must have >= 16 tile rows: n = 512 is 32 x 16) to BLOCK_MAX (n = 8192, the largest
-# in-register size); chosen when the FFT shrinks at least BLOCK_GAIN times (see make_plan).
+# in-register size); chosen when the FFT shrinks enough (min_block_gain).
 BLOCK_MIN = 256
 BLOCK_MAX = 4096
-BLOCK_GAIN = 4
 
 
 def next_pow2(x: int) -> int:
@@ -73,6 +72,19 @@ class ConvPlan:
         return self.filter_len if self.mode != "bidirectional" else self.fft_size
 
 
+def min_block_gain(dense_fft: int) -> int:
+    """How many times smaller than the dense FFT a block's FFT must be for the default to block.
+
+    Measured forward+backward on an H200 (bf16, B*H*L = 2^27, pregate, postgate and bias;
+    ``benchmarks/NOTES.md``, partial convolutions v1): blocking pays from a 2x smaller FFT when
+    the dense one would leave the in-register kernels (n > 8192: 1.8-2.2x), from 4x up to
+    n = 8192 (1.16-1.32x; 2x there: 0.86-0.96x), and from 8x at n <= 2048, where the dense
+    backward is cheapest (4x at n = 2048: 0.77x)."""
+    if dense_fft > 2 * BLOCK_MAX:
+        return 2
+    return 4 if dense_fft > 2048 else 8
+
+
 def block_for(taps: int) -> int:
     """The block length S of a blocked plan for ``taps`` lags (FFT size 2S), or 0 if none fits."""
     S = max(BLOCK_MIN, next_pow2(taps))
@@ -89,10 +101,10 @@ def make_plan(
     """``filter_len`` is the user's filter length: Lk (causal, circular) or 2M-1 (bidirectional).
 
     ``blocked``: cut a causal convolution into blocks (overlap-save). None (the default) blocks
-    a partial filter of ``taps <= BLOCK_MAX`` when that makes the FFT at least ``BLOCK_GAIN``
-    times smaller than the dense plan's, and there is no frequency cut-off (a cut-off is defined
-    on the dense FFT's bins, so it keeps the dense plan). True forces it where it is possible
-    and raises where not; False never blocks.
+    a partial filter of ``taps <= BLOCK_MAX`` when that makes the FFT ``min_block_gain`` times
+    smaller than the dense plan's, and there is no frequency cut-off (a cut-off is defined on
+    the dense FFT's bins, so it keeps the dense plan). True forces it where it is possible and
+    raises where not; False never blocks.
     """
     L = seq_len
     if blocked not in (None, True, False):
@@ -103,7 +115,7 @@ def make_plan(
         fold = False
         S = block_for(taps) if freq_keep >= 1.0 else 0
         if blocked is None:
-            blocked = S > 0 and BLOCK_GAIN * 2 * S <= n
+            blocked = S > 0 and min_block_gain(n) * 2 * S <= n
         elif blocked and not S:
             raise ValueError(
                 f"blocked=True needs a causal filter of at most {BLOCK_MAX} taps and no "

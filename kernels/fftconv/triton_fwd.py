@@ -553,6 +553,10 @@ def launch(
     steps = 1 if u.dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
     if stages is None:  # measured on the H200 (benchmarks/NOTES.md, v6)
         stages = 1 if u.dtype == torch.float32 else (3 if n <= 2048 else 2)
+        if blocked and n >= 8192:
+            # the window's full-height input tiles: a second stage of a gated pair asked for
+            # 268 KB of shared memory (> 227 KB on an H200) with 8 steps per program
+            stages = 1
     if stages < 1:
         raise ValueError(f"stages must be >= 1; got {stages}")
     grid = (H * triton.cdiv(per_channel, steps),)

@@ -172,7 +172,7 @@ def test_keep_bins_steps():
 
 
 def test_blocked_plan_choice():
-    """Partial causal filters are cut into blocks where the FFT shrinks BLOCK_GAIN times."""
+    """Partial causal filters are cut into blocks where the FFT shrinks min_block_gain times."""
     plan = make_plan("causal", 4096, 512)
     assert plan.blocked and plan.fft_size == 1024 and plan.block == 512 and plan.num_blocks == 8
     assert plan.keep_bins == 513
@@ -181,6 +181,12 @@ def test_blocked_plan_choice():
     # a full-length filter, or one whose blocks would not shrink the FFT enough: dense
     assert not make_plan("causal", 4096, 4096).blocked
     assert not make_plan("causal", 1000, 10).blocked  # 1024 -> 512 only
+    # the gain asked for falls with the dense size: 8x up to 2048, 4x to 8192, then 2x
+    assert not make_plan("causal", 1024, 256).blocked  # 2048 -> 512
+    assert make_plan("causal", 2048, 256).blocked  # 4096 -> 512
+    assert make_plan("causal", 2048, 512).blocked  # 4096 -> 1024
+    assert not make_plan("causal", 4096, 2048).blocked  # 8192 -> 4096
+    assert make_plan("causal", 8192, 4096).blocked  # 16384 -> 8192
     # larger than BLOCK_MAX taps, a frequency cut-off, other modes: dense
     assert not make_plan("causal", 1 << 20, 8192).blocked
     assert not make_plan("causal", 4096, 512, 0.5).blocked

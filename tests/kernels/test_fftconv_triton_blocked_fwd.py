@@ -173,6 +173,8 @@ LAUNCH_VARIANTS = [
     pytest.param("one", True, 2, id="NB1-pair-steps2"),
     pytest.param("three", False, 2, id="NB3-single-steps2"),
     pytest.param("three", True, 3, id="NB3-pair-steps3"),
+    # the pipelined loop of the benchmark's launches (8 pairs per program, default stages)
+    pytest.param("three", True, 8, id="NB3-pair-steps8"),
 ]
 
 
