@@ -168,13 +168,20 @@ def backward(
             )
         if need_u or need_pre:
             dv = backend.irfft(DL * torch.conj_physical(kf), n, L, keep)
-            if bias is not None:
-                dv = dv + bias.to(dtype)[:, None] * dy
-            if need_pre:
-                d_pre = (dv * u.to(dtype)).to(pregate.dtype)
-            if need_u:
-                d_u = (dv * pregate.to(dtype) if pregate is not None else dv).to(u.dtype)
+            d_u, d_pre = _input_grads(dv, dy, u, pregate, bias, need_u, need_pre)
     return d_u, d_k, d_pre, d_post, d_bias
+
+
+def _input_grads(dv, dy, u, pregate, bias, need_u, need_pre):
+    """``(d_u, d_pregate)`` from the correlation ``dv`` (compute dtype): the skip term's share
+    added, then split between u and the pregate."""
+    if bias is not None:
+        dv = dv + bias.to(dv.dtype)[:, None] * dy
+    d_pre = (dv * u.to(dv.dtype)).to(pregate.dtype) if need_pre else None
+    d_u = None
+    if need_u:
+        d_u = (dv * pregate.to(dv.dtype) if pregate is not None else dv).to(u.dtype)
+    return d_u, d_pre
 
 
 def _blocked_backward(dy, u, v, kc, kf, pregate, postgate, bias, plan, backend, needs):
@@ -198,10 +205,5 @@ def _blocked_backward(dy, u, v, kc, kf, pregate, postgate, bias, plan, backend, 
             d_k = backend.irfft(cross, n, kc.shape[-1], keep).to(kc.dtype)
         if need_u or need_pre:
             dv = unblock(backend.irfft(DL * torch.conj_physical(kf)[:, None], n, S, keep), L)
-            if bias is not None:
-                dv = dv + bias.to(dtype)[:, None] * dy
-            if need_pre:
-                d_pre = (dv * u.to(dtype)).to(pregate.dtype)
-            if need_u:
-                d_u = (dv * pregate.to(dtype) if pregate is not None else dv).to(u.dtype)
+            d_u, d_pre = _input_grads(dv, dy, u, pregate, bias, need_u, need_pre)
     return d_u, d_k, d_pre, d_post, d_bias
