@@ -326,6 +326,7 @@ def fftconv(
     mode: str = "causal",
     freq_keep: float = 1.0,
     backend: str = "auto",
+    blocked: bool | None = None,
 ) -> Tensor:
     """Long convolution of every channel of ``u`` with its own filter, gated.
 
@@ -343,6 +344,9 @@ def fftconv(
         freq_keep: fraction of the filter spectrum kept (low frequencies), in steps of 1/16;
             1.0 keeps all. Backends skip the work of the dropped blocks.
         backend: "auto", "torch", "monarch" or "triton".
+        blocked: a causal partial filter (<= 4096 taps) cut into blocks of its size (True),
+            one FFT of the whole sequence (False), or the faster of the two as measured (None).
+            Ignored with a prepared ``FilterSpectrum``, whose plan is fixed.
 
     Returns:
         ``[B, H, L]`` in ``u.dtype``, accumulated in fp32. Under ``torch.autocast`` fp32 inputs
@@ -379,7 +383,7 @@ def fftconv(
         check_same_device("k", k, u, "u")
         _check_freq_keep(freq_keep)
         Lk = _filter_taps(k, mode, H, L)
-        plan = make_plan(mode, L, Lk, freq_keep)
+        plan = make_plan(mode, L, Lk, freq_keep, blocked)
         name = resolve_backend(backend, u.device)
         kc, kf = circular_filter(k, plan), None
 
@@ -409,7 +413,13 @@ class FFTConv(nn.Module):
     """
 
     def __init__(
-        self, l_max: int, *, mode: str = "causal", freq_keep: float = 1.0, backend: str = "auto"
+        self,
+        l_max: int,
+        *,
+        mode: str = "causal",
+        freq_keep: float = 1.0,
+        backend: str = "auto",
+        blocked: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(l_max, int) or l_max < 1:
@@ -419,22 +429,30 @@ class FFTConv(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
         _check_freq_keep(freq_keep)
+        if blocked not in (None, True, False):
+            raise ValueError(f"blocked must be None, True or False; got {blocked!r}")
         self.l_max, self.mode, self.freq_keep, self.backend = l_max, mode, freq_keep, backend
+        self.blocked = blocked
 
     def extra_repr(self) -> str:
         return (
             f"l_max={self.l_max}, mode={self.mode!r}, freq_keep={self.freq_keep}, "
-            f"backend={self.backend!r}"
+            f"blocked={self.blocked}, backend={self.backend!r}"
         )
 
     def prepare(self, filter_len: int, device: torch.device | str, dtype=torch.float32) -> None:
         device = torch.device(device)
-        plan = make_plan(self.mode, self.l_max, filter_len, self.freq_keep)
+        plan = make_plan(self.mode, self.l_max, filter_len, self.freq_keep, self.blocked)
         _backend_module(resolve_backend(self.backend, device)).prepare(plan.fft_size, device, dtype)
 
     def filter_spectrum(self, k: Tensor, seq_len: int | None = None) -> FilterSpectrum:
         return filter_spectrum(
-            k, seq_len or self.l_max, mode=self.mode, freq_keep=self.freq_keep, backend=self.backend
+            k,
+            seq_len or self.l_max,
+            mode=self.mode,
+            freq_keep=self.freq_keep,
+            backend=self.backend,
+            blocked=self.blocked,
         )
 
     def forward(
@@ -454,6 +472,7 @@ class FFTConv(nn.Module):
             mode=self.mode,
             freq_keep=self.freq_keep,
             backend=self.backend,
+            blocked=self.blocked,
         )
 
 

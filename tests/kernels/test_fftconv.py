@@ -243,6 +243,24 @@ def test_blocked_forward_backward(B, H, L, Lk, dtype, backend):
         assert rel_err(leaf.grad, ref.grad) < TOL[dtype], (name, rel_err(leaf.grad, ref.grad))
 
 
+def test_blocked_option_of_call_and_layer():
+    """``blocked=`` of fftconv and FFTConv reaches the plan: both ways give the same result,
+    and a bad value is refused."""
+    u, k, _, _, _ = make_inputs(2, 3, 2000, 200, torch.float32, False, seed=5)
+    ref = conv_numpy(to_numpy(u), to_numpy(k))
+    for blocked in (None, True, False):
+        assert rel_err(fftconv(u, k, blocked=blocked), ref) < 1e-5
+        layer = FFTConv(2000, blocked=blocked)
+        assert layer.filter_spectrum(k).plan.blocked == (blocked is not False)
+        assert rel_err(layer(u, k), ref) < 1e-5
+    with pytest.raises(ValueError, match="blocked must be None, True or False"):
+        fftconv(u, k, blocked=1.5)
+    with pytest.raises(ValueError, match="blocked must be None, True or False"):
+        FFTConv(2000, blocked="no")
+    with pytest.raises(ValueError, match="blocked=True needs mode='causal'"):
+        fftconv(u, k[:, :1], mode="bidirectional", blocked=True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_blocked_spectrum_serves_shorter_and_matches_dense(backend):
     """A blocked spectrum serves any shorter length, and agrees with the dense plan."""
