@@ -147,3 +147,19 @@ def test_train_throughput_full_size_models_on_gpu(tmp_path) -> None:
         assert r["status"] == "ok", r
         assert r["peak_gib"] > 0.5 and 1.4e8 < r["params"] < 1.6e8
         assert abs(r["losses"][0] - math.log(50257)) < 1.0
+
+
+def test_long_context_smoke(tmp_path, capsys) -> None:
+    """``benchmarks.long_context --smoke``: both plans per length, the same loss, a table."""
+    from benchmarks import long_context
+
+    out = tmp_path / "long.json"
+    assert long_context.main(["--smoke", "--lengths", "700", "--reps", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["preset"] == "hyena-tiny" and doc["filter_len"] == 256
+    rows = {r["plan"]: r for r in doc["rows"]}
+    assert set(rows) == {"blocked", "dense"}
+    assert all(r["status"] == "ok" and r["layers"] > 0 and r["ms"] > 0 for r in rows.values())
+    # the plan changes rounding only
+    assert math.isclose(rows["blocked"]["loss"], rows["dense"]["loss"], rel_tol=1e-4)
+    assert "| 700 |" in capsys.readouterr().out
