@@ -14,7 +14,12 @@ medians (inputs built outside the timed region) of
   gradient's inverse FFT) and the bare kernel (``triton_bwd.launch``) per launch variant
   (``variants``: the default and up to four ``triton_bwd.Config`` alternatives per FFT size:
   pipelined blocks of pairs, the split into two kernels, the accumulator in memory). The
-  variants of a row are compiled first, in parallel threads.
+  variants of a row are compiled first, in parallel threads;
+- the same filter made frequency-sparse (``freq_keep=SPARSE_KEEP``, 75% of the bins zero;
+  ``--no-sparse`` leaves it out), checked against torch.fft with the same cut-off: the public
+  call (forward, forward + backward), the fused backward alone and the bare kernel in its
+  default configuration, which then computes only the kept frequency columns
+  (``triton_bwd.kept_columns``): the ``sparse_*`` keys, next to the dense ones.
 
 Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
 2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
@@ -22,7 +27,8 @@ element over 4.2e12 B/s) and the kernel's matrix-product TFLOP/s. Writes JSON af
 (each variant's configuration, errors, ms and TFLOP/s).
 
 ``--static`` instead compiles every launch variant for sm_90 (bf16 and fp32, gated, all five
-gradients, causal L = n/2) and reports, per kernel, the registers and spill bytes ``ptxas -v``
+gradients, causal L = n/2; the default also with the sparse filter's column count) and
+reports, per kernel, the registers and spill bytes ``ptxas -v``
 gives, the shared memory and the loads the software pipeliner made asynchronous: the numbers
 the variants were chosen by, available on a machine without a GPU.
 """
@@ -44,13 +50,14 @@ from benchmarks.common import HBM_BYTES_PER_S, MATMUL_FLOPS_PER_S, fmt, median_m
 from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels import fftconv
 from kernels.fftconv import core, reference, triton_bwd
-from kernels.fftconv.plan import make_plan
+from kernels.fftconv.plan import keep_bins_for, make_plan
 
 TOTAL = 2**27  # B * H * L
 H = 1024
 LENGTHS = (256, 512, 1024, 2048, 4096)
 TOL_BF16 = 1e-2
 TARGET_RATIO = 2.5  # forward+backward at most 2.5x the forward
+SPARSE_KEEP = 0.25  # the frequency-sparse filter's kept fraction of the spectrum
 NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
@@ -123,7 +130,12 @@ def reference_grads(inputs, dy, plan, needs) -> list:
 
 
 def bench_length(
-    L: int, gated: bool, with_variants: bool, only: tuple[str, ...] = (), **case_options
+    L: int,
+    gated: bool,
+    with_variants: bool,
+    only: tuple[str, ...] = (),
+    sparse: bool = True,
+    **case_options,
 ) -> dict:
     inputs, dy = make_case(L, gated, **case_options)
     u, k, pre, post, bias = inputs
@@ -143,6 +155,8 @@ def bench_length(
         kf = torch.fft.rfft(k, n=n)
         row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only))
     del ref
+    if sparse:
+        row.update(time_sparse(inputs, dy, needs))
     return row
 
 
@@ -177,6 +191,99 @@ def time_public(inputs, dy, ref, needs) -> dict:
     fwd, fb = row["fwd_ms_triton"], row["fwdbwd_ms_triton"]
     row["ratio_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     row["meets_target"] = bool(fwd and fb and fb / fwd <= TARGET_RATIO)
+    return row
+
+
+def sparse_variants(n: int) -> dict[str, triton_bwd.Config]:
+    """Launch configurations worth timing for a frequency-sparse filter besides the default:
+    at n = 4096 the forward's 64 x 64 split, where the column skip removes 3/4 of the second
+    stages (16 of 64 columns) instead of half (16 of 32 on the default 128 x 32), and which
+    spills less than the default there with the skip (sm_90 compile, bf16: 256 bytes against
+    384)."""
+    return {"64x64-w4": triton_bwd.Config(64, 4)} if n == 4096 else {}
+
+
+def time_sparse(inputs, dy, needs) -> dict:
+    """The filter cut to ``SPARSE_KEEP`` of its spectrum: the triton backend's public call
+    (forward, forward + backward), the fused backward alone and the bare kernel (default
+    configuration and ``sparse_variants``, NaN-poisoned outputs), each checked against
+    torch.fft in fp32 with the same cut-off first; ``sparse_*`` keys."""
+    u, k, pre, post, bias = inputs
+    B, H_, L = u.shape
+    plan = make_plan("causal", L, L, SPARSE_KEEP)
+    n, keep = plan.fft_size, plan.keep_bins
+    ref = reference_grads(inputs, dy, plan, needs)
+    row = {"sparse_freq_keep": SPARSE_KEEP, "sparse_keep_bins": keep}
+    row.update(_time_sparse_public(inputs, dy, ref, needs))
+    if not triton_bwd.supports(n, plan.fold, u.dtype):
+        return row
+    kf = torch.fft.rfft(k, n=n)
+    kf[:, keep:] = 0
+
+    def whole():
+        return triton_bwd.fftconv_bwd(dy, u, k, kf, pre, post, bias, n, keep, needs)
+
+    row["sparse_fused_bwd_err"] = errs = _errors(whole(), ref)
+    ok = all(e < TOL_BF16 for e in errs.values())
+    row["sparse_fused_bwd_ms"] = median_ms(whole) if ok else None
+
+    out = tuple(torch.empty_like(u) if x is not None else None for x in (u, pre, post))
+    configs = {"default": triton_bwd.config_for(n, u.dtype), **sparse_variants(n)}
+    for name, config in configs.items():
+
+        def kernel(config=config):
+            return triton_bwd.launch(
+                dy, u, kf, pre, post, bias, n, needs, config=config, out=out, keep_bins=keep
+            )
+
+        row[f"sparse_config_{name}"] = vars(config)
+        row[f"sparse_columns_{name}"] = sum(triton_bwd.kept_columns(n, keep, N1=config.n1))
+        for x in out:
+            if x is not None:
+                x.fill_(float("nan"))
+        try:
+            d_u, dk_spec, d_pre, d_post, d_bias = kernel()
+        except Exception as err:  # a variant that does not compile (shared memory) is data too
+            row[f"sparse_kernel_error_{name}"] = repr(err)[:300]
+            row[f"sparse_kernel_ms_{name}"] = None
+            continue
+        d_k = triton_bwd.dk_from_spectrum(dk_spec, L, keep)
+        errs = _errors((d_u, d_k, d_pre, d_post, d_bias), ref)
+        row[f"sparse_kernel_err_{name}"] = errs
+        ok = all(e < TOL_BF16 for e in errs.values())  # an unwritten (NaN) element fails too
+        ms = row[f"sparse_kernel_ms_{name}"] = median_ms(kernel) if ok else None
+        flops = triton_bwd.dot_flops(B, H_, L, n, post is not None, n1=config.n1, keep_bins=keep)
+        row[f"sparse_dot_flops_{name}"] = flops
+        row[f"sparse_kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12 if ms else None
+    return row
+
+
+def _errors(got, ref) -> dict:
+    return {nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None}
+
+
+def _time_sparse_public(inputs, dy, ref, needs) -> dict:
+    """``time_sparse``'s public call: the gradients' errors, then forward and forward+backward."""
+    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    grads = [x for x in leaves if x is not None]
+
+    def forward():
+        u, k, pre, post, bias = leaves
+        return fftconv(
+            u, k, pregate=pre, postgate=post, bias=bias, freq_keep=SPARSE_KEEP, backend="triton"
+        )
+
+    def step():
+        forward().backward(dy)
+
+    step()
+    errs = _errors([x.grad if x is not None else None for x in leaves], ref)
+    row = {"sparse_grad_err_triton": errs}
+    ok = set(errs) == {nm for nm, need in zip(NAMES, needs, strict=True) if need}
+    ok &= all(e < TOL_BF16 for e in errs.values())
+    with torch.no_grad():
+        row["sparse_fwd_ms_triton"] = median_ms(forward) if ok else None
+    row["sparse_fwdbwd_ms_triton"] = median_ms(step, grad_to_none=grads) if ok else None
     return row
 
 
@@ -279,10 +386,18 @@ KERNELS = {
 }
 
 
-def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], num_warps: int):
+def compile_sm90(
+    n: int,
+    config,
+    dtype: torch.dtype,
+    flags: tuple[bool, ...],
+    num_warps: int,
+    keep_bins: int | None = None,
+):
     """The kernel compiled for sm_90 (gated, causal L = n/2, 16-byte-aligned pointers and L as
-    the runtime specialises them, ``config.steps`` pairs per block): the compiled kernel and
-    ``ptxas -v``'s registers and spills (``benchmarks.common.compile_sm90``)."""
+    the runtime specialises them, ``config.steps`` pairs per block; ``keep_bins``: a
+    frequency-sparse filter's kept columns only): the compiled kernel and ``ptxas -v``'s
+    registers and spills (``benchmarks.common.compile_sm90``)."""
     kernel = triton_bwd._fftconv_bwd_kernel
     N1, N2 = config.n1, n // config.n1
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(n // 2, N2))))
@@ -290,6 +405,7 @@ def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], nu
     constexprs = dict(
         N1=N1,
         N2=N2,
+        K2=sum(triton_bwd.kept_columns(n, keep_bins, N1=N1)),
         ROWS=rows,
         BLOCKED=False,
         HAS_PREGATE=True,
@@ -318,15 +434,19 @@ def compile_sm90(n: int, config, dtype: torch.dtype, flags: tuple[bool, ...], nu
     return common_compile_sm90(kernel, constexprs, pointer_types, num_warps)
 
 
-def static_stats(n: int, config, dtype: torch.dtype = torch.bfloat16) -> dict:
+def static_stats(
+    n: int, config, dtype: torch.dtype = torch.bfloat16, keep_bins: int | None = None
+) -> dict:
     """Registers, spills and shared memory of the kernel(s) of ``config`` compiled for sm_90
-    (gated, every gradient, causal L = n/2); a split reports its kernels (a) and (b) with the
-    suffixes ``_a``/``_b``, and ``async_copies``/``_a``/``_b`` counts the loads the software
-    pipeliner turned into asynchronous copies."""
+    (gated, every gradient, causal L = n/2, ``keep_bins``: a frequency-sparse filter); a split
+    reports its kernels (a) and (b) with the suffixes ``_a``/``_b``, and
+    ``async_copies``/``_a``/``_b`` counts the loads the software pipeliner turned into
+    asynchronous copies."""
     row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
+    row["columns"] = sum(triton_bwd.kept_columns(n, keep_bins, N1=config.n1))
     for part, flags in KERNELS[config.split].items():
         warps = config.num_warps if part != "b" else config.dk_num_warps or config.num_warps
-        compiled, stats = compile_sm90(n, config, dtype, flags, warps)
+        compiled, stats = compile_sm90(n, config, dtype, flags, warps, keep_bins)
         suffix = f"_{part}" if part else ""
         row |= {key + suffix: value for key, value in stats.items()}
         row["async_copies" + suffix] = compiled.asm["ttgir"].count("async_copy_global_to_local")
@@ -339,14 +459,18 @@ def run_static(lengths: list[int], out: Path) -> None:
         n = make_plan("causal", L, L).fft_size
         if not triton_bwd.supports(n, False, torch.bfloat16):
             continue
+        keep = keep_bins_for(n, SPARSE_KEEP)
         for dtype in (torch.bfloat16, torch.float32):
-            configs = {"default": triton_bwd.config_for(n, dtype)}
+            default = triton_bwd.config_for(n, dtype)
+            configs = {"default": (default, None)}
+            if sum(triton_bwd.kept_columns(n, keep, N1=default.n1)) < n // default.n1:
+                configs["default-sparse"] = (default, keep)
             for name, options in variants(n).items():
                 if "config" in options:
-                    configs[name] = options["config"]
-            for name, config in configs.items():
+                    configs[name] = (options["config"], None)
+            for name, (config, keep_bins) in configs.items():
                 try:
-                    row = {"variant": name, **static_stats(n, config, dtype)}
+                    row = {"variant": name, **static_stats(n, config, dtype, keep_bins)}
                 except Exception as err:  # out of shared memory, say: data too
                     row = {"variant": name, "n": n, "dtype": str(dtype), "error": repr(err)[:300]}
                 rows.append(row)
@@ -376,7 +500,8 @@ def print_static_table(rows: list[dict]) -> None:
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'shape (BxHxL) gate':<24}{'n':>6}{'fwd trit':>9}{'fb torch':>9}{'fb trit':>9}"
-        f"{'fb/fwd':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}  best variant"
+        f"{'fb/fwd':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}"
+        f"{'sp fb':>8}{'sp bwd':>8}{'sp krn':>8}{'sp/dn':>6}  best variant"
     )
     print(head)
     print("-" * len(head))
@@ -386,18 +511,23 @@ def print_table(rows: list[dict]) -> None:
         kern = r.get("kernel_ms_best")
         best = r.get("kernel_best")
         tflops = r.get(f"kernel_tflops_{best}") if best else None
+        dense, sparse = r.get("kernel_ms_default"), r.get("sparse_kernel_ms_default")
         print(
             f"{shape:<24}{r['n']:>6}{fmt(r.get('fwd_ms_triton')):>9}{fmt(fbt):>9}{fmt(fbf):>9}"
             f"{fmt(r.get('ratio_fwdbwd_over_fwd_triton'), '.2f'):>7}"
             f"{fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
             f"{fmt(r.get('fused_bwd_ms')):>8}{fmt(kern):>8}"
             f"{fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
-            f"{fmt(tflops, '.0f'):>6}  {best or '-'}"
+            f"{fmt(tflops, '.0f'):>6}{fmt(r.get('sparse_fwdbwd_ms_triton')):>8}"
+            f"{fmt(r.get('sparse_fused_bwd_ms')):>8}{fmt(sparse):>8}"
+            f"{fmt(sparse / dense if sparse and dense else None, '.2f'):>6}  {best or '-'}"
         )
     print(
         f"ms: medians; fb: forward+backward (public call); fb/fwd: triton's ratio (target <= "
         f"{TARGET_RATIO}); x: speedup over torch; bwd: fused backward alone; kern: bare kernel, "
-        "best variant; k/flr: multiple of the backward's HBM floor"
+        "best variant; k/flr: multiple of the backward's HBM floor; sp: the filter cut to "
+        f"freq_keep={SPARSE_KEEP} (fb, bwd, krn: as above, the kernel's default variant); "
+        "sp/dn: its kernel over the dense default's"
     )
 
 
@@ -408,6 +538,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-variants", action="store_true", help="time the default launch only")
     parser.add_argument(
         "--variants", nargs="*", default=(), help="time only these variants (and the default)"
+    )
+    parser.add_argument(
+        "--no-sparse", action="store_true", help=f"leave out the freq_keep={SPARSE_KEEP} timings"
     )
     parser.add_argument(
         "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
@@ -430,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
         "matmul_flops_per_s": MATMUL_FLOPS_PER_S,
         "target_ratio_fwdbwd_over_fwd": TARGET_RATIO,
+        "sparse_freq_keep": None if args.no_sparse else SPARSE_KEEP,
         "default_configs": {
             str(n): vars(triton_bwd.config_for(n)) for n in (512, 1024, 2048, 4096, 8192)
         },
@@ -439,7 +573,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L in args.lengths:
         for gated in (False, True):
-            row = bench_length(L, gated, not args.no_variants, tuple(args.variants))
+            row = bench_length(
+                L, gated, not args.no_variants, tuple(args.variants), not args.no_sparse
+            )
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
             # written after every row: a run cut short still leaves its numbers

@@ -27,8 +27,12 @@ in fp32 on the same inputs, relative error < 1e-2; a path over it gets no time),
   place on an intermediate of the run's size, under a unit-modulus spectrum so that repeated
   runs keep the values' scale; checked against the v1 kernel on the same intermediate;
 - gated rows only, unless ``--no-backward``: ``bwd@<variant>``: ``long_backward`` with all five
-  gradients, and ``bwd_no_dk@<variant>`` without the filter gradient (its torch.fft part is the
-  difference).
+  gradients, and ``bwd_no_dk@<variant>`` without the filter gradient (its part is the
+  difference); ``dk_torch`` and ``dk_kernels``: ``long_backward``'s filter gradient alone, by
+  torch.fft in fp32 (the old path) and by the cross-spectrum kernels (``filter_grad_long``);
+  ``fwd_bwd_triton`` and ``fwd_bwd_triton_dk_torch``: the public call's forward + backward (all
+  five gradients, ``torch.autograd.grad``) with each, and ``fwd_bwd_torch_fp32`` the same on
+  ``backend="torch"`` in fp32 (unless ``--no-torch``).
 
 Each time is also given as a multiple of the memory floor: the bytes of u and y (plus pregate
 and postgate when gated) at 2 bytes each, over the copy bandwidth measured in the same run.
@@ -149,8 +153,10 @@ def bench_rows(row: dict, u, k, split, variants: dict) -> None:
         row[f"rows_config@{name}"] = vars(config)
 
 
-def bench_backward(row: dict, inputs, variants: dict) -> None:
-    """``long_backward`` per variant, with and without the filter gradient (torch.fft)."""
+def bench_backward(row: dict, inputs, variants: dict, no_torch: bool = False) -> None:
+    """``long_backward`` per variant, with and without the filter gradient; the filter gradient
+    alone, torch.fft against the cross-spectrum kernels (``use_filter_grad_kernels``); the
+    public forward + backward with each, and torch.fft in fp32 (unless ``no_torch``)."""
     u, k, pre, post, bias = inputs
     L = u.shape[-1]
     plan = make_plan("causal", L, L)
@@ -172,6 +178,38 @@ def bench_backward(row: dict, inputs, variants: dict) -> None:
 
         time_checked(row, f"bwd@{name}", lambda run=run: run(everything), check)
         time_checked(row, f"bwd_no_dk@{name}", lambda run=run: run(no_dk), check)
+
+    # the filter gradient alone, torch.fft (old) against the cross-spectrum kernels (new)
+    only_dk = (False, True, False, False, False)
+    for name, kernels in (("dk_torch", False), ("dk_kernels", True)):
+
+        def dk(kernels=kernels):
+            with triton_long.use_filter_grad_kernels(kernels):
+                return triton_long.long_backward(dy, u, k, kf, pre, post, bias, plan, only_dk)
+
+        time_checked(row, name, dk, lambda grads: rel_err(grads[1], ref[1]))
+
+    # the public call, forward + backward (all five gradients), each way, and torch.fft in fp32
+    leaves = [x.detach().requires_grad_() for x in (u, k, pre, post, bias)]
+    fp32_leaves = [x.detach().float().requires_grad_() for x in (u, k, pre, post, bias)]
+
+    def fwd_bwd(xs, backend, kernels=True):
+        a, b, c, d, e = xs
+        with triton_long.use_filter_grad_kernels(kernels):
+            y = fftconv(a, b, pregate=c, postgate=d, bias=e, backend=backend)
+            return torch.autograd.grad(y, xs, dy.to(y.dtype))
+
+    def check_all(grads):
+        return max(rel_err(g, r) for g, r in zip(grads, ref, strict=True))
+
+    runs = {
+        "fwd_bwd_triton": lambda: fwd_bwd(leaves, "triton"),
+        "fwd_bwd_triton_dk_torch": lambda: fwd_bwd(leaves, "triton", kernels=False),
+    }
+    if not no_torch:
+        runs["fwd_bwd_torch_fp32"] = lambda: fwd_bwd(fp32_leaves, "torch")
+    for name, fn in runs.items():
+        time_checked(row, name, fn, check_all)
 
 
 def bench_length(L: int, gated: bool, args, copy_bw: float) -> dict:
@@ -253,7 +291,7 @@ def bench_length(L: int, gated: bool, args, copy_bw: float) -> dict:
     if not gated:
         bench_rows(row, u, k, default, variants)
     elif not args.no_backward:
-        bench_backward(row, inputs, variants)
+        bench_backward(row, inputs, variants, args.no_torch)
     return row
 
 
@@ -396,6 +434,24 @@ def print_table(rows: list[dict], names: list[str]) -> None:
             + "".join(f"{c:>22}" for c in cells)
         )
     print("-: the variant clips to an earlier one at this length")
+    print()
+    head = (
+        f"{'L':>8}{'dk torch':>10}{'dk new':>10}{'fwd+bwd torch32':>17}"
+        f"{'fwd+bwd (dk torch)':>20}{'fwd+bwd':>10}"
+    )
+    print("filter gradient (long_backward, gated), ms: torch.fft | kernels; public fwd+bwd, ms")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if not r["gated"] or "err_dk_kernels" not in r:
+            continue
+        print(
+            f"{r['L']:>8}{fmt(r.get('ms_dk_torch'), '.2f'):>10}"
+            f"{fmt(r.get('ms_dk_kernels'), '.2f'):>10}"
+            f"{fmt(r.get('ms_fwd_bwd_torch_fp32'), '.2f'):>17}"
+            f"{fmt(r.get('ms_fwd_bwd_triton_dk_torch'), '.2f'):>20}"
+            f"{fmt(r.get('ms_fwd_bwd_triton'), '.2f'):>10}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,13 +63,13 @@ Design choices:
 - ``split`` (a variant): kernel (a) computes Q, dv, du, dpregate and dbias, kernel (b) P, z,
   dpostgate and the filter gradient, each with the forward's 16 dots per pair and fewer live
   tiles. (b) needs Q too: ``"store_q"`` has (a) write it per pair in the operand dtype
-  (``[H, B/2, 2, N1, N2]``, 4n bytes per pair written and read back: 1.1 GB, 0.26 ms of HBM at
+  (``[H, B/2, 2, N1, K2]``, 4n bytes per pair written and read back: 1.1 GB, 0.26 ms of HBM at
   n = 8192, B*H*L = 2^27), ``"recompute"`` transforms dz again in (b) (8 more dots per pair:
   1.4e11 flops, 0.18 ms at the bf16 peak but ~0.9 ms at the 150 TFLOP/s this kernel reaches),
   so ``"store_q"`` is the one timed first. In (b), with Q from memory, S is updated right after
   P, while P is fp32.
 - The filter gradient is deterministic: each program writes its partial spectrum to its own
-  slot of a ``[H, chunks, 2, N1, N2]`` fp32 buffer, summed by ``torch.sum`` on the host (no
+  slot of a ``[H, chunks, 2, N1, K2]`` fp32 buffer, summed by ``torch.sum`` on the host (no
   atomics: the same inputs give the same bits). The chunk count is set from the device's SM
   count (``PROGRAMS_PER_SM`` programs per SM, no more), so the buffer stays near
   ``max(H, 8 * SMs) * 8n`` bytes however large the batch. The host then undoes the
@@ -99,6 +99,23 @@ Design choices:
   ``16 * warps`` is replicated across warps instead of shared (a 64x64 tile costs 8 warps as
   many registers as 4). fp32 (tf32x3 dots split every operand in two) spills more: no hoist
   up to n = 1024, 1.4-5.1 KB from 2048 on.
+- Frequency-sparse filters (``keep_bins``): K is zero outside the first and last frequency
+  columns ``k2`` of the tile (``kept_columns``, on the backward's own factors, which differ
+  from the forward's from n = 4096 on), so P * K and Q * conj(K) are too: the forward
+  transforms' second stage computes only those ``K2`` columns (``C @ F_N2[:, kept]``), the
+  inverse's first stage sums over them only (``S @ conj(F_N2)[kept, :]``), and P, Q, the
+  filter-gradient accumulator, its partial slots and the split's Q buffer are [N1, K2]. The
+  host puts the summed spectrum back on all N2 columns, zero in the skipped ones: those hold
+  only bins ``keep_bins .. n - keep_bins``, which ``dk_from_spectrum``'s low-pass zeroes
+  anyway, so the filter gradient is the one the dense spectrum gives. With 3/4 of the bins
+  zero, 16 of 32 columns (n = 1024-4096 on the default factors) or of 64 (n = 8192): those two
+  stages do half or a quarter of their work (``dot_flops``). At least 16 columns (``tl.dot``),
+  so only from N2 = 32; a dense filter (K2 = N2) compiles to the same kernel as before (PTX
+  compared for the defaults and the benchmark's variants, n = 512-8192). Spill stores of the
+  sm_90 compile, bf16 defaults, dense -> 1/4 kept: 184 -> 20 bytes at n = 2048, 532 -> 384 at
+  4096, 364 / 348 -> 396 / 280 at 8192 (the split's two kernels); fp32 at 4096 2840 -> 3316
+  (the kept columns' offsets are tiles of their own, held beside the full tile's). Not timed
+  yet: ``benchmarks.fftconv_bwd`` times it next to the dense filter.
 - Always paired: B = 1 (or the last sequence of an odd batch) runs as a half-empty pair.
 - Sizes, dtypes and the zero-row skip (``ROWS``) as in the forward (``supports`` is the
   forward's); the DFT tables are the forward's where the split is, else built here (``prepare``
@@ -139,8 +156,11 @@ __all__ = [
     "dk_from_spectrum",
     "dot_flops",
     "fftconv_bwd",
+    "kept_columns",
     "launch",
     "prepare",
+    "select_columns",
+    "spectrum_layout",
     "supports",
 ]
 
@@ -206,9 +226,10 @@ def _forward_transform(
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """``Fwd(x_re + i x_im)``: x [R, N2] in the operand dtype (the first R rows of the tile;
-    the rest is zero padding, skipped) -> the spectrum [N1, N2] fp32, permuted layout.
-    F1, TW, F2: the handles of F_N1[:, :R], the twiddles and F_N2 (R: ROWS, or N1 for the
-    blocked backward's dz window)."""
+    the rest is zero padding, skipped) -> the spectrum [N1, K2] fp32, permuted layout, on the
+    kept frequency columns (all N2 for a dense filter). F1, TW, F2: the handles of
+    F_N1[:, :R], the twiddles and F_N2[:, kept] [N2, K2] (R: ROWS, or N1 for the blocked
+    backward's dz window)."""
     f1_re, f1_im = _table(F1, live, x_re, HOIST, GUARD)
     op_dtype = f1_re.dtype
     b_re, b_im = _complex_dot(f1_re, f1_im, x_re, x_im, PRECISION)  # [N1, N2]
@@ -221,16 +242,17 @@ def _forward_transform(
 
 @triton.jit
 def _inverse_transform(
-    s_re, s_im, G1, TW, F2, live, HOIST: tl.constexpr, GUARD: tl.constexpr,
+    s_re, s_im, G1, TW, G2, live, HOIST: tl.constexpr, GUARD: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """``Inv(s_re + i s_im)`` restricted to the first ROWS rows: s [N1, N2] in the operand
-    dtype -> real and imaginary parts [ROWS, N2] fp32. G1: the handle of conj(F_N1)'s first
-    ROWS rows (stored as F_N1: the conjugation is in the signs). Written with the tables as
-    given (no negated operand: see the note on the forward's last stage in triton_fwd.py)."""
+    """``Inv(s_re + i s_im)`` restricted to the first ROWS rows: s [N1, K2] in the operand
+    dtype, zero outside the kept frequency columns -> real and imaginary parts [ROWS, N2]
+    fp32. G1: the handle of conj(F_N1)'s first ROWS rows (stored as F_N1: the conjugation is
+    in the signs); G2: of F_N2[kept, :] [K2, N2]. Written with the tables as given (no negated
+    operand: see the note on the forward's last stage in triton_fwd.py)."""
     op_dtype = s_re.dtype
-    # S @ conj(F_N2)
-    f2_re, f2_im = _table(F2, live, s_re, HOIST, GUARD)
+    # S @ conj(F_N2)[kept, :]: the skipped columns of S are zero
+    f2_re, f2_im = _table(G2, live, s_re, HOIST, GUARD)
     d_re = tl.dot(s_re, f2_re, acc=_dot(s_im, f2_im, PRECISION), input_precision=PRECISION)
     d_im = _dot(s_im, f2_re, PRECISION) - _dot(s_re, f2_im, PRECISION)
     tw_re, tw_im = _table(TW, live, d_re, HOIST, GUARD)
@@ -245,7 +267,7 @@ def _inverse_transform(
 
 @triton.jit
 def _accumulate(
-    dk_re, dk_im, q_re, q_im, p_re, p_im, dk_slot_ptr, offs_tile, PLANE: tl.constexpr, live,
+    dk_re, dk_im, q_re, q_im, p_re, p_im, dk_slot_ptr, offs_spec, PLANE: tl.constexpr, live,
     ACC_IN_MEMORY: tl.constexpr, GUARD: tl.constexpr,
 ):  # fmt: skip
     """The filter-gradient spectrum ``S += Q * conj(P)``: in registers, or (ACC_IN_MEMORY) in
@@ -255,9 +277,9 @@ def _accumulate(
     if ACC_IN_MEMORY:
         if GUARD:
             if live:
-                _add_to_slot(dk_slot_ptr, offs_tile, PLANE, q_re, q_im, p_re, p_im)
+                _add_to_slot(dk_slot_ptr, offs_spec, PLANE, q_re, q_im, p_re, p_im)
         else:
-            _add_to_slot(dk_slot_ptr, offs_tile, PLANE, q_re, q_im, p_re, p_im)
+            _add_to_slot(dk_slot_ptr, offs_spec, PLANE, q_re, q_im, p_re, p_im)
     else:
         dk_re += q_re * p_re + q_im * p_im
         dk_im += q_im * p_re - q_re * p_im
@@ -265,14 +287,14 @@ def _accumulate(
 
 
 @triton.jit
-def _add_to_slot(dk_slot_ptr, offs_tile, PLANE: tl.constexpr, q_re, q_im, p_re, p_im):
+def _add_to_slot(dk_slot_ptr, offs_spec, PLANE: tl.constexpr, q_re, q_im, p_re, p_im):
     # the barrier orders the last pair's stores (by whichever threads held those elements)
     # before these loads
     tl.debug_barrier()
-    a_re = tl.load(dk_slot_ptr + offs_tile)
-    a_im = tl.load(dk_slot_ptr + PLANE + offs_tile)
-    tl.store(dk_slot_ptr + offs_tile, a_re + q_re * p_re + q_im * p_im)
-    tl.store(dk_slot_ptr + PLANE + offs_tile, a_im + q_im * p_re - q_re * p_im)
+    a_re = tl.load(dk_slot_ptr + offs_spec)
+    a_im = tl.load(dk_slot_ptr + PLANE + offs_spec)
+    tl.store(dk_slot_ptr + offs_spec, a_re + q_re * p_re + q_im * p_im)
+    tl.store(dk_slot_ptr + PLANE + offs_spec, a_im + q_im * p_re - q_re * p_im)
 
 
 @triton.jit
@@ -294,22 +316,23 @@ def _fftconv_bwd_kernel(
     pregate_ptr,  # [B, H, L] (unused unless HAS_PREGATE)
     postgate_ptr,  # [B, H, L] (unused unless HAS_POSTGATE)
     bias_ptr,  # [H] (unused unless HAS_BIAS)
-    kf_ptr,  # [H, 2, N1, N2] fp32, the filter spectrum in the kernel's order
+    kf_ptr,  # [H, 2, N1, K2] fp32, the filter spectrum in the kernel's order (kept columns)
     dft1_ptr,  # [2, N1, N1] operand dtype
-    dft2_ptr,  # [2, N2, N2] operand dtype
+    dft2_ptr,  # [2, N2, K2] operand dtype: the columns of F_N2 that meet nonzero filter bins
     twiddle_ptr,  # [2, N1, N2] fp32
     du_ptr,  # [B, H, L] (unused unless NEED_DU)
     dpregate_ptr,  # [B, H, L] (unused unless NEED_DPREGATE)
     dpostgate_ptr,  # [B, H, L] (unused unless NEED_DPOSTGATE)
-    dk_ptr,  # [H, chunks, 2, N1, N2] fp32 partial spectra (unused unless NEED_DK)
+    dk_ptr,  # [H, chunks, 2, N1, K2] fp32 partial spectra (unused unless NEED_DK)
     dbias_ptr,  # [H, chunks] fp32 partial sums (unused unless NEED_DBIAS)
-    q_ptr,  # [H, pairs, 2, N1, N2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
+    q_ptr,  # [H, pairs, 2, N1, K2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
     B,
     H,
     L,
     PAIRS_PER_PROGRAM,
     N1: tl.constexpr,
     N2: tl.constexpr,
+    K2: tl.constexpr,
     ROWS: tl.constexpr,
     HAS_PREGATE: tl.constexpr,
     HAS_POSTGATE: tl.constexpr,
@@ -332,6 +355,9 @@ def _fftconv_bwd_kernel(
     # STAGES deep; the chunk is a whole number of blocks, the pairs past its end masked out).
     # STORE_Q / LOAD_Q: the split backward's two kernels hand Q over through memory: the first
     # writes it, the second reads it instead of transforming dz again.
+    # K2: the frequency columns the spectra are computed on (K2 < N2: a frequency-sparse
+    # filter, whose spectrum K is zero outside them, so P * K, Q * conj(K) are too, and the
+    # filter-gradient spectrum is low-passed on the host; K2 == N2: dense).
     NEED_DV: tl.constexpr = NEED_DU or NEED_DPREGATE
     NEED_Q: tl.constexpr = NEED_DV or NEED_DK or STORE_Q  # the spectrum of dz
     NEED_P: tl.constexpr = NEED_DK or NEED_DPOSTGATE  # the spectrum of v
@@ -361,19 +387,32 @@ def _fftconv_bwd_kernel(
     offs_t = offs_r[:, None] * N2 + offs_n2[None, :]  # [ROWS, N2] time index
     mask_t = offs_t < L
     offs_tile = offs_n1[:, None] * N2 + offs_n2[None, :]  # [N1, N2]
-    kf_ptr += pid_h.to(tl.int64) * (2 * N1 * N2)
-    q_ptr += pid_h.to(tl.int64) * n_pairs * (2 * N1 * N2)
+    SPEC: tl.constexpr = N1 * K2  # a spectrum plane: the kept columns of the tile
+    kf_ptr += pid_h.to(tl.int64) * (2 * SPEC)
+    q_ptr += pid_h.to(tl.int64) * n_pairs * (2 * SPEC)
     HL = H.to(tl.int64) * L
 
     # the tables, as handles (with HOIST loaded here and held across the loop)
     offs_f1 = offs_n1[:, None] * N1 + offs_r[None, :]  # [N1, ROWS]
     offs_g1 = offs_r[:, None] * N1 + offs_n1[None, :]  # [ROWS, N1]
-    offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
+    if K2 < N2:
+        offs_k2 = tl.arange(0, K2)  # the kept frequency columns k2
+        offs_f2 = offs_n2[:, None] * K2 + offs_k2[None, :]  # [N2, K2]
+        offs_g2 = offs_k2[:, None] + offs_n2[None, :] * K2  # [K2, N2]: F_N2 is symmetric
+        offs_spec = offs_n1[:, None] * K2 + offs_k2[None, :]  # [N1, K2]
+    else:
+        offs_f2 = offs_n2[:, None] * N2 + offs_n2[None, :]  # [N2, N2]
+        offs_g2 = offs_f2
+        offs_spec = offs_tile
     F1 = _handle(dft1_ptr, offs_f1, N1 * N1, HOIST)  # F_N1[:, :ROWS]
     G1 = _handle(dft1_ptr, offs_g1, N1 * N1, HOIST)  # F_N1[:ROWS, :] (conjugated in the signs)
-    F2 = _handle(dft2_ptr, offs_f2, N2 * N2, HOIST)  # F_N2
+    F2 = _handle(dft2_ptr, offs_f2, N2 * K2, HOIST)  # F_N2[:, kept], the forward transforms'
+    if K2 < N2:
+        G2 = _handle(dft2_ptr, offs_g2, N2 * K2, HOIST)  # F_N2[kept, :], the inverse's
+    else:
+        G2 = F2
     TW = _handle(twiddle_ptr, offs_tile, N1 * N2, HOIST)  # [N1, N2]
-    K = _handle(kf_ptr, offs_tile, N1 * N2, HOIST)  # the filter spectrum [N1, N2]
+    K = _handle(kf_ptr, offs_spec, SPEC, HOIST)  # the filter spectrum [N1, K2]
     if BLOCKED:
         offs_f1z = offs_n1[:, None] * N1 + offs_n1[None, :]  # [N1, N1]
         F1Z = _handle(dft1_ptr, offs_f1z, N1 * N1, HOIST)  # F_N1, for the dz window's N1 rows
@@ -383,12 +422,12 @@ def _fftconv_bwd_kernel(
 
     # the filter-gradient spectrum, sum over the pairs of Q * conj(P): in registers, or
     # (ACC_IN_MEMORY) in this program's slot of the partial buffer, read and written per pair
-    dk_slot_ptr = dk_ptr + pid.to(tl.int64) * (2 * N1 * N2)  # slot [h, chunk] = [pid]
-    dk_re = tl.zeros([N1, N2], dtype=tl.float32)
-    dk_im = tl.zeros([N1, N2], dtype=tl.float32)
+    dk_slot_ptr = dk_ptr + pid.to(tl.int64) * (2 * SPEC)  # slot [h, chunk] = [pid]
+    dk_re = tl.zeros([N1, K2], dtype=tl.float32)
+    dk_im = tl.zeros([N1, K2], dtype=tl.float32)
     if NEED_DK and ACC_IN_MEMORY:
-        tl.store(dk_slot_ptr + offs_tile, dk_re)
-        tl.store(dk_slot_ptr + N1 * N2 + offs_tile, dk_im)
+        tl.store(dk_slot_ptr + offs_spec, dk_re)
+        tl.store(dk_slot_ptr + SPEC + offs_spec, dk_im)
     dbias = tl.zeros([N2], dtype=tl.float32)
 
     # The chunk in blocks of STEPS pairs. The outer loop is a while loop: its bounds are
@@ -430,7 +469,7 @@ def _fftconv_bwd_kernel(
                 offs_z = offs_t  # dz on the rows of v
                 mask_zv = mask_v
                 mask_zw = mask_w
-            q_pair_ptr = q_ptr + pair.to(tl.int64) * (2 * N1 * N2)
+            q_pair_ptr = q_ptr + pair.to(tl.int64) * (2 * SPEC)
             # pipelined: the tables' pointers made loop-variant by a zero the compiler cannot
             # prove (pair >= 0), else they are hoisted out of the loop and held, 64 bits per
             # loaded vector and plane (in the sm_90 compiles: fewer spills in the pipelined
@@ -439,6 +478,10 @@ def _fftconv_bwd_kernel(
             F1_at = _rebase(F1, zero, GUARD)
             G1_at = _rebase(G1, zero, GUARD)
             F2_at = _rebase(F2, zero, GUARD)
+            if K2 < N2:
+                G2_at = _rebase(G2, zero, GUARD)
+            else:
+                G2_at = F2_at
             TW_at = _rebase(TW, zero, GUARD)
             K_at = _rebase(K, zero, GUARD)
             if BLOCKED:
@@ -460,21 +503,21 @@ def _fftconv_bwd_kernel(
                 p_re, p_im = _forward_transform(
                     v.to(op_dtype), w.to(op_dtype), F1_at, TW_at, F2_at, live, HOIST, GUARD,
                     PRECISION,
-                )  # [N1, N2]  # fmt: skip
+                )  # [N1, K2]  # fmt: skip
                 if NEED_DK and LOAD_Q:
                     # Q from memory: the filter gradient at once, while P is still fp32
-                    q_re = tl.load(q_pair_ptr + offs_tile, mask=live, other=0.0)
-                    q_im = tl.load(q_pair_ptr + N1 * N2 + offs_tile, mask=live, other=0.0)
+                    q_re = tl.load(q_pair_ptr + offs_spec, mask=live, other=0.0)
+                    q_im = tl.load(q_pair_ptr + SPEC + offs_spec, mask=live, other=0.0)
                     dk_re, dk_im = _accumulate(
                         dk_re, dk_im, q_re.to(tl.float32), q_im.to(tl.float32), p_re, p_im,
-                        dk_slot_ptr, offs_tile, N1 * N2, live, ACC_IN_MEMORY, GUARD,
+                        dk_slot_ptr, offs_spec, SPEC, live, ACC_IN_MEMORY, GUARD,
                     )  # fmt: skip
                 if NEED_DPOSTGATE:
                     k_re, k_im = _table(K_at, live, p_re, HOIST, GUARD)
                     y_re = (p_re * k_re - p_im * k_im).to(op_dtype)
                     y_im = (p_re * k_im + p_im * k_re).to(op_dtype)
                     z_v, z_w = _inverse_transform(
-                        y_re, y_im, G1_at, TW_at, F2_at, live, HOIST, GUARD, PRECISION
+                        y_re, y_im, G1_at, TW_at, G2_at, live, HOIST, GUARD, PRECISION
                     )  # [ROWS, N2]
                     dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
                     z_v *= dy_v
@@ -496,21 +539,21 @@ def _fftconv_bwd_kernel(
                 q_re, q_im = _forward_transform(
                     dz_v.to(op_dtype), dz_w.to(op_dtype), F1Z_at, TW_at, F2_at, live, HOIST, GUARD,
                     PRECISION,
-                )  # [N1, N2]  # fmt: skip
+                )  # [N1, K2]  # fmt: skip
                 if STORE_Q:
-                    tl.store(q_pair_ptr + offs_tile, q_re.to(op_dtype), mask=live)
-                    tl.store(q_pair_ptr + N1 * N2 + offs_tile, q_im.to(op_dtype), mask=live)
+                    tl.store(q_pair_ptr + offs_spec, q_re.to(op_dtype), mask=live)
+                    tl.store(q_pair_ptr + SPEC + offs_spec, q_im.to(op_dtype), mask=live)
                 if NEED_DK:
                     dk_re, dk_im = _accumulate(
                         dk_re, dk_im, q_re, q_im, p_re.to(tl.float32), p_im.to(tl.float32),
-                        dk_slot_ptr, offs_tile, N1 * N2, live, ACC_IN_MEMORY, GUARD,
+                        dk_slot_ptr, offs_spec, SPEC, live, ACC_IN_MEMORY, GUARD,
                     )  # fmt: skip
             if NEED_DV:
                 k_re, k_im = _table(K_at, live, q_re, HOIST, GUARD)
                 s_re = (q_re * k_re + q_im * k_im).to(op_dtype)  # Q * conj(K)
                 s_im = (q_im * k_re - q_re * k_im).to(op_dtype)
                 dv_v, dv_w = _inverse_transform(
-                    s_re, s_im, G1_at, TW_at, F2_at, live, HOIST, GUARD, PRECISION
+                    s_re, s_im, G1_at, TW_at, G2_at, live, HOIST, GUARD, PRECISION
                 )  # [ROWS, N2]
                 if HAS_BIAS:
                     dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
@@ -534,8 +577,8 @@ def _fftconv_bwd_kernel(
         block += STEPS
 
     if NEED_DK and not ACC_IN_MEMORY:
-        tl.store(dk_slot_ptr + offs_tile, dk_re)
-        tl.store(dk_slot_ptr + N1 * N2 + offs_tile, dk_im)
+        tl.store(dk_slot_ptr + offs_spec, dk_re)
+        tl.store(dk_slot_ptr + SPEC + offs_spec, dk_im)
     if NEED_DBIAS:
         tl.store(dbias_ptr + pid, tl.sum(dbias, axis=0))
 
@@ -631,6 +674,58 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(n, torch.device(device), dtype, N1=N1)
 
 
+def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tuple[int, int]:
+    """``triton_fwd.kept_columns`` on the factors ``N1 x n/N1`` (default ``split(n)``, where
+    the two agree; the backward's defaults differ from n = 4096 on): the first ``low`` and last
+    ``high`` frequency columns ``k2`` of the [N1, N2] spectrum tile hold every rfft bin below
+    ``keep_bins`` and its mirror, together a power of two >= 16; ``(N2, 0)`` when that would
+    not be fewer than N2.
+
+    The columns in between hold only bins ``keep_bins .. n - keep_bins`` (column ``k2`` holds
+    bins ``k1 + N1 k2``: ``low >= cdiv(keep_bins, N1)`` puts the first skipped one at or past
+    ``keep_bins``, and ``N2 - high <= (n - keep_bins + 1) // N1`` the last one's at or below
+    ``n - keep_bins``), which is exactly what ``dk_from_spectrum``'s low-pass zeroes: a
+    filter-gradient spectrum computed on the kept columns only and zero elsewhere gives the
+    dense one's gradient."""
+    N1, N2 = split(n) if N1 is None else (N1, n // N1)
+    if keep_bins is None or keep_bins >= n // 2 + 1:
+        return N2, 0
+    low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
+    high = N2 - (n - keep_bins + 1) // N1  # their mirrors k > n - keep_bins
+    width = max(16, triton.next_power_of_2(low + high))
+    if width >= N2:
+        return N2, 0
+    return width - high, high
+
+
+def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None = None) -> Tensor:
+    """The kept columns (``kept_columns``) of a [..., N2] tile, by slicing (capture-safe)."""
+    low, high = kept_columns(n, keep_bins, N1=N1)
+    if high == 0:
+        return t[..., :low]
+    return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
+
+
+def spectrum_layout(kf: Tensor, n: int, keep_bins: int | None, *, N1: int) -> Tensor:
+    """kf ``[H, n//2+1]`` complex -> ``[H, 2, N1, K2]`` fp32: ``triton_fwd.spectrum_layout`` on
+    the factors ``N1 x n/N1``, its kept columns only (all N2 if dense)."""
+    full = triton_fwd.spectrum_layout(kf, n, N1=N1)  # [H, 2, N1, N2]
+    return select_columns(full, n, keep_bins, N1=N1).contiguous()
+
+
+def _all_columns(spectrum: Tensor, n: int, keep_bins: int | None, N1: int) -> Tensor:
+    """A ``[..., N1, K2]`` spectrum on the kept columns -> ``[..., N1, N2]``, zero in the
+    skipped ones (the spectrum's own, when nothing was skipped)."""
+    low, high = kept_columns(n, keep_bins, N1=N1)
+    N2 = n // N1
+    if low == N2:
+        return spectrum
+    full = spectrum.new_zeros(*spectrum.shape[:-1], N2)
+    full[..., :low] = spectrum[..., :low]
+    full[..., N2 - high :] = spectrum[..., low:]
+    return full
+
+
 def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:
     """The accumulated ``S = sum Q * conj(P)`` ``[H, 2, N1, N2]`` (kernel order, fp32) -> the
     filter gradient ``[H, m]`` fp32 in circular order: natural order, one complex inverse FFT
@@ -671,6 +766,14 @@ def block_steps(pairs_per_program: int, steps: int) -> tuple[int, int]:
     return STEPS, triton.cdiv(pairs_per_program, STEPS) * STEPS
 
 
+def _check_blocked_keep(n: int, keep_bins: int | None) -> None:
+    if keep_bins is not None and keep_bins < n // 2 + 1:
+        raise ValueError(
+            f"keep_bins: a blocked plan keeps every frequency (None or >= {n // 2 + 1}); got "
+            f"{keep_bins}"
+        )
+
+
 def _splits(config: Config, needs: tuple[bool, ...]) -> bool:
     need_u, need_k, need_pre, need_post, need_bias = needs
     return config.split != "fused" and (need_u or need_pre or need_bias) and (need_k or need_post)
@@ -685,23 +788,28 @@ def dot_flops(
     n1: int | None = None,
     recompute_q: bool = False,
     blocked: bool = False,
+    keep_bins: int | None = None,
 ) -> int:
-    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip included:
-    per pair two forward transforms (Q, P) and one inverse (dv), plus z for the postgate, plus
-    Q again in the second kernel of a ``"recompute"`` split; each transform 4 complex
-    products, ``8 n (ROWS + N2)`` flops. ``blocked``: ``B * cdiv(L, n/2)`` sequences, P and dv
-    on ``ROWS = N1/2`` rows, Q on all N1 (the dz window); z comes from the forward kernel
+    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
+    frequency-column skip of a sparse filter (``keep_bins``) included: per pair two forward
+    transforms (Q, P) and one inverse (dv), plus z for the postgate, plus Q again in the
+    second kernel of a ``"recompute"`` split; each transform 4 complex products in each of its
+    two stages, ``8 n (ROWS + K2)`` flops (``K2`` of the N2 frequency columns,
+    ``kept_columns``). ``blocked``: ``B * cdiv(L, n/2)`` sequences, P and dv on ``ROWS = N1/2``
+    rows, Q on all N1 (the dz window); z comes from the forward kernel
     (``triton_fwd.dot_flops``), so ``needs_z`` adds nothing there."""
     N1 = n1 or config_for(n).n1
     N2 = n // N1
     if blocked:
+        _check_blocked_keep(n, keep_bins)
         seqs = B * triton.cdiv(L, n // 2)
         q_transforms = 2 if recompute_q else 1
         per_pair = 8 * n * (2 * (N1 // 2 + N2) + q_transforms * (N1 + N2))
         return H * triton.cdiv(seqs, 2) * per_pair
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
+    K2 = sum(kept_columns(n, keep_bins, N1=N1))
     transforms = (4 if needs_z else 3) + (1 if recompute_q else 0)
-    return H * triton.cdiv(B, 2) * transforms * 8 * n * (rows + N2)
+    return H * triton.cdiv(B, 2) * transforms * 8 * n * (rows + K2)
 
 
 def launch(
@@ -719,21 +827,28 @@ def launch(
     precision: str | None = None,
     out: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
     blocked: bool = False,
+    keep_bins: int | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """The kernel (or the two kernels of a split ``config``): ``(d_u, dk_spectrum, d_pregate,
     d_postgate, d_bias)``, None where ``needs`` (for u, k, pregate, postgate, bias) is False.
     d_u and the gate gradients come in their tensors' dtypes, ``dk_spectrum`` ``[H, 2, N1, N2]``
     fp32 (``dk_from_spectrum`` turns it into the filter gradient), d_bias ``[H]`` fp32.
 
-    kf: ``[H, n//2+1]`` complex64 (rfft order). ``config``, ``pairs_per_program``,
-    ``precision``: override the defaults (``pairs_per_program`` is rounded up to whole blocks
-    of ``config.steps``). ``out``: ``(d_u, d_pregate, d_postgate)`` tensors to write in place
-    (None entries are allocated). ``blocked``: the blocked plan of a causal filter of at most
-    ``n/2`` taps (module docstring), any L, ``n >= 512``; its d_postgate comes from the blocked
-    forward kernel's z.
+    kf: ``[H, n//2+1]`` complex64 (rfft order). ``keep_bins``: kf's bins from there on are
+    zero (a frequency-sparse filter): the kernel computes the spectra on the frequency columns
+    that hold the others only (``kept_columns``), and ``dk_spectrum`` is zero in the rest
+    (``dk_from_spectrum`` with the same ``keep_bins`` low-passes it). ``config``,
+    ``pairs_per_program``, ``precision``: override the defaults (``pairs_per_program`` is
+    rounded up to whole blocks of ``config.steps``). ``out``: ``(d_u, d_pregate, d_postgate)``
+    tensors to write in place (None entries are allocated). ``blocked``: the blocked plan of a
+    causal filter of at most ``n/2`` taps (module docstring), any L, ``n >= 512``, no
+    ``keep_bins`` cut-off; its d_postgate comes from the blocked forward kernel's z.
     """
     B, H, L = u.shape
+    if keep_bins is not None and keep_bins < 1:
+        raise ValueError(f"keep_bins must be None or >= 1; got {keep_bins}")
     if blocked:
+        _check_blocked_keep(n, keep_bins)
         if not supports(n, False, u.dtype) or n < MIN_BLOCKED_FFT or L < 1:
             raise ValueError(
                 f"the blocked backward covers n in [{MIN_BLOCKED_FFT}, {MAX_FFT}], "
@@ -764,8 +879,12 @@ def launch(
     if pairs_per_program is not None and pairs_per_program < 1:
         raise ValueError(f"pairs_per_program must be >= 1; got {pairs_per_program}")
 
-    dft1, dft2, twiddle = triton_fwd.constants(N1 * N2, u.device, u.dtype, N1=N1)
-    spectrum = triton_fwd.spectrum_layout(kf, N1 * N2, N1=N1)
+    low, high = kept_columns(n, keep_bins, N1=N1)
+    K2 = low + high
+    dft1, dft2, twiddle = triton_fwd.constants(n, u.device, u.dtype, N1=N1)
+    if K2 < N2:
+        dft2 = select_columns(dft2, n, keep_bins, N1=N1).contiguous()  # [2, N2, K2]
+    spectrum = spectrum_layout(kf, n, keep_bins, N1=N1)  # [H, 2, N1, K2]
     dy, u = dy.contiguous(), u.contiguous()
     pregate = pregate.contiguous() if pregate is not None else None
     postgate = postgate.contiguous() if postgate is not None else None
@@ -793,7 +912,7 @@ def launch(
     steps, pairs_per_program = block_steps(min(pairs_per_program, n_pairs), config.steps)
     chunks = triton.cdiv(n_pairs, pairs_per_program)
     rows = N1 // 2 if blocked else min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
-    dk_parts = u.new_empty((H, chunks, 2, N1, N2), dtype=torch.float32) if need_k else None
+    dk_parts = u.new_empty((H, chunks, 2, N1, K2), dtype=torch.float32) if need_k else None
     dbias_parts = u.new_empty((H, chunks), dtype=torch.float32) if need_bias else None
 
     def run(
@@ -822,6 +941,7 @@ def launch(
             pairs_per_program,
             N1=N1,
             N2=N2,
+            K2=K2,
             ROWS=rows,
             HAS_PREGATE=pregate is not None,
             HAS_POSTGATE=postgate is not None,
@@ -855,14 +975,16 @@ def launch(
             # (a) Q, dv and what follows from it; (b) P, z and the filter gradient
             q = None
             if config.split == "store_q" and need_k:
-                q = u.new_empty((H, n_pairs, 2, N1, N2))
+                q = u.new_empty((H, n_pairs, 2, N1, K2))
             run((need_u, False, need_pre, False, need_bias), config.num_warps, q, True)
             warps_b = config.dk_num_warps or config.num_warps
             run((False, need_k, False, need_z, False), warps_b, q, False)
         elif any(kernel_needs):
             run(kernel_needs, config.num_warps, None, False)
     # fixed summation order over the chunks: deterministic
-    dk_spectrum = dk_parts.sum(dim=1) if dk_parts is not None else None
+    dk_spectrum = None
+    if dk_parts is not None:
+        dk_spectrum = _all_columns(dk_parts.sum(dim=1), n, keep_bins, N1)
     d_bias = dbias_parts.sum(dim=1) if dbias_parts is not None else None
     return d_u, dk_spectrum, d_pre, d_post, d_bias
 
@@ -887,7 +1009,8 @@ def fftconv_bwd(
 
     u, dy, gates: ``[B, H, L]`` with ``L <= n``; kc ``[H, m]`` the filter in circular order
     (only its length and dtype are used: the gradient has them); kf ``[H, n//2+1]`` complex64
-    (rfft order, zero from ``keep_bins`` on); bias ``[H]``. ``blocked``: the gradients of the
+    (rfft order, zero from ``keep_bins`` on: the kernel then skips the frequency columns that
+    hold only zeros, ``launch``); bias ``[H]``. ``blocked``: the gradients of the
     causal convolution ``y = postgate * conv(u * pregate, kc)[:L] + bias * (u * pregate)`` by
     the blocked plan (module docstring): any L, ``m <= n/2``, ``n >= 512``, no frequency
     cut-off (kf is ``rfft(kc, n)``). ``launch_options``: those of ``launch``.
@@ -903,8 +1026,9 @@ def fftconv_bwd(
             f"a blocked plan keeps every frequency: keep_bins must be {n // 2 + 1}; got {keep_bins}"
         )
     d_u, dk_spectrum, d_pre, d_post, d_bias = launch(
-        dy, u, kf, pregate, postgate, bias, n, needs, blocked=blocked, **launch_options
-    )
+        dy, u, kf, pregate, postgate, bias, n, needs, blocked=blocked, keep_bins=keep_bins,
+        **launch_options,
+    )  # fmt: skip
     d_k = None
     if dk_spectrum is not None:
         d_k = dk_from_spectrum(dk_spectrum, kc.shape[1], keep_bins).to(kc.dtype)

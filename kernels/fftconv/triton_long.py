@@ -90,9 +90,25 @@ Design choices:
   times the traffic of the unfolded fused forward.
 - Backward (``long_backward``, the ``fused_backward`` hook's contract): d_u and d_pregate from
   the same machinery run on ``dz = dy * postgate`` with the conjugate spectrum (correlation),
-  d_postgate from the recomputed z; d_bias by torch; the filter gradient by torch.fft (an
-  rfft of dz and of v over the whole batch: the expensive part of this backward). Both
-  ``conv_long`` calls take the rows configuration of the forward (``use_rows_variant``).
+  d_postgate from the recomputed z; d_bias by torch. Both ``conv_long`` calls take the rows
+  configuration of the forward (``use_rows_variant``).
+- The filter gradient (``filter_grad_long``): ``d_kc = irfft(sum_b rfft(dz) conj(rfft(v)))``
+  with ``triton_bwd``'s pair trick: with ``P = FFT(v_b + i v_b+1)``, ``Q = FFT(dz_b + i dz_b+1)``,
+  ``Re(IFFT(sum Q conj(P)))`` is the sum of both sequences' correlations (the cross terms are
+  purely imaginary), so one accumulator per channel. Step (A) on v (pregate fused) and on dz
+  (the postgate in the gate slot), then ``rows_cross_kernel``: per (channel, row k0, run of
+  pairs) the forward half of the held rows kernel on both intermediates, ``Q conj(P)``
+  accumulated in fp32 registers, one partial spectrum per run (``_parts_for``: enough runs for
+  8 programs per SM), summed on the host in a fixed order (deterministic). The host lays the
+  ``[H, n]`` sum out in natural order, applies the cut-off and takes one complex inverse FFT
+  per channel (unnormalised: the unitary stages put the 1/n in S). Folded plans pass
+  ``window^T(dz)`` (2L - 1 samples, gated on the host) instead of dy; folded plans at
+  n <= 8192 without ``n0`` keep torch.fft, and so does everything under
+  ``use_filter_grad_kernels(False)`` (the benchmark's old path). Traffic per pair: u, pregate,
+  dy, postgate read once, two intermediates written and read once. sm_90 compiles (4 pairs
+  per block, one stage): bf16 m = 1024 255 registers, 16 bytes of spills; 2048 166, none;
+  4096 612 bytes; 8192 668 bytes; fp32 1.4, 0.5 and 2.5 KB at m = 1024, 2048, 4096 (196 KB of
+  shared memory at 4096, which two stages would push past an H200's 227 KB).
 - The intermediate is in the operand dtype already (bf16/fp16 for those inputs: 4 bytes per
   complex value); only fp32 inputs keep an fp32 one, which their 1e-5 tolerance needs.
 """
@@ -117,6 +133,7 @@ from .triton_long_kernels import (
     cols_fwd_kernel,
     cols_inv2_kernel,
     cols_inv_kernel,
+    rows_cross_kernel,
     rows_kernel,
     rows_kernel_held,
     spectrum_layout_kernel,
@@ -681,6 +698,199 @@ def conv_long(
 
 
 # ---------------------------------------------------------------------------------------------
+# The filter gradient: the cross-spectrum of dz and v on the long kernels
+
+_filter_grad_kernels = True  # long_backward's filter gradient (use_filter_grad_kernels)
+
+
+@contextlib.contextmanager
+def use_filter_grad_kernels(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``long_backward`` computes the filter gradient with ``filter_grad_long``
+    (True, the default) or with torch.fft in fp32 (False): the benchmark's knob. Not
+    thread-safe (a module-level default)."""
+    global _filter_grad_kernels
+    previous, _filter_grad_kernels = _filter_grad_kernels, bool(enabled)
+    try:
+        yield
+    finally:
+        _filter_grad_kernels = previous
+
+
+def _parts_for(n0: int, channels: int, pairs: int, device: torch.device) -> int:
+    """Runs of pairs per channel of the cross-spectrum kernel: the fewest that give
+    ``PROGRAMS_PER_SM`` programs per SM (each run adds a partial spectrum of 8n bytes to write
+    and sum); 2 in the interpreter (the partial sums get exercised)."""
+    if device.type != "cuda":
+        return min(2, pairs)
+    target = PROGRAMS_PER_SM * sm_count(device)
+    return min(pairs, max(1, triton.cdiv(target, n0 * channels)))
+
+
+def launch_rows_cross(
+    buf_p: Tensor,
+    buf_q: Tensor,
+    split: LongSplit,
+    channels: int,
+    pairs: int,
+    *,
+    parts: int | None = None,
+    steps: int | None = None,
+    stages: int = 1,
+    num_warps: int | None = None,
+    precision: str | None = None,
+) -> Tensor:
+    """``rows_cross_kernel`` on two intermediates of (A) (``[>= channels * pairs, 2, N0, m]``,
+    one dtype, channel-major as ``launch_rows``): returns the cross-spectrum
+    ``sum over the pairs of Q * conj(P)`` per channel, ``[channels, N0, 2, M1, M2]`` fp32
+    (``spectrum_layout``'s order), summed over ``parts`` runs of pairs (default ``_parts_for``)
+    in a fixed order. ``steps``: pairs per block of a run's loop (default: the run up to the
+    next power of two, at most ``MAX_STEPS``), ``stages``: its software pipelining."""
+    n0, m = split.n0, split.m
+    M1, M2 = triton_fwd.split(m)
+    for name, buf in (("buf_p", buf_p), ("buf_q", buf_q)):
+        if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
+            raise ValueError(
+                f"{name} must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
+                f"{tuple(buf.shape)}"
+            )
+        if not buf.is_contiguous() or buf.shape[0] < channels * pairs:
+            raise ValueError(
+                f"{name} must be contiguous with >= channels * pairs = {channels * pairs} "
+                f"signals; got {buf.shape[0]} (contiguous: {buf.is_contiguous()})"
+            )
+    if buf_q.dtype != buf_p.dtype:
+        raise ValueError(f"buf_q must have buf_p's dtype {buf_p.dtype}; got {buf_q.dtype}")
+    parts = parts or _parts_for(n0, channels, pairs, buf_p.device)
+    if not isinstance(parts, int) or not 1 <= parts <= max(1, pairs):
+        raise ValueError(f"parts must be an int in [1, pairs={pairs}]; got {parts!r}")
+    per_part = triton.cdiv(pairs, parts)
+    parts = triton.cdiv(pairs, per_part)  # no empty run
+    steps = steps or min(MAX_STEPS, triton.next_power_of_2(per_part))
+    out = torch.empty(channels, parts, n0, 2, M1, M2, device=buf_p.device, dtype=torch.float32)
+    inner = triton_fwd.constants(m, canonical_device(buf_p.device), buf_p.dtype)
+    precision = precision or triton_fwd.dot_precision(buf_p)
+    warps = num_warps or triton_fwd.num_warps_for(m)
+    grid = (n0 * channels * parts,)
+    with torch.cuda.device(buf_p.device) if buf_p.is_cuda else contextlib.nullcontext():
+        rows_cross_kernel[grid](
+            buf_p, buf_q, out, *inner, pairs, n0, parts, per_part,
+            M1=M1, M2=M2, STEPS=steps, STAGES=stages, PRECISION=precision,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+    return out.sum(dim=1) if parts > 1 else out[:, 0]
+
+
+def cross_spectrum_to_filter_grad(spectrum: Tensor, split: LongSplit, taps: int, keep_bins: int):
+    """``[H, N0, 2, M1, M2]`` fp32 (``launch_rows_cross``'s sum, bin ``k0 + N0 (a1 + M1 a2)``)
+    -> the filter gradient ``[H, taps]`` fp32 in circular order: natural order, the frequency
+    cut-off (bins ``keep_bins .. n - keep_bins`` zeroed: the low-pass of a real signal's
+    spectrum, symmetric, so it commutes with taking the real part), one complex inverse FFT
+    per channel, unnormalised (the unitary transforms of both signals already put the 1/n in
+    S), the real part, the first ``taps`` samples. ``H * n`` torch work, as
+    ``triton_bwd.dk_from_spectrum``."""
+    H, n = spectrum.shape[0], split.n
+    S = spectrum.permute(0, 4, 3, 1, 2).reshape(H, n, 2)  # natural order: k0 fastest
+    S = torch.view_as_complex(S.contiguous())
+    if keep_bins < n // 2 + 1:
+        S[:, keep_bins : n - keep_bins + 1] = 0
+    return torch.fft.ifft(S, norm="forward").real[:, :taps]
+
+
+def filter_grad_long(
+    dz: Tensor,
+    u: Tensor,
+    split: LongSplit,
+    taps: int,
+    keep_bins: int | None = None,
+    *,
+    pregate: Tensor | None = None,
+    postgate: Tensor | None = None,
+    block_cols: int | None = None,
+    num_warps: int | None = None,
+    rows_warps: int | None = None,
+    steps: int | None = None,
+    stages: int | None = None,
+    parts: int | None = None,
+    precision: str | None = None,
+    max_intermediate_bytes: int = MAX_INTERMEDIATE_BYTES,
+) -> Tensor:
+    """The filter gradient ``d_kc[s] = sum_b sum_t (dz * postgate)[b, t] v[b, t - s]`` (length-n
+    circular correlation, ``v = u * pregate``), ``s < taps``, as
+    ``irfft(sum_b rfft(dz') * conj(rfft(v)), n)[:taps]`` with the cut-off ``keep_bins`` (default
+    none): ``[H, taps]`` fp32.
+
+    dz: ``[B, H, Lz]`` (dy; a folded plan passes ``window^T(dz)``, ``Lz = 2L - 1``) and u
+    ``[B, H, L]`` in one fp16/bf16/fp32 dtype, ``Lz, L <= n``; postgate ``[B, H, Lz]``,
+    pregate ``[B, H, L]``. Per chunk of pairs (under ``max_intermediate_bytes`` for both
+    intermediates together): step (A) on v and on dz (its gate slot takes the postgate), then
+    ``rows_cross_kernel`` (the forward half of the rows step on both and
+    ``sum Q * conj(P)``, one partial spectrum per run of pairs), summed on the host in a fixed
+    order; then ``cross_spectrum_to_filter_grad``. Options as ``conv_long``'s (``rows_warps``
+    and ``stages`` for the cross kernel too; ``parts``: runs of pairs per channel)."""
+    for name, x in (("dz", dz), ("u", u)):
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.dtype not in DTYPES:
+            raise ValueError(
+                f"{name} must be a [B, H, L] tensor in one of {DTYPES}; got "
+                f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}"
+            )
+    B, H, L = u.shape
+    Lz, n, n0, m = dz.shape[-1], split.n, split.n0, split.m
+    if dz.shape[:2] != (B, H) or dz.dtype != u.dtype or dz.device != u.device:
+        raise ValueError(
+            f"dz must be [{B}, {H}, Lz] {u.dtype} on {u.device} (u's); got {dz.dtype} "
+            f"{tuple(dz.shape)} on {dz.device}"
+        )
+    if not 1 <= L <= n or not 1 <= Lz <= n:
+        raise ValueError(f"L and Lz must be in [1, n={n}]; got L={L}, Lz={Lz}")
+    if not 1 <= taps <= n:
+        raise ValueError(f"taps must be in [1, n={n}]; got {taps}")
+    keep_bins = n // 2 + 1 if keep_bins is None else keep_bins
+    if not 1 <= keep_bins <= n // 2 + 1:
+        raise ValueError(f"keep_bins must be in [1, {n // 2 + 1}]; got {keep_bins}")
+    _check_gate("pregate", pregate, (B, H, L), u.device)
+    _check_gate("postgate", postgate, (B, H, Lz), u.device)
+    bt = block_cols or default_block_cols(split)
+    if not _is_pow2(bt) or bt > m or (split.two_level and bt * split.p < 16):
+        raise ValueError(f"block_cols must be a power of two <= m={m} (* P >= 16); got {bt!r}")
+    if max_intermediate_bytes < 1:
+        raise ValueError(f"max_intermediate_bytes must be >= 1; got {max_intermediate_bytes}")
+
+    u, dz = u.contiguous(), dz.contiguous()
+    pregate, postgate = (t.contiguous() if t is not None else None for t in (pregate, postgate))
+    tables = constants(split, u.device, u.dtype)
+    precision = precision or triton_fwd.dot_precision(u)
+    num_warps = num_warps or default_num_warps(split, bt)
+    nbp = triton.cdiv(B, 2)
+    chunks = list(_chunks(H, nbp, 4 * n * u.element_size(), max_intermediate_bytes))
+    signals = max(hc * nbc for _, hc, _, nbc in chunks)
+    buf_p = torch.empty(signals, 2, n0, m, device=u.device, dtype=u.dtype)
+    buf_q = torch.empty_like(buf_p)
+    if split.two_level:
+        cols_fwd = cols_fwd2_kernel
+        sizes = {"P": split.p, "Q": split.q, "M": m, "BT": bt}
+    else:
+        cols_fwd = cols_fwd_kernel
+        sizes = {"N0": n0, "M": m, "N0T": split.n0_tile, "BT": bt}
+    spectrum = torch.zeros(H, n0, 2, *triton_fwd.split(m), device=u.device, dtype=torch.float32)
+    sources = ((u, pregate, L, buf_p), (dz, postgate, Lz, buf_q))
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        for h0, hc, b0, nbc in chunks:
+            cols_steps = steps or _steps_for(m // bt, hc, nbc, u.device)
+            cols_grid = (m // bt * hc * triton.cdiv(nbc, cols_steps),)
+            for x, gate, length, buf in sources:
+                cols_fwd[cols_grid](
+                    x, gate if gate is not None else x, buf, *tables, B, H, length, h0, b0, nbc,
+                    ROWS=_rows_for(length, split), STEPS=cols_steps, num_warps=num_warps,
+                    num_stages=1, HAS_PREGATE=gate is not None, PRECISION=precision, **sizes,
+                )  # fmt: skip
+            spectrum[h0 : h0 + hc] += launch_rows_cross(
+                buf_p, buf_q, split, hc, nbc, parts=min(parts, nbc) if parts else None,
+                stages=stages or 1, num_warps=rows_warps, precision=precision,
+            )  # fmt: skip
+    return cross_spectrum_to_filter_grad(spectrum, split, taps, keep_bins)
+
+
+# ---------------------------------------------------------------------------------------------
 # Plans: the forward and the backward of every plan this module covers
 
 
@@ -778,8 +988,10 @@ def long_backward(
 
     d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
     on the long (or, for small folded plans, the fused) kernels; d_postgate = dy * z with z
-    recomputed on the same kernels; d_bias by torch; d_kc by torch.fft (see the module note).
-    ``options`` as for ``long_forward``.
+    recomputed on the same kernels; d_bias by torch; d_kc by ``filter_grad_long`` where d_u's
+    correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``),
+    unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (folded plans at
+    n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
     """
     if not supports(plan, u.dtype) and options.get("n0") is None:
         return None
@@ -790,11 +1002,15 @@ def long_backward(
     out_lin = plan.out_len
     d_u = d_k = d_pre = d_post = d_bias = None
 
+    # the filter gradient on the long kernels wherever d_u's correlation runs on them
+    dk_kernels = _filter_grad_kernels and (n > MAX_INNER or options.get("n0") is not None)
+    dk_torch = need_k and not dk_kernels
+
     # dz and v in fp32, each computed once for whichever gradients need it
     dz = v = None
-    if need_k or (plan.fold and (need_u or need_pre)):
+    if dk_torch or (plan.fold and (need_u or need_pre or need_k)):
         dz = dy.float() * postgate.float() if postgate is not None else dy.float()
-    if need_bias or need_k:
+    if need_bias or dk_torch:
         v = core.gated_input(u, pregate, torch.float32)
     if need_post:
         z = _linear(u, kf, plan, out_lin, pregate=pregate, **dict(options))
@@ -824,7 +1040,17 @@ def long_backward(
             d_pre = (dv * u.float()).to(pregate.dtype)
         if need_u:
             d_u = (dv * pregate.float() if pregate is not None else dv).to(u.dtype)
-    if need_k:
+    if need_k and dk_kernels:
+        split = make_split(n, options.get("n0"), u.dtype)
+        launch = {key: val for key, val in options.items() if key not in ("n0", "rows")}
+        if plan.fold:  # window^T(dz) is 2L - 1 samples long: gated here, read as it is
+            dz_src, gates = core.window_adjoint(dz, plan).to(u.dtype), {}
+        else:
+            dz_src, gates = dy.to(u.dtype), {"postgate": postgate}
+        d_k = filter_grad_long(
+            dz_src, u, split, kc.shape[-1], keep, pregate=pregate, **gates, **launch
+        ).to(kc.dtype)
+    elif need_k:
         dlin = core.window_adjoint(dz, plan)
         spec = reference.rfft(dlin, n, keep) * torch.conj_physical(reference.rfft(v, n, keep))
         d_k = reference.irfft(spec.sum(dim=0), n, kc.shape[-1], keep).to(kc.dtype)

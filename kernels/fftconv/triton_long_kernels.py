@@ -1,9 +1,10 @@
 """The Triton kernels of the long FFT convolution (``triton_long.py`` has the math, the design
 and the host launcher).
 
-Two versions of the rows kernel (C), picked by ``triton_long.RowsConfig``: ``rows_kernel`` (v1,
-the default) and ``rows_kernel_held`` (twiddles folded into the tables, tables held across the
-step loop, the loop software-pipelined).
+Two versions of the rows kernel (C), picked by ``triton_long.RowsConfig``: ``rows_kernel`` (v1)
+and ``rows_kernel_held`` (twiddles folded into the tables, tables held across the step loop,
+the loop software-pipelined). ``rows_cross_kernel``: the backward's filter gradient, the
+forward half of the held kernel on two intermediates and their accumulated cross-spectrum.
 
 Indexing shared by the three kernels. A *signal* is a pair of sequences ``(2 bp, 2 bp + 1)`` of
 channel h as one complex signal ``v + i w``. A launch covers a rectangle of signals, channels
@@ -334,12 +335,17 @@ def _row_matrices(
 
 
 @triton.jit
-def _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M: tl.constexpr):
-    """The elementwise factors of one row k0, fp32: ``tb = T * beta`` (the inner twiddle times
-    the columns' share of the global one) and the filter slice."""
+def _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M: tl.constexpr):
+    """``tb = T * beta``, fp32: the inner twiddle times the columns' share of the global one."""
     tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, M)  # [M1, M2]
-    tb_re = tw_re * be_re - tw_im * be_im
-    tb_im = tw_re * be_im + tw_im * be_re
+    return tw_re * be_re - tw_im * be_im, tw_re * be_im + tw_im * be_re
+
+
+@triton.jit
+def _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M: tl.constexpr):
+    """The elementwise factors of one row k0, fp32: ``tb = T * beta`` (``_row_twiddle``) and
+    the filter slice."""
+    tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M)
     k_re, k_im = _load_complex(kf_row, offs_tile, M)
     return tb_re, tb_im, k_re, k_im
 
@@ -427,6 +433,110 @@ def rows_kernel_held(
         z_re, z_im = _cdot(tl.trans(ft_re), tl.trans(ft_im), e_re, e_im, 1, PRECISION)
         tl.store(buf_ptr + row + offs_tile, z_re.to(op_dtype), mask=valid)
         tl.store(buf_ptr + row + N + offs_tile, z_im.to(op_dtype), mask=valid)
+
+
+@triton.jit
+def _row_forward(
+    buf_ptr,
+    row,
+    N,
+    valid,
+    offs_tile,
+    ft_re,
+    ft_im,
+    tb_re,
+    tb_im,
+    f2_re,
+    f2_im,
+    PRECISION: tl.constexpr,
+):
+    """``FFT_m`` of row k0 of one signal, twiddled (``rows_kernel_held``'s forward half):
+    ``((U_M1 alpha) @ x * T beta) @ U_M2``, fp32 ``[M1, M2]`` (k1 permuted)."""
+    x_re = tl.load(buf_ptr + row + offs_tile, mask=valid, other=0.0)
+    x_im = tl.load(buf_ptr + row + N + offs_tile, mask=valid, other=0.0)
+    b_re, b_im = _cdot(ft_re, ft_im, x_re, x_im, 0, PRECISION)
+    c_re = (b_re * tb_re - b_im * tb_im).to(ft_re.dtype)
+    c_im = (b_re * tb_im + b_im * tb_re).to(ft_re.dtype)
+    return _cdot(c_re, c_im, f2_re, f2_im, 0, PRECISION)
+
+
+# NBC, N0 and the run of pairs only index programs and rows: one compilation per inner size
+@triton.jit(do_not_specialize=["NBC", "N0", "PARTS", "PER_PART"])
+def rows_cross_kernel(
+    p_ptr,  # [count_h * NBC, 2, N0, M] operand dtype: (A) of v = u * pregate
+    q_ptr,  # [count_h * NBC, 2, N0, M] operand dtype: (A) of dz = dy * postgate
+    s_ptr,  # [count_h, PARTS, N0, 2, M1, M2] fp32: the partial cross-spectra (written)
+    dft1_ptr,  # [2, M1, M1] operand dtype (triton_fwd.constants(M))
+    dft2_ptr,  # [2, M2, M2]
+    twiddle_ptr,  # [2, M1, M2] fp32
+    NBC,
+    N0,  # outer size: rows per signal
+    PARTS,  # runs of pairs per channel: one partial spectrum each
+    PER_PART,  # pairs per run
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    STEPS: tl.constexpr,  # pairs per block of the loop
+    STAGES: tl.constexpr,  # software pipelining of a block (1: none)
+    PRECISION: tl.constexpr,
+):
+    """The filter gradient's cross-spectrum on row k0: ``S[k0 + N0 k1] = sum over the pairs of
+    Q * conj(P)``, ``P = FFT_m(w_n^(t1 k0) C_v[k0])`` and ``Q`` the same of dz: the forward half
+    of ``rows_kernel_held`` (its tables, built once per program) on both intermediates.
+
+    A program takes one (channel, row k0, run of ``PER_PART`` pairs), accumulates in fp32
+    registers (P and Q stay fp32: nothing is rounded after the second product) and writes its
+    ``[M1, M2]`` tile (``k1 = a1 + M1 a2``, the layout of ``spectrum_layout``) to its own slot:
+    the host sums the runs in a fixed order (deterministic, no atomics). The pair trick of
+    ``triton_bwd``: the real part of the inverse of the sum is the sum of both sequences'
+    correlations; a missing second sequence is zero in both intermediates and adds nothing.
+    """
+    M: tl.constexpr = M1 * M2
+    N = N0 * M
+    pid = tl.program_id(0)
+    pid_k = pid % N0
+    rest = pid // N0
+    pid_part = rest % PARTS
+    pid_h = rest // PARTS
+    offs_1 = tl.arange(0, M1)
+    offs_2 = tl.arange(0, M2)
+    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]  # [M1, M2]: t1 = M2 a + b
+    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
+    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
+    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)  # [M1]
+    be_re, be_im = _twiddle(pid_k, offs_2, N, False)  # [M2]
+    ft_re, ft_im, f2_re, f2_im = _row_matrices(
+        dft1_ptr, dft2_ptr, al_re[None, :], al_im[None, :], offs_f1, offs_f2, M1, M2
+    )
+    tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re[None, :], be_im[None, :], offs_tile, M)
+    acc_re = tl.zeros((M1, M2), dtype=tl.float32)
+    acc_im = tl.zeros((M1, M2), dtype=tl.float32)
+
+    # The run in blocks of STEPS pairs: an outer while loop with runtime bounds (the interpreter
+    # takes no tensor as a range bound; one compilation serves every batch size), an inner
+    # loop of constexpr trip count that Triton can pipeline (triton_bwd's loop).
+    first = pid_part * PER_PART
+    end = first + PER_PART
+    block = first
+    while block < end:
+        for step in tl.range(0, STEPS, num_stages=STAGES):
+            bp_local = block + step
+            valid = (bp_local < end) & (bp_local < NBC)
+            row = (pid_h * NBC + bp_local).to(tl.int64) * (2 * N) + pid_k * M
+            p_re, p_im = _row_forward(
+                p_ptr, row, N, valid, offs_tile, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im,
+                PRECISION,
+            )  # fmt: skip
+            q_re, q_im = _row_forward(
+                q_ptr, row, N, valid, offs_tile, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im,
+                PRECISION,
+            )  # fmt: skip
+            acc_re += q_re * p_re + q_im * p_im
+            acc_im += q_im * p_re - q_re * p_im
+        block += STEPS
+
+    out = s_ptr + ((pid_h * PARTS + pid_part).to(tl.int64) * N0 + pid_k) * (2 * M)
+    tl.store(out + offs_tile, acc_re)
+    tl.store(out + M + offs_tile, acc_im)
 
 
 @triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])

@@ -90,9 +90,9 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisone
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
-# a partial filter the default plan cuts into blocks (dense n = 2048, blocked n = 512), through
+# a partial filter the default plan cuts into blocks (dense n = 4096, blocked n = 512), through
 # the public call, forward and backward
-BLOCKED_CASE = "B3-H2-L1500-K100-causal-fp16-blocked"
+BLOCKED_CASE = "B3-H2-L2500-K100-causal-fp16-blocked"
 COMPILE_CASE = "compile-fullgraph-fp32"
 
 
@@ -168,10 +168,10 @@ def _run_blocked_case():
     from kernels import fftconv
     from kernels.fftconv.plan import make_plan
 
-    u, k, pre, post, bias = make_inputs(3, 2, 1500, 100, torch.float16, True, seed=8)
+    u, k, pre, post, bias = make_inputs(3, 2, 2500, 100, torch.float16, True, seed=8)
     leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
     refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
-    dy = torch.randn(3, 2, 1500, generator=torch.Generator().manual_seed(9)).half()
+    dy = torch.randn(3, 2, 2500, generator=torch.Generator().manual_seed(9)).half()
     y = fftconv(
         *leaves[:2], pregate=leaves[2], postgate=leaves[3], bias=leaves[4], backend="triton"
     )
@@ -181,7 +181,7 @@ def _run_blocked_case():
     names = ("u", "k", "pregate", "postgate", "bias")
     errs = {"y": rel_err(y, want)}
     errs |= {name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)}
-    return errs, make_plan("causal", 1500, 100).blocked
+    return errs, make_plan("causal", 2500, 100).blocked
 
 
 def _run_compile_case():

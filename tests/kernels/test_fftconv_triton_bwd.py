@@ -2,12 +2,13 @@
 
 CPU: the kernel runs under TRITON_INTERPRET=1 (set before triton is imported), so the cases run
 in one subprocess (this file run as a module) and the tests check what it printed; fp32 and
-fp16 only (the interpreter's bf16 ``tl.dot`` is wrong), n = 256 and 512 only (it is slow).
+fp16 only (the interpreter's bf16 ``tl.dot`` is wrong), n = 256 and 512 mostly (it is slow),
+n = 2048 and 4096 for frequency-sparse filters (the column skip needs N2 >= 32).
 The launch variants (``triton_bwd.Config``: blocks of pairs, the split into two kernels, the
 accumulator in memory) run there too, with masked tail pairs and half-empty pairs; the
 interpreter does not pipeline, so what pipelining changes is checked on the GPU.
 GPU (``gpu`` marker): the compiled kernel, every dtype and mode, torch.compile and autocast,
-and every variant the backward benchmark times.
+frequency-sparse filters at n = 2048-8192, and every variant the backward benchmark times.
 """
 
 from __future__ import annotations
@@ -26,14 +27,33 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
+def sparse_conv_fft64(u, k, pregate=None, postgate=None, bias=None, freq_keep=1.0):
+    """The causal frequency-sparse convolution in float64 by torch.fft, differentiable by
+    autograd (no hand-written backward): rfft at the plan's n, the filter spectrum's bins from
+    ``keep_bins`` on zeroed, irfft, the first L samples; gates and bias as in the layer."""
+    from kernels.fftconv.plan import make_plan
+
+    L, Lk = u.shape[-1], k.shape[-1]
+    plan = make_plan("causal", L, Lk, freq_keep)
+    n = plan.fft_size
+    v = u * pregate if pregate is not None else u
+    kf = torch.fft.rfft(k[:, : plan.filter_len], n=n)
+    low_pass = torch.arange(n // 2 + 1, device=u.device) < plan.keep_bins
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * (kf * low_pass), n=n)[..., :L]
+    y = z * postgate if postgate is not None else z
+    return y + bias[:, None] * v if bias is not None else y
+
+
 def grads_vs_reference(
     B, H, L, Lk, mode, dtype, gated, wants=NAMES, pair=False, freq_keep=1.0, seed=0, device="cpu"
 ):
     """Backward of ``fftconv(backend="triton")`` and of a float64 reference on the same inputs:
-    on CPU the direct convolution (``conv_torch64``, no FFT); on the GPU (where the direct
-    float64 convolution of long filters is slow), and for frequency-sparse filters (which have
-    no direct form), the torch.fft backend in float64. Returns ({name: rel. error}, ok): ok is
-    False if a gradient is missing where wanted, present where not, or of a wrong dtype."""
+    on CPU the direct convolution (``conv_torch64``, no FFT); for causal frequency-sparse
+    filters (which have no direct form) autograd through torch.fft in float64
+    (``sparse_conv_fft64``); on the GPU (where the direct float64 convolution of long filters
+    is slow) and for the other sparse ones, the torch.fft backend in float64. Returns ({name:
+    rel. error}, ok): ok is False if a gradient is missing where wanted, present where not, or
+    of a wrong dtype."""
     from kernels import fftconv
 
     inputs = dict(
@@ -63,7 +83,10 @@ def grads_vs_reference(
         )
 
     call(leaves, "triton").backward(dy)
-    if freq_keep < 1.0 or device != "cpu":
+    if freq_keep < 1.0 and mode == "causal" and not pair:
+        args = [refs[name] for name in NAMES]
+        sparse_conv_fft64(*args, freq_keep=freq_keep).backward(dy.double())
+    elif freq_keep < 1.0 or device != "cpu":
         call(refs, "torch").backward(dy.double())
     else:
         args = [refs[name] for name in NAMES]
@@ -87,7 +110,7 @@ def grads_vs_reference(
 
 class Case(NamedTuple):
     """A backward through the public call; every case here is a plan the fused backward covers
-    (n = 256 or 512, no fold)."""
+    (256 <= n <= 8192, no fold)."""
 
     B: int
     H: int
@@ -117,12 +140,25 @@ CASES = {
         3, 3, 111, 100, dtype="fp16", wants=("postgate", "bias")
     ),
     "B3-H3-L111-K100-causal-fp32-needs-pre-k": Case(3, 3, 111, 100, wants=("pregate", "k")),
+    # frequency-sparse filters on the default configurations, the spectra on K2 < N2 columns:
+    # n = 2048 (64 x 32; fp32 accumulator in memory, fp16 held tables and blocks of 8 pairs)
+    # and n = 4096 (128 x 32, not the forward's 64 x 64), 16 of 32 columns
+    "B3-H2-L1000-K1000-causal-fp32-sparse75": Case(3, 2, 1000, 1000, freq_keep=0.25),
+    "B3-H2-L1000-K1000-causal-fp16-sparse94": Case(
+        3, 2, 1000, 1000, dtype="fp16", freq_keep=1 / 16
+    ),
+    "B3-H2-L2000-K2000-causal-fp32-sparse94": Case(3, 2, 2000, 2000, freq_keep=1 / 16),
+    "B3-H2-L2000-K2000-causal-fp16-sparse75": Case(3, 2, 2000, 2000, dtype="fp16", freq_keep=0.25),
+    "B3-H2-L1500-K700-causal-fp16-sparse75-needs-k-post": Case(
+        3, 2, 1500, 700, dtype="fp16", wants=("k", "postgate"), freq_keep=0.25
+    ),
 }
 
 
 class LaunchCase(NamedTuple):
     """A bare launch with NaN-poisoned outputs: ``config`` the ``triton_bwd.Config`` fields
-    (None: the default), ``wants`` the gradients asked for (all five, or u and k when plain)."""
+    (None: the default), ``wants`` the gradients asked for (all five, or u and k when plain),
+    ``freq_keep`` < 1: a frequency-sparse filter (``keep_bins`` passed to the launch)."""
 
     B: int
     H: int
@@ -133,6 +169,7 @@ class LaunchCase(NamedTuple):
     pairs_per_program: int | None = None
     gated: bool = True
     wants: tuple[str, ...] | None = None
+    freq_keep: float = 1.0
 
 
 def _cfg(n1, warps, **options):
@@ -182,6 +219,34 @@ LAUNCHER_CASES = {
     "B5-H2-L256-n512-fp32-store-q-needs-k-bias": LaunchCase(
         5, 2, 256, 512, config=_cfg(32, 2, split="store_q"), wants=("k", "bias")
     ),
+    # frequency-sparse filters in the other variants: Q through memory and the accumulator in
+    # memory on [N1, K2] tiles, held tables for the inverse stage's [K2, N2] columns, Q
+    # recomputed, and 64 x 64 at n = 4096 (16 of 64 columns)
+    "B5-H2-L1000-n2048-fp16-sparse75-store-q-steps2-tail": LaunchCase(
+        5,
+        2,
+        1000,
+        2048,
+        "fp16",
+        _cfg(64, 4, steps=2, stages=2, split="store_q"),
+        3,
+        freq_keep=0.25,
+    ),  # fmt: skip
+    "B5-H2-L1000-n2048-fp32-sparse94-hoist-acc-in-memory": LaunchCase(
+        5, 2, 1000, 2048, config=_cfg(64, 4, hoist=True, acc_in_memory=True), freq_keep=1 / 16
+    ),
+    "B3-H2-L1500-n2048-fp32-sparse75-recompute-plain": LaunchCase(
+        3, 2, 1500, 2048, config=_cfg(64, 4, split="recompute"), gated=False, freq_keep=0.25
+    ),
+    "B3-H2-L2000-n4096-fp16-sparse94-64x64-store-q-acc-in-memory": LaunchCase(
+        3,
+        2,
+        2000,
+        4096,
+        "fp16",
+        _cfg(64, 4, acc_in_memory=True, split="store_q"),
+        freq_keep=1 / 16,
+    ),  # fmt: skip
 }
 SPECTRUM_CASE = "spectrum-n512-L200-fp32"
 DETERMINISM_CASE = "determinism-B9-H2-L256-fp32"
@@ -193,13 +258,14 @@ def _run_case(c: Case):
     )
 
 
-def _launcher_reference(dy, u, kf, pre, post, bias, n):
-    """The five gradients in float64 by torch.fft (circular filter of length n)."""
+def _launcher_reference(dy, u, kf, pre, post, bias, n, keep_bins=None):
+    """The five gradients in float64 by torch.fft (circular filter of length n; with
+    ``keep_bins``, its spectrum cut there)."""
     from kernels.fftconv import core, reference
     from kernels.fftconv.plan import ConvPlan
 
     B, H, L = u.shape
-    plan = ConvPlan("causal", L, n, n, False, n // 2 + 1)
+    plan = ConvPlan("causal", L, n, n, False, keep_bins or n // 2 + 1)
     kc = torch.fft.irfft(kf.to(torch.complex128), n=n)
     args = [None if x is None else x.double() for x in (dy, u, kc, None, pre, post, bias)]
     needs = (True, True, pre is not None, post is not None, bias is not None)
@@ -210,10 +276,13 @@ def _run_launcher_case(c: LaunchCase, device="cpu"):
     """The bare launch against float64: ({name: rel. error, "unwritten": NaN count}, ok): ok is
     False if an out tensor was not the one returned or a gradient's presence is wrong."""
     from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import keep_bins_for
 
     dtype = DTYPES[c.dtype]
     u, k, pre, post, bias = make_inputs(c.B, c.H, c.L, c.n, dtype, c.gated, seed=1, device=device)
     kf = torch.fft.rfft(k, n=c.n)
+    keep = keep_bins_for(c.n, c.freq_keep)
+    kf[:, keep:] = 0  # the contract: a sparse filter's spectrum is zero from keep_bins on
     g = torch.Generator().manual_seed(2)
     dy = torch.randn(c.B, c.H, c.L, generator=g).to(device, dtype)
     wants = c.wants or (NAMES if c.gated else ("u", "k"))
@@ -231,10 +300,11 @@ def _run_launcher_case(c: LaunchCase, device="cpu"):
         config=triton_bwd.Config(**c.config) if c.config else None,
         pairs_per_program=c.pairs_per_program,
         out=out,
+        keep_bins=keep if c.freq_keep < 1 else None,
     )
     d_u, dk_spec, d_pre, d_post, d_bias = grads
-    d_k = triton_bwd.dk_from_spectrum(dk_spec, c.n, c.n // 2 + 1) if dk_spec is not None else None
-    ref = _launcher_reference(dy, u, kf, pre, post, bias, c.n)
+    d_k = triton_bwd.dk_from_spectrum(dk_spec, c.n, keep) if dk_spec is not None else None
+    ref = _launcher_reference(dy, u, kf, pre, post, bias, c.n, keep)
     got = (d_u, d_k, d_pre, d_post, d_bias)
     errs = {
         name: rel_err(a, b)
@@ -286,20 +356,41 @@ def _run_determinism_case():
     return {}, same
 
 
+def _record_columns(triton_bwd, setattr=setattr) -> list[tuple[int, int, int]]:
+    """Wraps the kernel so that every launch appends its ``(N1, N2, K2)`` constexprs (the
+    frequency columns it computed the spectra on) to the returned list (``setattr``: a
+    pytest ``monkeypatch.setattr``, to undo the wrap after the test)."""
+    launched: list[tuple[int, int, int]] = []
+    kernel = triton_bwd._fftconv_bwd_kernel
+
+    class Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append((kwargs["N1"], kwargs["N2"], kwargs["K2"]))
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    setattr(triton_bwd, "_fftconv_bwd_kernel", Recorded())
+    return launched
+
+
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
     start_interpreter()
     from kernels.fftconv import triton_bwd
 
     calls = count_calls(triton_bwd, "fftconv_bwd")
+    launched = _record_columns(triton_bwd)
     jobs = [(cid, _run_case, (case,)) for cid, case in CASES.items()]
     jobs += [(cid, _run_launcher_case, (case,)) for cid, case in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (DETERMINISM_CASE, _run_determinism_case, ())]
     results = {}
     for cid, run, args in jobs:
         calls.clear()
+        launched.clear()
         errs, ok = run(*args)
-        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls)}
+        results[cid] = {"errs": errs, "ok": ok, "fused": bool(calls), "columns": launched[:]}
     print(json.dumps(results))
 
 
@@ -308,8 +399,21 @@ def interpreted():
     return run_interpreted("tests.kernels.test_fftconv_triton_bwd")
 
 
+def _expected_columns(n: int, freq_keep: float, dtype: str, config: dict | None = None):
+    """``(N1, N2, K2)`` a launch at FFT size n should use: the configuration's factors, and
+    the frequency columns ``kept_columns`` gives there (N2 for a dense filter)."""
+    from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import keep_bins_for
+
+    N1 = config["n1"] if config else triton_bwd.config_for(n, DTYPES[dtype]).n1
+    keep = keep_bins_for(n, freq_keep) if freq_keep < 1 else None
+    return N1, n // N1, sum(triton_bwd.kept_columns(n, keep, N1=N1))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_interpreter_backward(interpreted, case):
+    from kernels.fftconv.plan import make_plan
+
     c = CASES[case]
     res = interpreted[case]
     assert res["fused"], "the fused backward was not taken"
@@ -317,6 +421,12 @@ def test_interpreter_backward(interpreted, case):
     assert set(res["errs"]) <= set(c.wants)
     for name, err in res["errs"].items():
         assert err < TOL[DTYPES[c.dtype]], (name, err)
+    Lk = 2 * c.Lk - 1 if c.pair else c.Lk
+    n = make_plan(c.mode, c.L, Lk, c.freq_keep).fft_size
+    want = _expected_columns(n, c.freq_keep, c.dtype)
+    assert res["columns"] and all(tuple(x) == want for x in res["columns"]), res["columns"]
+    if c.freq_keep <= 0.25:  # n >= 2048 here: N2 >= 32
+        assert want[2] < want[1], "the case should skip frequency columns"
 
 
 @pytest.mark.parametrize("case", list(LAUNCHER_CASES))
@@ -329,6 +439,9 @@ def test_interpreter_launcher_poisoned(interpreted, case):
     assert set(errs) == set(c.wants or (NAMES if c.gated else ("u", "k")))
     for name, err in errs.items():
         assert err < TOL[DTYPES[c.dtype]], (name, err)
+    want = _expected_columns(c.n, c.freq_keep, c.dtype, c.config)
+    assert res["columns"] and all(tuple(x) == want for x in res["columns"]), res["columns"]
+    assert (want[2] < want[1]) == (c.freq_keep < 1), "sparse cases skip columns, dense do not"
 
 
 def test_interpreter_spectrum_for_longer_length(interpreted):
@@ -350,6 +463,27 @@ def test_interpreter_deterministic(interpreted):
 def _launch_args(n=512, B=3, H=2, L=300, dtype=torch.float32):
     u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, True)
     return [u.clone(), u, torch.fft.rfft(k, n=n), pre, post, bias, n, (True,) * 5]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        pytest.param({"keep_bins": 0}, r"keep_bins must be None or >= 1; got 0", id="keep-0"),
+        pytest.param(
+            {"keep_bins": 200, "blocked": True},
+            r"keep_bins: a blocked plan keeps every frequency \(None or >= 257\); got 200",
+            id="blocked-sparse",
+        ),
+    ],
+)
+def test_launch_rejects_bad_keep_bins(options, match):
+    from kernels.fftconv import triton_bwd
+
+    with pytest.raises(ValueError, match=match):
+        triton_bwd.launch(*_launch_args(), **options)
+    if options.get("blocked"):
+        with pytest.raises(ValueError, match=match):
+            triton_bwd.dot_flops(3, 2, 300, 512, blocked=True, keep_bins=200)
 
 
 @pytest.mark.parametrize(
@@ -456,6 +590,64 @@ def test_dk_from_spectrum_matches_torch_fft():
     assert rel_err(triton_bwd.dk_from_spectrum(spec, m, keep), want_keep[:, :m]) < 1e-6
 
 
+def _factors(n: int) -> list[int]:
+    """Every first factor N1 the backward takes at size n (``N1 >= N2 >= 16``)."""
+    return [N1 for N1 in (16, 32, 64, 128, 256, 512) if N1 >= n // N1 >= 16]
+
+
+@pytest.mark.parametrize("n", [256, 512, 1024, 2048, 4096, 8192])
+def test_kept_columns_cover_the_kept_bins(n):
+    """On every factorisation and every cut-off ``plan.keep_bins_for`` gives: the default
+    factors keep the forward's columns; the kept columns are all N2, or a power of two >= 16
+    below N2; and the skipped ones hold only bins ``keep .. n - keep``, which
+    ``dk_from_spectrum`` zeroes: a filter-gradient spectrum zeroed in the skipped columns gives
+    the same filter gradient, bit for bit."""
+    from kernels.fftconv import triton_bwd, triton_fwd
+    from kernels.fftconv.plan import FREQ_STEPS, keep_bins_for
+
+    g = torch.Generator().manual_seed(8)
+    spectrum = torch.randn(2, 2, n, generator=g)  # [H, 2, n]: any spectrum, natural order
+    for steps in range(1, FREQ_STEPS + 1):
+        keep = keep_bins_for(n, steps / FREQ_STEPS)
+        assert triton_bwd.kept_columns(n, keep) == triton_fwd.kept_columns(n, keep)
+        for N1 in _factors(n):
+            N2 = n // N1
+            low, high = triton_bwd.kept_columns(n, keep, N1=N1)
+            K2 = low + high
+            assert K2 == N2 and high == 0 or 16 <= K2 < N2 and K2 & (K2 - 1) == 0, (N1, K2)
+            bins = torch.arange(n).reshape(N2, N1).T  # bin k1 + N1 k2 at [k1, k2]
+            kept = torch.zeros(N2, dtype=torch.bool)
+            kept[:low] = True
+            kept[N2 - high :] = True
+            skipped = bins[:, ~kept]
+            assert ((skipped >= keep) & (skipped <= n - keep)).all(), (N1, keep)
+            tile = spectrum.reshape(2, 2, N2, N1).transpose(2, 3)  # kernel order
+            dense = triton_bwd.dk_from_spectrum(tile, n, keep)
+            zeroed = triton_bwd.dk_from_spectrum(tile * kept, n, keep)
+            assert torch.equal(dense, zeroed), (N1, keep)
+
+
+def test_dot_flops_counts_the_kept_columns():
+    """n = 2048 on 64 x 32, L = 1000: 32 rows; 1/4 of the bins kept is 16 of the 32 columns,
+    so each transform's second stage halves (the column count of ``kept_columns``)."""
+    from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import keep_bins_for
+
+    B, H, L, n = 5, 3, 1000, 2048
+    keep = keep_bins_for(n, 0.25)
+    assert triton_bwd.kept_columns(n, keep, N1=64) == (12, 4)
+    per_transform = 8 * n * (32 + 16)
+    assert triton_bwd.dot_flops(B, H, L, n, keep_bins=keep) == H * 3 * 4 * per_transform
+    assert triton_bwd.dot_flops(B, H, L, n, needs_z=False, keep_bins=keep) == (
+        H * 3 * 3 * per_transform
+    )
+    assert triton_bwd.dot_flops(B, H, L, n, keep_bins=n // 2 + 1) == H * 3 * 4 * 8 * n * 64
+    # n = 4096 on the backward's 128 x 32 (the forward's 64 x 64 keeps 16 of 64): 64 rows
+    keep = keep_bins_for(4096, 1 / 16)
+    assert triton_bwd.kept_columns(4096, keep, N1=128) == (15, 1)
+    assert triton_bwd.dot_flops(2, 1, 2000, 4096, keep_bins=keep) == 4 * 8 * 4096 * (64 + 16)
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU
 
@@ -529,6 +721,79 @@ def test_gpu_backward_partial(B, H, L, Lk, mode, pair, freq_keep, dtype, monkeyp
     assert ok and calls
     for name, err in errs.items():
         assert err < TOL[dtype], (name, err)
+
+
+# (L, freq_keep): causal L = Lk, n = 2048, 4096, 8192 (the backward's 64 x 32, 128 x 32 and
+# 128 x 64); 3/4 and 15/16 of the bins zero: 16 columns computed
+GPU_SPARSE = [
+    pytest.param(L, keep, id=f"n{n}-L{L}-sparse{name}")
+    for n, L in ((2048, 1000), (4096, 2000), (8192, 4000))
+    for keep, name in ((0.25, "75"), (1 / 16, "94"))
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("L", "freq_keep"), GPU_SPARSE)
+def test_gpu_backward_sparse_skips_columns(L, freq_keep, dtype, monkeypatch):
+    """The public call with a frequency-sparse filter, gated: all five gradients against
+    float64 autograd through torch.fft with the same cut-off, and the kernel ran on the kept
+    frequency columns only (K2 < N2)."""
+    from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import make_plan
+
+    calls = _fused_taken(monkeypatch)
+    launched = _record_columns(triton_bwd, monkeypatch.setattr)
+    errs, ok = grads_vs_reference(
+        3, 33, L, L, "causal", dtype, True, freq_keep=freq_keep, seed=9, device="cuda"
+    )
+    assert ok and calls and set(errs) == set(NAMES)
+    for name, err in errs.items():
+        assert err < TOL[dtype], (name, err)
+    n = make_plan("causal", L, L, freq_keep).fft_size
+    want = _expected_columns(n, freq_keep, {v: k for k, v in DTYPES.items()}[dtype])
+    assert want[2] < want[1]
+    assert launched and all(tuple(x) == want for x in launched), launched
+
+
+# (n, L, config): the defaults (n = 8192: the split with Q through memory) and the variants that
+# hold other tiles: 64 x 64 at n = 4096, blocks of pairs pipelined, Q recomputed, 16 warps
+GPU_SPARSE_LAUNCH = [
+    pytest.param(2048, 1027, None, id="n2048-L1027"),
+    pytest.param(2048, 1000, _cfg(64, 4, steps=8, stages=3, split="store_q"), id="n2048-split-q"),
+    pytest.param(4096, 2051, None, id="n4096-L2051"),
+    pytest.param(4096, 2048, _cfg(64, 4), id="n4096-64x64-w4"),
+    pytest.param(4096, 2000, _cfg(128, 8, steps=8, stages=2), id="n4096-pipe-s8p2"),
+    pytest.param(8192, 5000, None, id="n8192-L5000"),
+    pytest.param(8192, 4096, _cfg(128, 8, acc_in_memory=True, split="recompute"), id="n8192-rec"),
+    pytest.param(8192, 4096, _cfg(256, 16, acc_in_memory=True), id="n8192-256x32-w16"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("freq_keep", [0.25, 1 / 16], ids=["sparse75", "sparse94"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("n", "L", "config"), GPU_SPARSE_LAUNCH)
+def test_gpu_launcher_sparse_poisoned(n, L, config, dtype, freq_keep):
+    """The bare launch with ``keep_bins``: every output element written, the five gradients
+    right, fewer matrix-product flops than dense. Pipelined fp32 at n >= 4096 needs more shared
+    memory than an SM has (as dense), so fp32 takes the unpipelined ones only."""
+    from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import keep_bins_for
+
+    if dtype == torch.float32 and config and config.get("stages", 1) > 1 and n >= 4096:
+        pytest.skip("pipelined fp32 at n >= 4096 does not fit in shared memory")
+    name = {v: k for k, v in DTYPES.items()}[dtype]
+    case = LaunchCase(5, 7, L, n, name, config, freq_keep=freq_keep)
+    errs, ok = _run_launcher_case(case, device="cuda")
+    assert ok
+    assert errs.pop("unwritten") == 0
+    for grad, err in errs.items():
+        assert err < TOL[dtype], (grad, err)
+    n1 = config["n1"] if config else triton_bwd.config_for(n, dtype).n1
+    keep = keep_bins_for(n, freq_keep)
+    sparse = triton_bwd.dot_flops(5, 7, L, n, n1=n1, keep_bins=keep)
+    assert sparse < triton_bwd.dot_flops(5, 7, L, n, n1=n1)
 
 
 @pytest.mark.gpu

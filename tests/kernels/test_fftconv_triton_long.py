@@ -124,6 +124,32 @@ ROWS_BACKWARD_CASES = {
     "B3-H1-L700-K500-causal-fp16-n0x2-held-p2": (
         3, 1, 700, 500, "causal", "fp16", 2, "10110", "held-p2", False),
 }  # fmt: skip
+# id -> (B, H, L, Lk, mode, dtype, n0, freq_keep, max_intermediate_bytes, kernels): the filter
+# gradient alone (needs "01000") of long_backward, gated, against float64; kernels: the
+# cross-spectrum kernels (filter_grad_long) or, switched off, torch.fft. Odd B (a half-empty
+# pair), odd H, the folded plan's 2L - 1 samples of window^T(dz), a frequency cut-off, chunks
+# of one pair (partial sums across chunks), a partial filter (taps < L).
+FILTER_GRAD_CASES = {
+    "dk-B3-H3-L500-K500-causal-fp32-n0x4": (
+        3, 3, 500, 500, "causal", "fp32", 4, 1.0, None, True),
+    "dk-B3-H1-L700-K500-causal-fp16-n0x2": (
+        3, 1, 700, 500, "causal", "fp16", 2, 1.0, None, True),
+    "dk-B2-H2-L300-M101-bidir-fp32-n0x2": (
+        2, 2, 300, 201, "bidir", "fp32", 2, 1.0, None, True),
+    "dk-B3-H1-L1000-circ-fp16-n0x4": (
+        3, 1, 1000, 1000, "circ", "fp16", 4, 1.0, None, True),
+    "dk-B2-H1-L400-K400-causal-fp32-n0x2-keep0.25": (
+        2, 1, 400, 400, "causal", "fp32", 2, 0.25, None, True),
+    "dk-B5-H2-L301-K301-causal-fp32-n0x2-chunk-b": (
+        5, 2, 301, 301, "causal", "fp32", 2, 1.0, 16384, True),
+    "dk-B3-H1-L500-K500-causal-fp32-n0x4-torch": (
+        3, 1, 500, 500, "causal", "fp32", 4, 1.0, None, False),
+}  # fmt: skip
+# the same, slow in the interpreter (256 rows): two outer levels (``-m slow``)
+SLOW_FILTER_GRAD_CASES = {
+    "dk-B3-H1-L30001-causal-fp32-n0x256-two-level": (
+        3, 1, 30001, 30001, "causal", "fp32", 256, 1.0, None, True),
+}  # fmt: skip
 # id -> (n, n0, conj): spectrum_layout's kernel against its torch ops, bit for bit
 LAYOUT_CASES = {
     "layout-n1024-2x512": (1024, 2, False),
@@ -229,6 +255,38 @@ def _run_backward_case(B, H, L, Lk, mode, dtype, n0, needs):
     return errs, flags
 
 
+def _run_filter_grad_case(B, H, L, Lk, mode, dtype, n0, freq_keep, max_bytes, kernels):
+    """long_backward's d_kc (mapped back to d_k through the layout) against float64 autograd;
+    with a cut-off, against ``core.backward`` in float64 on the same plan (the cut is defined
+    there). NaN-free and the filter's dtype are flags."""
+    from kernels.fftconv import core, reference, triton_long
+    from kernels.fftconv.plan import make_plan
+
+    dt, mode = DTYPES[dtype], MODES[mode]
+    u, k, pre, post, bias = make_inputs(B, H, L, Lk, dt, True, seed=12)
+    plan = make_plan(mode, L, Lk, freq_keep)
+    k_leaf = k.clone().requires_grad_()
+    kc, kf = _spectrum_for(k_leaf, plan)
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(13)).to(dt)
+    options = {"n0": n0} | ({"max_intermediate_bytes": max_bytes} if max_bytes else {})
+    needs = (False, True, False, False, False)
+    with triton_long.use_filter_grad_kernels(kernels):
+        grads = triton_long.long_backward(
+            dy, u, kc.detach(), kf.detach(), pre, post, bias, plan, needs, **options
+        )
+    d_kc = grads[1]
+    flags = {"others_none": all(g is None for i, g in enumerate(grads) if i != 1)}
+    flags |= {"dtype": d_kc.dtype == kc.dtype, "finite": bool(d_kc.isfinite().all())}
+    if freq_keep < 1.0:
+        args = [x.double() for x in (u, kc.detach(), pre, post, bias)]
+        want = core.backward(dy.double(), *args[:2], None, *args[2:], plan, reference, needs)[1]
+        return {"k": rel_err(d_kc, want)}, flags
+    (got,) = torch.autograd.grad(kc, k_leaf, grad_outputs=d_kc.to(kc.dtype))
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    conv_torch64(*refs, mode=mode).backward(dy.double())
+    return {"k": rel_err(got, refs[1].grad)}, flags
+
+
 def _run_rows_backward_case(B, H, L, Lk, mode, dtype, n0, needs, rows, layout):
     from kernels.fftconv import triton_long
 
@@ -324,9 +382,9 @@ def _interpreter_main(slow: bool) -> None:
     start_interpreter()
     from kernels.fftconv import triton_fwd, triton_long
 
-    calls = {"long": 0, "fold-inner": 0, "rows-v1": 0, "rows-held": 0}
+    calls = {"long": 0, "fold-inner": 0, "rows-v1": 0, "rows-held": 0, "cross": 0}
     conv_long, launch = triton_long.conv_long, triton_fwd.launch
-    launch_rows = triton_long.launch_rows
+    launch_rows, launch_cross = triton_long.launch_rows, triton_long.launch_rows_cross
 
     def counted_long(*args, **kwargs):
         calls["long"] += 1
@@ -340,8 +398,12 @@ def _interpreter_main(slow: bool) -> None:
         calls["rows-held" if triton_long.rows_config(kwargs.get("rows")).held else "rows-v1"] += 1
         return launch_rows(*args, **kwargs)
 
+    def counted_cross(*args, **kwargs):
+        calls["cross"] += 1
+        return launch_cross(*args, **kwargs)
+
     triton_long.conv_long, triton_fwd.launch = counted_long, counted_launch
-    triton_long.launch_rows = counted_rows
+    triton_long.launch_rows, triton_long.launch_rows_cross = counted_rows, counted_cross
     jobs = [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_backward_case, args) for cid, args in BACKWARD_CASES.items()]
@@ -351,8 +413,10 @@ def _interpreter_main(slow: bool) -> None:
     jobs += [(cid, _run_rows_backward_case, args) for cid, args in ROWS_BACKWARD_CASES.items()]
     jobs += [(cid, _run_public_rows_case, args) for cid, args in PUBLIC_ROWS_CASES.items()]
     jobs += [(cid, _run_layout_case, args) for cid, args in LAYOUT_CASES.items()]
+    jobs += [(cid, _run_filter_grad_case, args) for cid, args in FILTER_GRAD_CASES.items()]
     if slow:
         jobs = [(cid, _run_launcher_case, args) for cid, args in SLOW_LAUNCHER_CASES.items()]
+        jobs += [(cid, _run_filter_grad_case, args) for cid, args in SLOW_FILTER_GRAD_CASES.items()]
     results = {}
     for cid, run, args in jobs:
         calls.update(dict.fromkeys(calls, 0))
@@ -407,6 +471,39 @@ def test_interpreter_rows_variants_backward(interpreted, case):
     }
     for name, err in res["errs"].items():
         assert err < TOL[DTYPES[dtype]], (name, err)
+
+
+def _check_filter_grad(res, case_args):
+    dtype, kernels = case_args[5], case_args[9]
+    assert all(res["flags"].values()), res["flags"]
+    # one cross-spectrum launch per chunk, none when switched off; no convolution ran
+    assert (res["calls"]["cross"] >= 1) == kernels, res["calls"]
+    assert res["calls"]["long"] == 0, res["calls"]
+    assert res["errs"]["k"] < TOL[DTYPES[dtype]], res["errs"]
+
+
+@pytest.mark.parametrize("case", list(FILTER_GRAD_CASES))
+def test_interpreter_filter_grad(interpreted, case):
+    _check_filter_grad(interpreted[case], FILTER_GRAD_CASES[case])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(SLOW_FILTER_GRAD_CASES))
+def test_interpreter_filter_grad_two_level(interpreted_slow, case):
+    _check_filter_grad(interpreted_slow[case], SLOW_FILTER_GRAD_CASES[case])
+
+
+def test_interpreter_filter_grad_chunks_sum(interpreted):
+    """One pair per chunk: six launches (B = 5: 3 pairs of each of 2 channels), their partial
+    spectra summed."""
+    res = interpreted["dk-B5-H2-L301-K301-causal-fp32-n0x2-chunk-b"]
+    assert res["calls"]["cross"] == 6, res["calls"]
+
+
+def test_interpreter_public_backward_runs_cross_kernel(interpreted):
+    """The public backward on the long path (n = 16384: 16 x 1024) takes the filter gradient
+    there."""
+    assert interpreted["public-B3-H1-L5000-causal-fp16-held-layout"]["calls"]["cross"] == 1
 
 
 @pytest.mark.parametrize("case", list(LAYOUT_CASES))
@@ -559,6 +656,59 @@ def test_conv_long_validation():
         triton_long.conv_long(u, spec, split, block_cols=24)
     with pytest.raises(ValueError, match=r"kf must be complex of shape \(H, 513\)"):
         triton_long.spectrum_layout(torch.randn(3, 513), split)
+
+
+def test_filter_grad_long_validation_and_knob():
+    from kernels.fftconv import triton_long
+
+    split = triton_long.make_split(1024, 4)
+    u = torch.randn(2, 3, 500)
+    with pytest.raises(ValueError, match=r"dz must be \[2, 3, Lz\] torch.float32"):
+        triton_long.filter_grad_long(u.half(), u, split, 500)
+    with pytest.raises(ValueError, match=r"L and Lz must be in \[1, n=1024\]; got L=500"):
+        triton_long.filter_grad_long(torch.randn(2, 3, 1025), u, split, 500)
+    with pytest.raises(ValueError, match=r"taps must be in \[1, n=1024\]; got 0"):
+        triton_long.filter_grad_long(u, u, split, 0)
+    with pytest.raises(ValueError, match=r"keep_bins must be in \[1, 513\]; got 600"):
+        triton_long.filter_grad_long(u, u, split, 500, 600)
+    with pytest.raises(ValueError, match=r"postgate must have shape \(2, 3, 500\)"):
+        triton_long.filter_grad_long(u, u, split, 500, postgate=u[:, :, :10])
+    buf = torch.zeros(6, 2, 4, 256)
+    with pytest.raises(ValueError, match=r"buf_q must be \[signals, 2, 4, 256\]"):
+        triton_long.launch_rows_cross(buf, buf[:, :, :2], split, 3, 2)
+    with pytest.raises(ValueError, match="buf_p must be contiguous with >= channels"):
+        triton_long.launch_rows_cross(buf, buf, split, 3, 3)
+    with pytest.raises(ValueError, match=r"parts must be an int in \[1, pairs=2\]; got 3"):
+        triton_long.launch_rows_cross(buf, buf, split, 3, 2, parts=3)
+    assert triton_long._filter_grad_kernels
+    with triton_long.use_filter_grad_kernels(False):
+        assert not triton_long._filter_grad_kernels
+    assert triton_long._filter_grad_kernels
+
+
+def test_cross_spectrum_to_filter_grad_layout_and_scale():
+    """A cross-spectrum in the kernel's layout (``spectrum_layout`` of ``FFT(a) conj FFT(b) / n``,
+    the unitary transforms' scale) gives the correlation of a and b, and the cut-off the
+    low-passed one."""
+    from kernels.fftconv import triton_long
+
+    n, taps, keep = 4096, 3000, 300
+    split = triton_long.make_split(n, 8)
+    g = torch.Generator().manual_seed(14)
+    a, b = torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+    spec = torch.fft.rfft(a) * torch.fft.rfft(b).conj() / n
+    laid = triton_long.spectrum_layout(spec, split).double()
+    got = triton_long.cross_spectrum_to_filter_grad(laid, split, taps, n // 2 + 1)
+    want = torch.fft.irfft(torch.fft.rfft(a) * torch.fft.rfft(b).conj(), n)[:, :taps]
+    assert rel_err(got, want) < 1e-6
+    cut = triton_long.cross_spectrum_to_filter_grad(laid, split, taps, keep)
+    low = torch.fft.irfft(
+        torch.nn.functional.pad(
+            (torch.fft.rfft(a) * torch.fft.rfft(b).conj())[:, :keep], (0, n // 2 + 1 - keep)
+        ),
+        n,
+    )[:, :taps]
+    assert rel_err(cut, low) < 1e-6 and rel_err(cut, want) > 0.1
 
 
 def test_rows_config_validation_and_knob():
@@ -807,6 +957,50 @@ def test_gpu_long_backward(B, H, L, Lk, mode, dtype):
             got = torch.nn.functional.pad(got, (0, Lk - got.shape[-1]))
         assert got.dtype == leaf.dtype, name
         assert rel_err(got, ref.grad) < TOL[dtype], (name, rel_err(got, ref.grad))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("B", "H", "L"),
+    [
+        pytest.param(3, 5, 8193, id="B3-H5-L8193-odd"),  # n = 16384 (16 x 1024)
+        pytest.param(5, 3, 16384, id="B5-H3-L16384"),  # n = 32768 (32 x 1024)
+        pytest.param(3, 2, 65536, id="B3-H2-L65536"),  # n = 2^17 (32 x 4096)
+        pytest.param(2, 1, 2**20, id="B2-H1-L1M"),  # n = 2^21, two outer levels
+    ],
+)
+def test_gpu_filter_grad(B, H, L, dtype):
+    """long_backward's filter gradient on the cross-spectrum kernels (causal, gated, odd B: a
+    half-empty pair) against float64 torch.fft, and run-to-run identical (no atomics)."""
+    from kernels.fftconv import triton_long
+    from kernels.fftconv.plan import make_plan
+
+    u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, True, seed=15, device="cuda")
+    plan = make_plan("causal", L, L)
+    n = plan.fft_size
+    kc, kf = _spectrum_for(k, plan)
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(16)).to("cuda", dtype)
+    needs = (False, True, False, False, False)
+    calls = []
+    launch = triton_long.launch_rows_cross
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return launch(*args, **kwargs)
+
+    triton_long.launch_rows_cross = counted
+    try:
+        got = triton_long.long_backward(dy, u, kc, kf, pre, post, bias, plan, needs)[1]
+        again = triton_long.long_backward(dy, u, kc, kf, pre, post, bias, plan, needs)[1]
+    finally:
+        triton_long.launch_rows_cross = launch
+    assert calls, "the cross-spectrum kernel did not run"
+    assert got.dtype == kc.dtype and torch.equal(got, again)
+    v, dz = u.double() * pre.double(), dy.double() * post.double()
+    spec = (torch.fft.rfft(dz, n=n) * torch.fft.rfft(v, n=n).conj()).sum(0)
+    want = torch.fft.irfft(spec, n=n)[:, :L]
+    assert rel_err(got, want) < TOL[dtype], rel_err(got, want)
 
 
 @pytest.mark.gpu
