@@ -674,6 +674,16 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(n, torch.device(device), dtype, N1=N1)
 
 
+def skips_columns(N1: int, N2: int, dtype: torch.dtype) -> bool:
+    """Whether the kernel skips a sparse filter's zero frequency columns on an ``N1 x N2`` tile.
+    Not on square tiles in fp16/bf16 (32 x 32 at n = 1024, the default there, and 64 x 64 at
+    4096): compiled for sm_90 by Triton 3.6, that kernel returned d_u with a relative error of
+    0.5-0.7 (fp32 and the interpreter right; benchmarks/NOTES.md, backward v3). Those run the
+    dense columns, which is exact too (K is zero there; the host low-passes the filter
+    gradient either way)."""
+    return N1 != N2 or dtype == torch.float32
+
+
 def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tuple[int, int]:
     """``triton_fwd.kept_columns`` on the factors ``N1 x n/N1`` (default ``split(n)``, where
     the two agree; the backward's defaults differ from n = 4096 on): the first ``low`` and last
@@ -789,14 +799,15 @@ def dot_flops(
     recompute_q: bool = False,
     blocked: bool = False,
     keep_bins: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> int:
-    """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
-    frequency-column skip of a sparse filter (``keep_bins``) included: per pair two forward
-    transforms (Q, P) and one inverse (dv), plus z for the postgate, plus Q again in the
-    second kernel of a ``"recompute"`` split; each transform 4 complex products in each of its
-    two stages, ``8 n (ROWS + K2)`` flops (``K2`` of the N2 frequency columns,
-    ``kept_columns``). ``blocked``: ``B * cdiv(L, n/2)`` sequences, P and dv on ``ROWS = N1/2``
-    rows, Q on all N1 (the dz window); z comes from the forward kernel
+    """Matrix-product flops the kernel issues (2 per multiply-add) for ``dtype``, zero-row skip
+    and the frequency-column skip of a sparse filter (``keep_bins``, ``skips_columns``)
+    included: per pair two forward transforms (Q, P) and one inverse (dv), plus z for the
+    postgate, plus Q again in the second kernel of a ``"recompute"`` split; each transform 4
+    complex products in each of its two stages, ``8 n (ROWS + K2)`` flops (``K2`` of the N2
+    frequency columns, ``kept_columns``). ``blocked``: ``B * cdiv(L, n/2)`` sequences, P and
+    dv on ``ROWS = N1/2`` rows, Q on all N1 (the dz window); z comes from the forward kernel
     (``triton_fwd.dot_flops``), so ``needs_z`` adds nothing there."""
     N1 = n1 or config_for(n).n1
     N2 = n // N1
@@ -807,7 +818,7 @@ def dot_flops(
         per_pair = 8 * n * (2 * (N1 // 2 + N2) + q_transforms * (N1 + N2))
         return H * triton.cdiv(seqs, 2) * per_pair
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
-    K2 = sum(kept_columns(n, keep_bins, N1=N1))
+    K2 = sum(kept_columns(n, keep_bins if skips_columns(N1, N2, dtype) else None, N1=N1))
     transforms = (4 if needs_z else 3) + (1 if recompute_q else 0)
     return H * triton.cdiv(B, 2) * transforms * 8 * n * (rows + K2)
 
@@ -879,6 +890,7 @@ def launch(
     if pairs_per_program is not None and pairs_per_program < 1:
         raise ValueError(f"pairs_per_program must be >= 1; got {pairs_per_program}")
 
+    keep_bins = keep_bins if skips_columns(N1, N2, u.dtype) else None
     low, high = kept_columns(n, keep_bins, N1=N1)
     K2 = low + high
     dft1, dft2, twiddle = triton_fwd.constants(n, u.device, u.dtype, N1=N1)
