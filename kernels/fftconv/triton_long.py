@@ -989,9 +989,9 @@ def long_backward(
     d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
     on the long (or, for small folded plans, the fused) kernels; d_postgate = dy * z with z
     recomputed on the same kernels; d_bias by torch; d_kc by ``filter_grad_long`` where d_u's
-    correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``),
-    unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (folded plans at
-    n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
+    correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
+    and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
+    folded plans at n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
     """
     if not supports(plan, u.dtype) and options.get("n0") is None:
         return None
@@ -1002,8 +1002,15 @@ def long_backward(
     out_lin = plan.out_len
     d_u = d_k = d_pre = d_post = d_bias = None
 
-    # the filter gradient on the long kernels wherever d_u's correlation runs on them
-    dk_kernels = _filter_grad_kernels and (n > MAX_INNER or options.get("n0") is not None)
+    # the filter gradient on the long kernels wherever d_u's correlation runs on them, for two
+    # sequences or more: one sequence rides as a half-empty pair and the kernels do twice its
+    # work, which measured slower than torch.fft's real transforms (B = 1, H = 128, L = 1M:
+    # forward+backward 51.1 ms against 45.3; benchmarks/NOTES.md, long path v3)
+    dk_kernels = (
+        _filter_grad_kernels
+        and u.shape[0] >= 2
+        and (n > MAX_INNER or options.get("n0") is not None)
+    )
     dk_torch = need_k and not dk_kernels
 
     # dz and v in fp32, each computed once for whichever gradients need it

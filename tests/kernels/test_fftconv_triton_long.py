@@ -144,6 +144,9 @@ FILTER_GRAD_CASES = {
         5, 2, 301, 301, "causal", "fp32", 2, 1.0, 16384, True),
     "dk-B3-H1-L500-K500-causal-fp32-n0x4-torch": (
         3, 1, 500, 500, "causal", "fp32", 4, 1.0, None, False),
+    # one sequence: torch.fft (a half-empty pair would do twice the work on the kernels)
+    "dk-B1-H2-L500-K500-causal-fp32-n0x4-one-sequence": (
+        1, 2, 500, 500, "causal", "fp32", 4, 1.0, None, False),
 }  # fmt: skip
 # the same, slow in the interpreter (256 rows): two outer levels (``-m slow``)
 SLOW_FILTER_GRAD_CASES = {
@@ -270,7 +273,8 @@ def _run_filter_grad_case(B, H, L, Lk, mode, dtype, n0, freq_keep, max_bytes, ke
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(13)).to(dt)
     options = {"n0": n0} | ({"max_intermediate_bytes": max_bytes} if max_bytes else {})
     needs = (False, True, False, False, False)
-    with triton_long.use_filter_grad_kernels(kernels):
+    # the switch on for every case but the one that tests it off (B = 1 decides by itself)
+    with triton_long.use_filter_grad_kernels(kernels or B == 1):
         grads = triton_long.long_backward(
             dy, u, kc.detach(), kf.detach(), pre, post, bias, plan, needs, **options
         )
