@@ -49,6 +49,13 @@ def variants(n: int) -> dict[str, triton_bwd.Config]:
     for split in ("fused", "store_q"):
         if split != base.split:
             out[f"split-{split}"] = dataclasses.replace(base, split=split)
+            if base.stages > 1:
+                out[f"split-{split}-stages{base.stages - 1}"] = dataclasses.replace(
+                    base, split=split, stages=base.stages - 1
+                )
+                out[f"split-{split}-acc-mem"] = dataclasses.replace(
+                    base, split=split, acc_in_memory=True
+                )
     if n == 4096:
         out["n1-64"] = dataclasses.replace(base, n1=64, num_warps=4)
     return out
