@@ -623,14 +623,26 @@ class Config:
     dk_num_warps: int | None = None
 
 
-def config_for(n: int, dtype: torch.dtype = torch.bfloat16) -> Config:
+def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = False) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
     (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block, 3 stages
     (2 at n = 1024), up to n = 2048; the fused kernel at 4096; the split with Q through memory
     at 8192); fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the
     registers and shared memory, and the pipelined loops need more shared memory than an SM
-    has from n = 4096)."""
+    has from n = 4096).
+
+    ``blocked`` (fp16/bf16): the blocked mode's dz window doubles the first stage's input, and
+    its own neighbours of the dense default timed faster from n = 2048
+    (``benchmarks.fftconv_blocked_bwd``, Hyena's gates, 8 blocks): the split with Q through
+    memory at 2048 (1.39 against 2.10 ms), the tables held at 4096 (2.62 against 3.36), the
+    accumulator in registers at 8192 (3.56 against 3.87)."""
     N1, _ = split(n)
+    if blocked and dtype != torch.float32 and n >= 2048:
+        if n <= 2048:
+            return Config(N1, 4, hoist=True, steps=8, stages=3, split="store_q")
+        if n <= 4096:
+            return Config(128, 8, hoist=True)
+        return Config(128, 8, split="store_q")
     if dtype != torch.float32:
         if n <= 512:
             return Config(N1, 2, hoist=True, steps=8, stages=3)
@@ -884,7 +896,7 @@ def launch(
     ):
         if need and x is None:
             raise ValueError(f"needs asks for the gradient of {name}, but {name} is None")
-    config = config or config_for(n, u.dtype)
+    config = config or config_for(n, u.dtype, blocked)
     _check_config(n, config)
     N1, N2 = config.n1, n // config.n1
     if pairs_per_program is not None and pairs_per_program < 1:
