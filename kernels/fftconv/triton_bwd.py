@@ -144,6 +144,9 @@ from .triton_fwd import (
     _load_complex,
     _load_row,
     dot_precision,
+    kept_columns,
+    select_columns,
+    spectrum_layout,
     split,
     supports,
 )
@@ -694,45 +697,6 @@ def skips_columns(N1: int, N2: int, dtype: torch.dtype) -> bool:
     dense columns, which is exact too (K is zero there; the host low-passes the filter
     gradient either way)."""
     return N1 != N2 or dtype == torch.float32
-
-
-def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tuple[int, int]:
-    """``triton_fwd.kept_columns`` on the factors ``N1 x n/N1`` (default ``split(n)``, where
-    the two agree; the backward's defaults differ from n = 4096 on): the first ``low`` and last
-    ``high`` frequency columns ``k2`` of the [N1, N2] spectrum tile hold every rfft bin below
-    ``keep_bins`` and its mirror, together a power of two >= 16; ``(N2, 0)`` when that would
-    not be fewer than N2.
-
-    The columns in between hold only bins ``keep_bins .. n - keep_bins`` (column ``k2`` holds
-    bins ``k1 + N1 k2``: ``low >= cdiv(keep_bins, N1)`` puts the first skipped one at or past
-    ``keep_bins``, and ``N2 - high <= (n - keep_bins + 1) // N1`` the last one's at or below
-    ``n - keep_bins``), which is exactly what ``dk_from_spectrum``'s low-pass zeroes: a
-    filter-gradient spectrum computed on the kept columns only and zero elsewhere gives the
-    dense one's gradient."""
-    N1, N2 = split(n) if N1 is None else (N1, n // N1)
-    if keep_bins is None or keep_bins >= n // 2 + 1:
-        return N2, 0
-    low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
-    high = N2 - (n - keep_bins + 1) // N1  # their mirrors k > n - keep_bins
-    width = max(16, triton.next_power_of_2(low + high))
-    if width >= N2:
-        return N2, 0
-    return width - high, high
-
-
-def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None = None) -> Tensor:
-    """The kept columns (``kept_columns``) of a [..., N2] tile, by slicing (capture-safe)."""
-    low, high = kept_columns(n, keep_bins, N1=N1)
-    if high == 0:
-        return t[..., :low]
-    return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
-
-
-def spectrum_layout(kf: Tensor, n: int, keep_bins: int | None, *, N1: int) -> Tensor:
-    """kf ``[H, n//2+1]`` complex -> ``[H, 2, N1, K2]`` fp32: ``triton_fwd.spectrum_layout`` on
-    the factors ``N1 x n/N1``, its kept columns only (all N2 if dense)."""
-    full = triton_fwd.spectrum_layout(kf, n, N1=N1)  # [H, 2, N1, N2]
-    return select_columns(full, n, keep_bins, N1=N1).contiguous()
 
 
 def _all_columns(spectrum: Tensor, n: int, keep_bins: int | None, N1: int) -> Tensor:

@@ -140,12 +140,18 @@ def constants(
     return _CONSTANTS[key]
 
 
-def kept_columns(n: int, keep_bins: int | None) -> tuple[int, int]:
-    """The frequency columns ``k2`` of the [N1, N2] spectrum tile that hold nonzero bins of a
-    spectrum whose rfft bins ``>= keep_bins`` are zero: ``(low, high)``, the first ``low`` and
-    the last ``high`` columns, together a power of two >= 16 (``tl.dot``'s minimum; extra
-    columns come from the zero middle). ``(N2, 0)`` when that would not be fewer than N2."""
-    N1, N2 = split(n)
+def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tuple[int, int]:
+    """The frequency columns ``k2`` of the [N1, N2] spectrum tile (the factors ``N1 x n/N1``,
+    default ``split(n)``) that hold nonzero bins of a spectrum whose rfft bins ``>= keep_bins``
+    are zero: ``(low, high)``, the first ``low`` and the last ``high`` columns, together a power
+    of two >= 16 (``tl.dot``'s minimum; extra columns come from the zero middle). ``(N2, 0)``
+    when that would not be fewer than N2.
+
+    The columns in between hold only bins ``keep_bins .. n - keep_bins`` (column ``k2`` holds
+    bins ``k1 + N1 k2``: ``low >= cdiv(keep_bins, N1)`` puts the first skipped one at or past
+    ``keep_bins``, and ``N2 - high <= (n - keep_bins + 1) // N1`` the last one's at or below
+    ``n - keep_bins``): the bins a low-pass at ``keep_bins`` zeroes."""
+    N1, N2 = split(n) if N1 is None else (N1, n // N1)
     if keep_bins is None or keep_bins >= n // 2 + 1:
         return N2, 0
     low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
@@ -156,10 +162,10 @@ def kept_columns(n: int, keep_bins: int | None) -> tuple[int, int]:
     return width - high, high
 
 
-def select_columns(t: Tensor, n: int, keep_bins: int | None) -> Tensor:
+def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None = None) -> Tensor:
     """The kept columns (``kept_columns``) of a [..., N2] tile, by slicing (no index tensor:
     capture-safe)."""
-    low, high = kept_columns(n, keep_bins)
+    low, high = kept_columns(n, keep_bins, N1=N1)
     if high == 0:
         return t[..., :low]
     return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
@@ -171,15 +177,13 @@ def spectrum_layout(
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, K2]`` fp32, the kernel's order:
     ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum,
     for the kept columns of a frequency-sparse filter (``kept_columns``; all N2 if dense).
-    ``N1``: the factors ``N1 x n / N1`` (default ``split(n)``); ``keep_bins`` needs those."""
-    if N1 is not None and keep_bins is not None:
-        raise ValueError("spectrum_layout: keep_bins applies to the default factors only")
+    ``N1``: the factors ``N1 x n / N1`` (default ``split(n)``)."""
     N1, N2 = split(n) if N1 is None else (N1, n // N1)
     H = kf.shape[0]
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
     spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
-    return select_columns(spectrum, n, keep_bins).contiguous()
+    return select_columns(spectrum, n, keep_bins, N1=N1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
