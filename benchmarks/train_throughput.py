@@ -4,7 +4,7 @@ and of gpt-s, a GPT of the same size with PyTorch SDPA (flash) attention, per se
     python -m benchmarks.train_throughput --out benchmarks/results/<name>.json
         [--lengths 2048 4096 ...] [--models hyena-triton hyena-torch gpt-sdpa]
         [--tokens-per-step 65536] [--warmup 3 --steps 10] [--compile]
-        [--loss fused fused-torch unfused]
+        [--loss fused fused-torch unfused] [--filter-len 2048]
     python -m benchmarks.train_throughput --smoke --out <file>   # tiny models, CPU or GPU
 
 Each (model, length, loss) is one real training step as ``train.py`` runs it with
@@ -80,10 +80,12 @@ class ModelSpec:
     smoke_preset: str  # the tiny twin for --smoke
     overrides: dict[str, Any]
 
-    def build(self, smoke: bool, seq_len: int) -> nn.Module:
+    def build(self, smoke: bool, seq_len: int, filter_len: int | None = None) -> nn.Module:
         preset = self.smoke_preset if smoke else self.preset
         if self.family == "hyena":
-            return HyenaLM.from_name(preset, l_max=seq_len, **self.overrides)
+            # a partial filter (filter_len < seq_len) takes the blocked plan where it pays
+            taps = {"filter_len": min(filter_len, seq_len)} if filter_len else {}
+            return HyenaLM.from_name(preset, l_max=seq_len, **self.overrides, **taps)
         return GPTLM.from_name(preset, l_max=seq_len, **self.overrides)
 
 
@@ -199,7 +201,7 @@ def measure(
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(device):
-        model = MODELS[name].build(args.smoke, seq_len)
+        model = MODELS[name].build(args.smoke, seq_len, args.filter_len)
     row["params"] = sum(p.numel() for p in model.parameters())
     row["preset"] = model.config.name
     vocab = model.config.vocab_size
@@ -288,6 +290,7 @@ def environment(device: torch.device, args: argparse.Namespace, argv: list[str])
         "command": " ".join(["python -m benchmarks.train_throughput", *argv]),
         "smoke": args.smoke,
         "compile": args.compile,
+        "filter_len": args.filter_len,
         "autocast_dtype": "bf16",
         "tokens_per_step": args.tokens_per_step,
         "warmup_steps": args.warmup,
@@ -451,6 +454,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help=f"timed steps (default {STEPS})")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
     parser.add_argument(
+        "--filter-len",
+        type=int,
+        help="taps of the Hyena models' long filters (a partial convolution; default: L)",
+    )
+    parser.add_argument(
         "--loss",
         nargs="+",
         choices=list(LOSSES),
@@ -480,6 +488,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--{key.replace('_', '-')} must be >= {least}; got {getattr(args, key)}")
     if min(args.lengths) < 1:
         parser.error(f"--lengths must all be >= 1; got {args.lengths}")
+    if args.filter_len is not None and args.filter_len < 1:
+        parser.error(f"--filter-len must be >= 1; got {args.filter_len}")
     if len(set(args.loss)) != len(args.loss):
         parser.error(f"--loss names a path twice; got {args.loss}")
     return args

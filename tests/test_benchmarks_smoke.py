@@ -110,6 +110,18 @@ def test_bad_arguments_are_refused(capsys) -> None:
         tt.parse_args(["--out", "x.json", "--models", "gpt-flash"])
     args = tt.parse_args(["--out", "x.json", "--smoke", "--lengths", "32"])
     assert args.lengths == [32] and args.steps == tt.SMOKE_STEPS  # explicit flags win
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--out", "x.json", "--filter-len", "0"])
+    assert "--filter-len must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_filter_len_builds_a_partial_filter_model() -> None:
+    """``--filter-len``: the Hyena models get that many taps (capped at L), the GPT nothing."""
+    hyena = tt.MODELS["hyena-torch"].build(True, 512, 128)
+    assert hyena.config.filter_len == 128
+    assert tt.MODELS["hyena-torch"].build(True, 64, 128).config.filter_len == 64
+    assert tt.MODELS["hyena-torch"].build(True, 512).config.filter_len is None
+    assert tt.MODELS["gpt-sdpa"].build(True, 64, 128).config.l_max == 64
 
 
 def test_out_of_memory_and_errors_are_recorded(monkeypatch) -> None:
