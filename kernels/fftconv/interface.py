@@ -49,7 +49,8 @@ class FilterSpectrum(NamedTuple):
 
     ``kc`` is the filter in circular order and carries the gradient; ``kf`` is its spectrum,
     computed without gradient, so the forward and the backward skip the filter's FFT.
-    Valid for any sequence length up to ``plan.seq_len`` (exactly that length in circular mode).
+    Valid for any sequence length up to ``plan.seq_len`` (exactly that length in circular mode;
+    any length at all for a blocked plan, whose FFT size is the filter's, not the sequence's).
     """
 
     kc: Tensor  # [H, m]
@@ -370,7 +371,12 @@ def fftconv(
             raise ValueError(f"backend={backend!r} does not match the spectrum's {spec.backend!r}")
         if spec.kc.shape[0] != H:
             raise ValueError(f"the spectrum has H={spec.kc.shape[0]} filters; u has H={H}")
-        limit_ok = L == spec.plan.seq_len if mode == "circular" else L <= spec.plan.seq_len
+        # a blocked plan's blocks do not depend on L: its spectrum serves every length
+        limit_ok = (
+            L == spec.plan.seq_len
+            if mode == "circular"
+            else L <= spec.plan.seq_len or spec.plan.blocked
+        )
         if not limit_ok:
             raise ValueError(
                 f"sequence length L={L} does not fit a spectrum prepared for "

@@ -275,6 +275,12 @@ def test_blocked_spectrum_serves_shorter_and_matches_dense(backend):
     for L in (1, 255, 256, 700):
         got = fftconv(u[..., :L], blocked)
         assert rel_err(got, conv_numpy(to_numpy(u[..., :L]), to_numpy(k))) < 1e-5, L
+    # and every longer one (the blocks are the filter's size), which a dense spectrum refuses
+    longer = make_inputs(1, 3, 5000, 200, torch.float32, False, seed=4)[0]
+    got = fftconv(longer, blocked)
+    assert rel_err(got, conv_numpy(to_numpy(longer), to_numpy(k))) < 1e-5
+    with pytest.raises(ValueError, match="does not fit a spectrum prepared for seq_len=2000"):
+        fftconv(longer, dense)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
