@@ -321,6 +321,29 @@ def _cdot(a_re, a_im, b_re, b_im, CONJ: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _row_setup(pid_k, N, M1: tl.constexpr, M2: tl.constexpr):
+    """The offsets of row k0's ``[M1, M2]`` tile (``t1 = M2 a + b``) and of its DFT matrices,
+    and the global twiddle's factors ``alpha`` (``[1, M1]``: it scales the columns a of U_M1)
+    and ``beta`` (``[1, M2]``: the columns b)."""
+    offs_1 = tl.arange(0, M1)
+    offs_2 = tl.arange(0, M2)
+    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]
+    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
+    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
+    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)
+    be_re, be_im = _twiddle(pid_k, offs_2, N, False)
+    return (
+        offs_tile,
+        offs_f1,
+        offs_f2,
+        al_re[None, :],
+        al_im[None, :],
+        be_re[None, :],
+        be_im[None, :],
+    )
+
+
+@triton.jit
 def _row_matrices(
     dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1: tl.constexpr, M2: tl.constexpr
 ):
@@ -385,18 +408,8 @@ def rows_kernel_held(
     N = N0 * M
     pid_k, pid_h, first = _program(tl.program_id(0), NBC, STEPS, N0)
     op_dtype = dft1_ptr.dtype.element_ty
-    offs_1 = tl.arange(0, M1)
-    offs_2 = tl.arange(0, M2)
-    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]  # [M1, M2]: t1 = M2 a + b
-    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
-    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
     kf_row = kf_ptr + ((h0 + pid_h).to(tl.int64) * N0 + pid_k) * (2 * M)
-    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)  # [M1]
-    be_re, be_im = _twiddle(pid_k, offs_2, N, False)  # [M2]
-    al_re = al_re[None, :]  # scales the columns a of U_M1
-    al_im = al_im[None, :]
-    be_re = be_re[None, :]
-    be_im = be_im[None, :]
+    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2)
     if HOLD >= 1:
         ft_re, ft_im, f2_re, f2_im = _row_matrices(
             dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
@@ -408,8 +421,7 @@ def rows_kernel_held(
         bp_local = first + step
         valid = bp_local < NBC
         row = (pid_h * NBC + bp_local).to(tl.int64) * (2 * N) + pid_k * M
-        x_re = tl.load(buf_ptr + row + offs_tile, mask=valid, other=0.0)
-        x_im = tl.load(buf_ptr + row + N + offs_tile, mask=valid, other=0.0)
+        x_re, x_im = _load_signal_row(buf_ptr, row, N, valid, offs_tile)
         if HOLD < 1:
             ft_re, ft_im, f2_re, f2_im = _row_matrices(
                 dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
@@ -417,11 +429,8 @@ def rows_kernel_held(
         if HOLD < 2:
             tb_re, tb_im, k_re, k_im = _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M)
 
-        # forward: (U_M1 alpha) @ x, times T beta, @ U_M2
-        b_re, b_im = _cdot(ft_re, ft_im, x_re, x_im, 0, PRECISION)  # [M1, M2]
-        c_re = (b_re * tb_re - b_im * tb_im).to(op_dtype)
-        c_im = (b_re * tb_im + b_im * tb_re).to(op_dtype)
-        x_re, x_im = _cdot(c_re, c_im, f2_re, f2_im, 0, PRECISION)  # [M1, M2] (k1 permuted)
+        # forward: (U_M1 alpha) @ x, times T beta, @ U_M2 -> [M1, M2] (k1 permuted)
+        x_re, x_im = _row_forward(x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION)
 
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
@@ -436,24 +445,17 @@ def rows_kernel_held(
 
 
 @triton.jit
-def _row_forward(
-    buf_ptr,
-    row,
-    N,
-    valid,
-    offs_tile,
-    ft_re,
-    ft_im,
-    tb_re,
-    tb_im,
-    f2_re,
-    f2_im,
-    PRECISION: tl.constexpr,
-):
-    """``FFT_m`` of row k0 of one signal, twiddled (``rows_kernel_held``'s forward half):
-    ``((U_M1 alpha) @ x * T beta) @ U_M2``, fp32 ``[M1, M2]`` (k1 permuted)."""
+def _load_signal_row(buf_ptr, row, N, valid, offs_tile):
+    """Row k0 of one signal of an intermediate: its real and imaginary ``[M1, M2]`` tiles."""
     x_re = tl.load(buf_ptr + row + offs_tile, mask=valid, other=0.0)
     x_im = tl.load(buf_ptr + row + N + offs_tile, mask=valid, other=0.0)
+    return x_re, x_im
+
+
+@triton.jit
+def _row_forward(x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION: tl.constexpr):
+    """``FFT_m`` of row k0 of one signal, twiddled (``rows_kernel_held``'s forward half):
+    ``((U_M1 alpha) @ x * T beta) @ U_M2``, fp32 ``[M1, M2]`` (k1 permuted)."""
     b_re, b_im = _cdot(ft_re, ft_im, x_re, x_im, 0, PRECISION)
     c_re = (b_re * tb_re - b_im * tb_im).to(ft_re.dtype)
     c_im = (b_re * tb_im + b_im * tb_re).to(ft_re.dtype)
@@ -497,17 +499,11 @@ def rows_cross_kernel(
     rest = pid // N0
     pid_part = rest % PARTS
     pid_h = rest // PARTS
-    offs_1 = tl.arange(0, M1)
-    offs_2 = tl.arange(0, M2)
-    offs_tile = offs_1[:, None] * M2 + offs_2[None, :]  # [M1, M2]: t1 = M2 a + b
-    offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
-    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
-    al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)  # [M1]
-    be_re, be_im = _twiddle(pid_k, offs_2, N, False)  # [M2]
+    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2)
     ft_re, ft_im, f2_re, f2_im = _row_matrices(
-        dft1_ptr, dft2_ptr, al_re[None, :], al_im[None, :], offs_f1, offs_f2, M1, M2
+        dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
     )
-    tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re[None, :], be_im[None, :], offs_tile, M)
+    tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M)
     acc_re = tl.zeros((M1, M2), dtype=tl.float32)
     acc_im = tl.zeros((M1, M2), dtype=tl.float32)
 
@@ -522,14 +518,14 @@ def rows_cross_kernel(
             bp_local = block + step
             valid = (bp_local < end) & (bp_local < NBC)
             row = (pid_h * NBC + bp_local).to(tl.int64) * (2 * N) + pid_k * M
+            x_re, x_im = _load_signal_row(p_ptr, row, N, valid, offs_tile)
             p_re, p_im = _row_forward(
-                p_ptr, row, N, valid, offs_tile, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im,
-                PRECISION,
-            )  # fmt: skip
+                x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION
+            )
+            x_re, x_im = _load_signal_row(q_ptr, row, N, valid, offs_tile)
             q_re, q_im = _row_forward(
-                q_ptr, row, N, valid, offs_tile, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im,
-                PRECISION,
-            )  # fmt: skip
+                x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION
+            )
             acc_re += q_re * p_re + q_im * p_im
             acc_im += q_im * p_re - q_re * p_im
         block += STEPS
