@@ -1,8 +1,10 @@
 """What the kernels share about their backends, devices and inputs: whether Triton can run,
-one cache key per device, the SM count, the checks of a float tensor argument."""
+one cache key per device, the SM count, the device guard of a launch, the checks of a float
+tensor argument."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -42,6 +44,21 @@ def _sm_count(index: int) -> int:
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (queried once per device)."""
     return _sm_count(canonical_device(device).index)
+
+
+def check_triton_device(op: str, x: torch.Tensor) -> None:
+    """A Triton launcher's input ``x`` is on a CUDA device, or the interpreter runs."""
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"the Triton {op} runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
+            f"got x on {x.device}"
+        )
+
+
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """What a Triton launch runs under: ``t``'s CUDA device made current (Triton launches on
+    the current device), nothing off CUDA (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -124,7 +124,6 @@ Design choices:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -132,7 +131,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backends import sm_count
+from ..backends import device_guard, sm_count
 from . import triton_fwd
 from .triton_fwd import (
     DTYPES,
@@ -958,7 +957,7 @@ def launch(
     if blocked and need_post:
         z = triton_fwd.fftconv_fwd(u, kf, pregate, None, None, n, blocked=True)
         d_post.copy_(dy.to(torch.float32) * z.to(torch.float32))
-    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+    with device_guard(u):
         if _splits(config, kernel_needs):
             # (a) Q, dv and what follows from it; (b) P, z and the filter gradient
             q = None

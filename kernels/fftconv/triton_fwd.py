@@ -66,7 +66,6 @@ Design choices:
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -74,7 +73,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backends import canonical_device, sm_count
+from ..backends import canonical_device, device_guard, sm_count
 from .plan import BLOCK_MIN
 
 MIN_FFT = 256
@@ -564,7 +563,7 @@ def launch(
     if stages < 1:
         raise ValueError(f"stages must be >= 1; got {stages}")
     grid = (H * triton.cdiv(per_channel, steps),)
-    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+    with device_guard(u):
         _fftconv_fwd_kernel[grid](
             u,
             pregate if pregate is not None else u,

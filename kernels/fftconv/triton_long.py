@@ -125,7 +125,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ..backends import canonical_device, sm_count, triton_unusable
+from ..backends import canonical_device, device_guard, sm_count, triton_unusable
 from . import core, reference, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
@@ -312,7 +312,7 @@ def spectrum_layout(
         out = torch.empty(H, n0, 2, M1, M2, device=kf.device, dtype=torch.float32)
         ba, bj = min(M2, 32), 64
         grid = (triton.cdiv(n0 * M1, bj), M2 // ba, H)
-        with torch.cuda.device(kf.device) if kf.is_cuda else contextlib.nullcontext():
+        with device_guard(kf):
             spectrum_layout_kernel[grid](
                 torch.view_as_real(kf.contiguous()), out, n0,
                 M1=M1, M2=M2, BA=ba, BJ=bj, CONJ=conj,
@@ -560,7 +560,7 @@ def launch_rows(
         default = config.held or m <= HOLD_MAX
         steps = _steps_for(n0, channels, pairs, buf.device) if default else 1
     grid = (n0 * channels * triton.cdiv(pairs, steps),)
-    with torch.cuda.device(buf.device) if buf.is_cuda else contextlib.nullcontext():
+    with device_guard(buf):
         if not config.held:
             rows_kernel[grid](
                 buf, spectrum, *inner, h0, pairs, n0,
@@ -676,7 +676,7 @@ def conv_long(
     epilogue["BIAS_GATED"] = bias_gated
     # absent optional tensors are passed as x (never read: their flags are off)
     pre_, post_, bias_ = (t if t is not None else x for t in (pregate, postgate, bias))
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with device_guard(x):
         for h0, hc, b0, nbc in chunks:
             cols_steps = steps or _steps_for(m // bt, hc, nbc, x.device)
             cols_grid = (m // bt * hc * triton.cdiv(nbc, cols_steps),)
@@ -771,7 +771,7 @@ def launch_rows_cross(
     precision = precision or triton_fwd.dot_precision(buf_p)
     warps = num_warps or triton_fwd.num_warps_for(m)
     grid = (n0 * channels * parts,)
-    with torch.cuda.device(buf_p.device) if buf_p.is_cuda else contextlib.nullcontext():
+    with device_guard(buf_p):
         rows_cross_kernel[grid](
             buf_p, buf_q, out, *inner, pairs, n0, parts, per_part,
             M1=M1, M2=M2, STEPS=steps, STAGES=stages, PRECISION=precision,
@@ -873,7 +873,7 @@ def filter_grad_long(
         sizes = {"N0": n0, "M": m, "N0T": split.n0_tile, "BT": bt}
     spectrum = torch.zeros(H, n0, 2, *triton_fwd.split(m), device=u.device, dtype=torch.float32)
     sources = ((u, pregate, L, buf_p), (dz, postgate, Lz, buf_q))
-    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+    with device_guard(u):
         for h0, hc, b0, nbc in chunks:
             cols_steps = steps or _steps_for(m // bt, hc, nbc, u.device)
             cols_grid = (m // bt * hc * triton.cdiv(nbc, cols_steps),)

@@ -18,14 +18,14 @@ Both take rows of ``d`` contiguous elements (the launchers make them so) and com
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..backends import check_triton_device, device_guard
 
 MAX_D = 8192  # a row in registers; at 16384 the backward spills (sm_90 compile)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # x and residual
@@ -256,14 +256,6 @@ def _check_vector(name: str, t: Tensor | None, D: int, device: torch.device) -> 
     return t.contiguous()
 
 
-def _check_device(x: Tensor) -> None:
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "the Triton add_layer_norm runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
-            f"got x on {x.device}"
-        )
-
-
 def _check_dtype(name: str, t: Tensor | None) -> None:
     if t is not None and t.dtype not in DTYPES:
         raise TypeError(
@@ -280,10 +272,6 @@ def _check_out(name: str, out: Tensor | None, shape: tuple[int, ...], dtype, dev
             f"{out.dtype} {tuple(out.shape)} on {out.device} (contiguous: {out.is_contiguous()})"
         )
     return out
-
-
-def _device_guard(x: Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def forward(
@@ -306,7 +294,7 @@ def forward(
     ``block_m``, ``num_warps``: launch settings (``launch_plan``). No host synchronisation and
     no allocation beyond the outputs: capture-safe once compiled.
     """
-    _check_device(x)
+    check_triton_device("add_layer_norm", x)
     _check_dtype("x", x)
     _check_dtype("residual", residual)
     if x.dim() != 2:
@@ -325,7 +313,7 @@ def forward(
     rstd = _check_out("rstd", rstd, (N,), _ACC, x.device)
     if N == 0:
         return y, residual_out, mean, rstd
-    with _device_guard(x):
+    with device_guard(x):
         _add_layer_norm_fwd_kernel[(plan.programs,)](
             x,
             residual if residual is not None else x,
@@ -386,7 +374,7 @@ def backward(
     if len(needs) != 4:
         raise ValueError(f"needs must have 4 entries (dx, d_residual, dw, db); got {len(needs)}")
     need_x, need_res, need_w, need_b = needs
-    _check_device(residual_out)
+    check_triton_device("add_layer_norm", residual_out)
     if residual_out.dim() != 2 or residual_out.dtype != _ACC:
         raise ValueError(
             f"residual_out must be an fp32 [N, D] tensor; got {residual_out.dtype} "
@@ -415,7 +403,7 @@ def backward(
     if rows:
         partial = _check_out("workspace", workspace, (plan.programs, rows, D), _ACC, device)
     if N > 0 and (need_x or need_res or rows):
-        with _device_guard(residual_out):
+        with device_guard(residual_out):
             _add_layer_norm_bwd_kernel[(plan.programs,)](
                 dy,
                 d_residual_out if d_residual_out is not None else dy,

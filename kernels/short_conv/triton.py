@@ -18,8 +18,6 @@ loads of a tile hit L1/L2 after the first, so HBM sees the tile plus its halo on
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import NamedTuple
 
 import torch
@@ -27,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..backends import check_triton_device, device_guard
 from .reference import LAYOUTS, PADDINGS, pad_left
 
 MAX_TAPS = 32  # K is unrolled in the kernels; Hyena and M2 use 3, Mamba-style blocks 4
@@ -389,11 +388,7 @@ def _check(x: Tensor, w: Tensor, padding: str, layout: str) -> tuple[int, int, i
         raise TypeError(f"x must be one of {DTYPES} for the Triton short_conv; got {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x must be 3-dimensional ({layout}); got shape {tuple(x.shape)}")
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            f"the Triton short_conv runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1); "
-            f"got x on {x.device}"
-        )
+    check_triton_device("short_conv", x)
     B, D, L = _dims(x, layout)
     if w.dim() != 2 or w.shape[0] != D:
         raise ValueError(f"w must have shape (D, K) = ({D}, K); got shape {tuple(w.shape)}")
@@ -507,10 +502,6 @@ def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _device_guard(x: Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def forward(
     x: Tensor,
     w: Tensor,
@@ -550,7 +541,7 @@ def forward(
     if B == 0:
         return y
     plan = launch_plan(B, D, L, K, layout, **options)
-    with _device_guard(x):
+    with device_guard(x):
         _short_conv_fwd_kernel[(B * plan.blocks_d * plan.blocks_t,)](
             x,
             w,
@@ -635,7 +626,7 @@ def backward(
         partial = x.new_empty(shape, dtype=acc_dtype) if workspace is None else workspace
 
     if B > 0 and (need_x or partial is not None):
-        with _device_guard(x):
+        with device_guard(x):
             _short_conv_bwd_kernel[(B * plan.blocks_d * plan.chunks,)](
                 dy,
                 x,
