@@ -10,6 +10,24 @@ HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (shared/device/
 MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
 
 
+def gpu_run_meta(module: str, argv: list[str] | None) -> dict:
+    """What every GPU benchmark's JSON starts with: the GPU, the versions, the time (UTC) and
+    the command that made it (``module`` as ``python -m`` runs it, with ``argv`` or this
+    process's arguments)."""
+    import datetime
+    import sys
+
+    import triton
+
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([f"python -m {module}", *(argv or sys.argv[1:])]),
+    }
+
+
 def median_ms(
     fn: Callable[[], object], grad_to_none=None, warmup: int = 25, rep: int = 100
 ) -> float:

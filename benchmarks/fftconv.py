@@ -14,19 +14,18 @@ the kernel's matrix-product TFLOP/s. Writes JSON (and a PNG when matplotlib is t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
 from benchmarks.common import (
     HBM_BYTES_PER_S,
     MATMUL_FLOPS_PER_S,
     fmt,
+    gpu_run_meta,
     measure_copy_bandwidth,
     measure_matmul_rate,
     median_ms,
@@ -319,11 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.fftconv needs a CUDA device")
 
     meta = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.fftconv", *(argv or sys.argv[1:])]),
+        **gpu_run_meta("benchmarks.fftconv", argv),
         "total_elements": TOTAL,
         "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
         "matmul_flops_per_s": MATMUL_FLOPS_PER_S,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_ms, rel_err
+from benchmarks.common import gpu_run_meta, median_ms, rel_err
 from kernels.fftconv import triton_bwd
 
 TOTAL = 2**27
@@ -106,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv_blocked_bwd needs a CUDA GPU")
-    result = {
-        "date": datetime.date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(),
-        "command": "python -m benchmarks.fftconv_blocked_bwd " + " ".join(argv or sys.argv[1:]),
-        "rows": [],
-    }
+    result = {**gpu_run_meta("benchmarks.fftconv_blocked_bwd", argv), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
         row = bench_size(n)

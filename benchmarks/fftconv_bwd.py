@@ -36,7 +36,6 @@ the variants were chosen by, available on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -46,7 +45,14 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.common import HBM_BYTES_PER_S, MATMUL_FLOPS_PER_S, fmt, median_ms, rel_err
+from benchmarks.common import (
+    HBM_BYTES_PER_S,
+    MATMUL_FLOPS_PER_S,
+    fmt,
+    gpu_run_meta,
+    median_ms,
+    rel_err,
+)
 from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels import fftconv
 from kernels.fftconv import core, reference, triton_bwd
@@ -554,11 +560,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.fftconv_bwd needs a CUDA device")
 
     meta = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.fftconv_bwd", *(argv or sys.argv[1:])]),
+        **gpu_run_meta("benchmarks.fftconv_bwd", argv),
         "total_elements": TOTAL,
         "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
         "matmul_flops_per_s": MATMUL_FLOPS_PER_S,

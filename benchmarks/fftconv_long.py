@@ -50,7 +50,6 @@ shared memory: the numbers the variants were chosen by, on a machine without a G
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -58,7 +57,14 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.common import compile_sm90, fmt, measure_copy_bandwidth, median_ms, rel_err
+from benchmarks.common import (
+    compile_sm90,
+    fmt,
+    gpu_run_meta,
+    measure_copy_bandwidth,
+    median_ms,
+    rel_err,
+)
 from benchmarks.fftconv import torch_path_fp32
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv import core, reference, triton_fwd, triton_long, triton_long_kernels
@@ -488,11 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.fftconv_long needs a CUDA device (or --static)")
     copy_bw = measure_copy_bandwidth(warmup=10, rep=60)
     meta = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.fftconv_long", *(argv or sys.argv[1:])]),
+        **gpu_run_meta("benchmarks.fftconv_long", argv),
         "total_elements": TOTAL,
         "copy_bytes_per_s_measured": copy_bw,
         "rows_variants": {name: vars(triton_long.rows_config(name)) for name in args.rows_variants},

@@ -21,14 +21,13 @@ error, bf16 tolerance); then forward and forward+backward medians (``triton.test
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import fmt, median_ms, ratio, rel_err
+from benchmarks.common import fmt, gpu_run_meta, median_ms, ratio, rel_err
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv.plan import make_plan
 
@@ -174,13 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
         torch.cuda.empty_cache()
     print_table(rows)
-    result = {
-        "date": datetime.date.today().isoformat(),
-        "gpu": torch.cuda.get_device_name(),
-        "command": "python -m benchmarks.fftconv_partial " + " ".join(argv or sys.argv[1:]),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
+    result = {**gpu_run_meta("benchmarks.fftconv_partial", argv), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -36,7 +36,6 @@ and reports the registers and spill bytes ``ptxas -v`` gives. Writes JSON after 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ from benchmarks.common import (
     HBM_BYTES_PER_S,
     best_variants,
     fmt,
+    gpu_run_meta,
     measure_copy_bandwidth,
     median_ms,
     ratio,
@@ -451,11 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = args.shapes or [parse_shape(s) for s in SHAPES]
 
     meta = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.layer_norm", *(argv or sys.argv[1:])]),
+        **gpu_run_meta("benchmarks.layer_norm", argv),
         "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
         "copy_bytes_per_s_measured": measure_copy_bandwidth(),
         "defaults": {

@@ -15,19 +15,18 @@ multiple of the HBM floor (bytes that must move at 2 bytes per element: x and y 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from benchmarks.common import (
     HBM_BYTES_PER_S,
     best_variants,
     fmt,
+    gpu_run_meta,
     measure_copy_bandwidth,
     median_ms,
     ratio,
@@ -192,11 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("benchmarks.short_conv needs a CUDA device")
 
     meta = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.short_conv", *(argv or sys.argv[1:])]),
+        **gpu_run_meta("benchmarks.short_conv", argv),
         "total_elements": TOTAL,
         "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
         "copy_bytes_per_s_measured": measure_copy_bandwidth(),
