@@ -244,24 +244,35 @@ def time_sparse(inputs, dy, needs) -> dict:
 
         row[f"sparse_config_{name}"] = vars(config)
         row[f"sparse_columns_{name}"] = sum(triton_bwd.kept_columns(n, keep, N1=config.n1))
-        for x in out:
-            if x is not None:
-                x.fill_(float("nan"))
-        try:
-            d_u, dk_spec, d_pre, d_post, d_bias = kernel()
-        except Exception as err:  # a variant that does not compile (shared memory) is data too
-            row[f"sparse_kernel_error_{name}"] = repr(err)[:300]
-            row[f"sparse_kernel_ms_{name}"] = None
+        ms = _check_and_time(row, "sparse_", name, kernel, out, ref, L, keep)
+        if "sparse_kernel_error_" + name in row:
             continue
-        d_k = triton_bwd.dk_from_spectrum(dk_spec, L, keep)
-        errs = _errors((d_u, d_k, d_pre, d_post, d_bias), ref)
-        row[f"sparse_kernel_err_{name}"] = errs
-        ok = all(e < TOL_BF16 for e in errs.values())  # an unwritten (NaN) element fails too
-        ms = row[f"sparse_kernel_ms_{name}"] = median_ms(kernel) if ok else None
         flops = triton_bwd.dot_flops(B, H_, L, n, post is not None, n1=config.n1, keep_bins=keep)
         row[f"sparse_dot_flops_{name}"] = flops
         row[f"sparse_kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12 if ms else None
     return row
+
+
+def _check_and_time(row: dict, prefix: str, name: str, run, out, ref, L: int, keep: int):
+    """One launch variant ``run`` of the bare backward: its outputs ``out`` NaN-poisoned, run
+    once, its gradients' errors against ``ref`` (an unwritten element fails too) or its
+    failure recorded (a variant that does not compile, e.g. for shared memory, is data too),
+    then timed if right. Keys ``<prefix>kernel_{err,error,ms}_<name>``; returns the ms or
+    None."""
+    for x in out:
+        if x is not None:
+            x.fill_(float("nan"))
+    try:
+        d_u, dk_spec, d_pre, d_post, d_bias = run()
+    except Exception as err:
+        row[f"{prefix}kernel_error_{name}"] = repr(err)[:300]
+        row[f"{prefix}kernel_ms_{name}"] = None
+        return None
+    d_k = triton_bwd.dk_from_spectrum(dk_spec, L, keep)
+    errs = row[f"{prefix}kernel_err_{name}"] = _errors((d_u, d_k, d_pre, d_post, d_bias), ref)
+    ms = median_ms(run) if all(e < TOL_BF16 for e in errs.values()) else None
+    row[f"{prefix}kernel_ms_{name}"] = ms
+    return ms
 
 
 def _errors(got, ref) -> dict:
@@ -342,25 +353,9 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
         run = launcher(options)
         config = options.get("config") or triton_bwd.config_for(n)
         row[f"config_{name}"] = vars(config)
-        for x in out:
-            if x is not None:
-                x.fill_(float("nan"))
-        try:
-            d_u, dk_spec, d_pre, d_post, d_bias = run()
-        except Exception as err:  # a variant that does not compile (shared memory) is data too
-            row[f"kernel_error_{name}"] = repr(err)[:300]
-            row[f"kernel_ms_{name}"] = None
+        ms = _check_and_time(row, "", name, run, out, ref, L, n // 2 + 1)
+        if ms is None:
             continue
-        d_k = triton_bwd.dk_from_spectrum(dk_spec, L, n // 2 + 1)
-        got = (d_u, d_k, d_pre, d_post, d_bias)
-        errs = {
-            nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None
-        }
-        row[f"kernel_err_{name}"] = errs
-        if not all(e < TOL_BF16 for e in errs.values()):
-            row[f"kernel_ms_{name}"] = None
-            continue
-        ms = row[f"kernel_ms_{name}"] = median_ms(run)
         recompute = config.split == "recompute"
         flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1, recompute_q=recompute)
         row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
