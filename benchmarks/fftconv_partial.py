@@ -12,7 +12,7 @@ long ones), and a few sizes either side of the default's threshold. Per row:
   (the only plan before blocking);
 - ``blocked``: ``blocked=True``, ``L / S`` transforms of size ``2S``, ``S = max(256,
   next_pow2(taps))``; what ``blocked=None`` (the default) picks is recorded too;
-- ``torch.fft``: the fp32 torch.fft path at the dense size (the baseline of benchmarks.fftconv).
+- ``torch.fft``: the fp32 torch.fft path of benchmarks.fftconv (``torch_path_fp32``, FFT size 2L).
 
 Each public call (spectrum included) is checked against the torch.fft path first (relative
 error, bf16 tolerance); then forward and forward+backward medians (``triton.testing.do_bench``).
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import fmt, gpu_run_meta, median_ms, ratio, rel_err
+from benchmarks.fftconv import torch_path_fp32
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv.plan import make_plan
 
@@ -47,16 +48,6 @@ ROWS = (
     (4096, 2048),
     (8192, 4096),
 )
-
-
-def torch_path_fp32(u, k, pre, post, bias):
-    """The causal partial convolution in fp32 torch.fft at the dense size (the reference)."""
-    L, taps = u.shape[-1], k.shape[-1]
-    n = make_plan("causal", L, taps, blocked=False).fft_size
-    v = u.float() * pre.float()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
-    y = z * post.float() if post is not None else z
-    return y + bias.float()[:, None] * v
 
 
 GATES = ("full", "hyena")  # pregate, postgate, bias; or Hyena's pregate and bias
