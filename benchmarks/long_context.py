@@ -21,12 +21,12 @@ import datetime
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import fmt, ratio
+from benchmarks.train_throughput import StepTimer
 from kernels.fftconv import FFTConv
 from models.lm import HyenaLM
 
@@ -42,23 +42,6 @@ def set_plan(model: torch.nn.Module, plan: str) -> int:
     for layer in layers:
         layer.blocked = plan == "blocked"
     return len(layers)
-
-
-def time_ms(fn, device: torch.device, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def measure(model: HyenaLM, L: int, plan: str, device: torch.device, reps: int) -> dict:
@@ -77,7 +60,11 @@ def measure(model: HyenaLM, L: int, plan: str, device: torch.device, reps: int) 
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         row["loss"] = float(forward())  # warm-up: Triton compiles, tables built
-        ms = time_ms(forward, device, reps)
+        timer = StepTimer(device)
+        for _ in range(reps):
+            with timer.step():
+                forward()
+        ms = timer.ms()
     except torch.OutOfMemoryError as e:
         row["status"] = f"out of memory: {str(e).splitlines()[0]}"
         return row
