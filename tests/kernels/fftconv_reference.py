@@ -1,4 +1,5 @@
-"""Float64 references for the FFT convolution, written without any FFT (except freq-sparse)."""
+"""Float64 references for the FFT convolution: by direct summation or conv1d (no FFT), and
+``conv_fft64`` through torch.fft for the GPU tests' long sequences."""
 
 from __future__ import annotations
 
@@ -70,6 +71,25 @@ def conv_torch64(u, k, pregate=None, postgate=None, bias=None, mode="causal"):
     if bias is not None:
         y = y + bias[:, None] * v
     return y
+
+
+def conv_fft64(u, k, pre=None, post=None, bias=None, mode="causal"):
+    """The convolution in float64 through torch.fft, any device, differentiable: linear
+    convolution (size >= L + Lk - 1) windowed per mode; circular folds the linear result."""
+    v = u * pre if pre is not None else u
+    L = u.shape[-1]
+    if mode == "bidirectional" and k.dim() == 3:
+        fwd, rev = k[0], k[1]
+        k = torch.cat([rev[:, 1:].flip(-1), fwd[:, :1] + rev[:, :1], fwd[:, 1:]], dim=-1)
+    n = 1 << (L + k.shape[-1] - 2).bit_length()
+    full = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k, n=n), n=n)
+    if mode == "circular":
+        z = torch.cat([full[..., : L - 1] + full[..., L : 2 * L - 1], full[..., L - 1 : L]], -1)
+    else:
+        start = (k.shape[-1] - 1) // 2 if mode == "bidirectional" else 0
+        z = full[..., start : start + L]
+    y = z * post if post is not None else z
+    return y + bias[:, None] * v if bias is not None else y
 
 
 def make_inputs(B, H, L, Lk, dtype, gated, pair=False, seed=0, device="cpu"):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from .fftconv_reference import conv_torch64, rel_err
+from .fftconv_reference import conv_fft64, conv_torch64, rel_err
 from .interpreted import count_calls, run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
@@ -41,19 +41,6 @@ def make_blocked_inputs(B, H, L, taps, dtype, gated, seed=0, device="cpu"):
     bias = torch.randn(H, generator=g).to(device) if gated else None
     dy = torch.randn(B, H, L, generator=g).to(device, dtype)
     return dy, u, kc, pre, post, bias
-
-
-def conv_fft64(u, k, pregate=None, postgate=None, bias=None):
-    """The causal linear convolution by torch.fft at ``next_pow2(L + taps - 1)`` (use float64
-    inputs): the GPU's reference, where the direct float64 convolution of long filters is slow."""
-    L, taps = u.shape[-1], k.shape[-1]
-    N = 1 << (L + taps - 2).bit_length()  # the power of two >= L + taps - 1
-    v = u * pregate if pregate is not None else u
-    z = torch.fft.irfft(torch.fft.rfft(v, n=N) * torch.fft.rfft(k, n=N), n=N)[..., :L]
-    y = z * postgate if postgate is not None else z
-    if bias is not None:
-        y = y + bias[:, None] * v
-    return y
 
 
 class Case(NamedTuple):

@@ -17,31 +17,12 @@ import sys
 import pytest
 import torch
 
-from .fftconv_reference import conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
+from .fftconv_reference import conv_fft64, conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
 from .interpreted import run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRADS = ("u", "k", "pregate", "postgate", "bias")
-
-
-def conv_fft64(u, k, pre=None, post=None, bias=None, mode="causal"):
-    """The convolution in float64 through torch.fft, any device, differentiable: linear
-    convolution (size >= L + Lk - 1) windowed per mode; circular folds the linear result."""
-    v = u * pre if pre is not None else u
-    L = u.shape[-1]
-    if mode == "bidirectional" and k.dim() == 3:
-        fwd, rev = k[0], k[1]
-        k = torch.cat([rev[:, 1:].flip(-1), fwd[:, :1] + rev[:, :1], fwd[:, 1:]], dim=-1)
-    n = 1 << (L + k.shape[-1] - 2).bit_length()
-    full = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(k, n=n), n=n)
-    if mode == "circular":
-        z = torch.cat([full[..., : L - 1] + full[..., L : 2 * L - 1], full[..., L - 1 : L]], -1)
-    else:
-        start = (k.shape[-1] - 1) // 2 if mode == "bidirectional" else 0
-        z = full[..., start : start + L]
-    y = z * post if post is not None else z
-    return y + bias[:, None] * v if bias is not None else y
 
 
 def _spectrum_for(k, plan):
