@@ -6,9 +6,11 @@ For each length: correctness first (each backend's bf16 output against the torch
 fp32 on the same inputs; a backend over tolerance gets no time), then
 ``triton.testing.do_bench`` medians (inputs built outside the timed region) of the public call
 ``fftconv(u, k, backend=...)`` forward and forward+backward, and of the bare fused kernel
-(spectrum already laid out) in a few launch variants. Reports ms, speedup over torch, the
-multiple of the HBM floor (bytes that must move at 2 bytes per element, over 4.2e12 B/s), and
-the kernel's matrix-product TFLOP/s. Writes JSON (and a PNG when matplotlib is there).
+(spectrum already laid out) in a few launch variants; the filter spectrum's layout in one
+kernel pass against the torch ops it replaced, alone and in the public call. Reports ms,
+speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
+element, over 4.2e12 B/s), and the kernel's matrix-product TFLOP/s. Writes JSON (and a PNG
+when matplotlib is there).
 """
 
 from __future__ import annotations
@@ -104,6 +106,40 @@ def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
     row.update(time_forward_backward(inputs, ok=row["ok"]))
     if fused:
         row.update(time_kernel(inputs, n))
+        row.update(time_layout(inputs, n, ok=row["ok"]))
+    return row
+
+
+def time_layout(inputs, n: int, ok: dict) -> dict:
+    """The filter spectrum's layout, one pass of ``spectrum_layout_kernel`` against the torch
+    ops it replaced (``layout_ms_*``, on the rfft), and the public call, forward and
+    forward+backward, with the torch ops (``*_ms_triton_torch_layout``): the kernel's share of
+    the public call."""
+    u, k, pre, post, bias = inputs
+    kf = torch.fft.rfft(k, n=n)
+    row = {}
+    for name, kernel in (("torch", False), ("kernel", True)):
+        row[f"layout_ms_{name}"] = median_ms(
+            lambda kernel=kernel: triton_fwd.spectrum_layout(kf, n, kernel=kernel)
+        )
+    if not ok["triton"]:
+        return row
+    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    dy = torch.randn_like(u)
+
+    def fwd():
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
+
+    def step():
+        lu, lk, lpre, lpost, lbias = leaves
+        y = fftconv(lu, lk, pregate=lpre, postgate=lpost, bias=lbias, backend="triton")
+        y.backward(dy)
+
+    with triton_fwd.use_layout_kernel(False):
+        row["fwd_ms_triton_torch_layout"] = median_ms(fwd)
+        row["fwdbwd_ms_triton_torch_layout"] = median_ms(
+            step, grad_to_none=[x for x in leaves if x is not None]
+        )
     return row
 
 

@@ -66,7 +66,10 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -170,15 +173,76 @@ def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None =
     return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
 
 
+_layout_kernel = True  # spectrum_layout's default (use_layout_kernel): the Triton kernel
+
+
+@contextlib.contextmanager
+def use_layout_kernel(enabled: bool = True) -> Iterator[None]:
+    """Within the block, spectrum layouts that do not say otherwise (this module's
+    ``spectrum_layout`` and the long path's, forward and backward) run
+    ``spectrum_layout_kernel`` (True) or the torch ops (False)."""
+    global _layout_kernel
+    previous, _layout_kernel = _layout_kernel, bool(enabled)
+    try:
+        yield
+    finally:
+        _layout_kernel = previous
+
+
+def layout_kernel_enabled() -> bool:
+    """What ``use_layout_kernel`` set (True unless a block turned it off)."""
+    return _layout_kernel
+
+
+def launch_layout(
+    kf: Tensor, n0: int, M1: int, M2: int, low: int, high: int, conj: bool = False
+) -> Tensor:
+    """``spectrum_layout_kernel`` on kf ``[H, n//2+1]`` complex64, ``n = n0 M1 M2``: returns
+    ``[H, n0, 2, M1, low + high]`` fp32, the columns ``a2 < low`` and ``a2 >= M2 - high``."""
+    H = kf.shape[0]
+    out = torch.empty(H, n0, 2, M1, low + high, device=kf.device, dtype=torch.float32)
+    ba = min(M2, 32)
+    bj = min(64, triton.next_power_of_2(n0 * M1))
+    grid = (triton.cdiv(n0 * M1, bj), M2 // ba, H)
+    with device_guard(kf):
+        spectrum_layout_kernel[grid](
+            torch.view_as_real(kf.contiguous()), out, n0,
+            M1=M1, M2=M2, LOW=low, HIGH=high, BA=ba, BJ=bj, CONJ=conj,
+        )  # fmt: skip
+    return out
+
+
 def spectrum_layout(
-    kf: Tensor, n: int, keep_bins: int | None = None, N1: int | None = None
+    kf: Tensor,
+    n: int,
+    keep_bins: int | None = None,
+    N1: int | None = None,
+    *,
+    kernel: bool | None = None,
 ) -> Tensor:
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, 2, N1, K2]`` fp32, the kernel's order:
     ``[h, 0|1, k1, k2]`` = real|imag of bin ``k1 + N1*k2`` of the full (Hermitian) spectrum,
     for the kept columns of a frequency-sparse filter (``kept_columns``; all N2 if dense).
-    ``N1``: the factors ``N1 x n / N1`` (default ``split(n)``)."""
+    ``N1``: the factors ``N1 x n / N1`` (default ``split(n)``).
+
+    ``kernel`` (default True, or what ``use_layout_kernel`` set): one pass of
+    ``spectrum_layout_kernel`` (read the rfft once, write the layout), instead of the torch ops
+    (a concatenation with the mirrored half, a permuting copy and a stack of the planes: each a
+    pass over the spectrum, the permuting one with reads that stride by ``8 N1`` bytes). The
+    values are the same, bit for bit. Off CUDA the kernel needs TRITON_INTERPRET=1; without it
+    the torch ops run."""
     N1, N2 = split(n) if N1 is None else (N1, n // N1)
     H = kf.shape[0]
+    kernel = _layout_kernel if kernel is None else kernel
+    if (
+        kernel
+        and kf.shape == (H, n // 2 + 1)
+        and (kf.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    ):
+        low, high = kept_columns(n, keep_bins, N1=N1)
+        return launch_layout(kf.to(torch.complex64), 1, N1, N2, low, high).view(
+            H, 2, N1, low + high
+        )
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
     spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
@@ -220,6 +284,56 @@ def _load_input(u_ptr, pregate_ptr, row, offs, mask, HAS_PREGATE: tl.constexpr):
     if HAS_PREGATE:
         v *= _load_row(pregate_ptr, row, offs, mask)
     return v
+
+
+@triton.jit(do_not_specialize=["N0"])
+def spectrum_layout_kernel(
+    kf_ptr,  # [H, n//2 + 1, 2] fp32: the rfft, real and imaginary parts interleaved
+    out_ptr,  # [H, N0, 2, M1, LOW + HIGH] fp32
+    N0,
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    LOW: tl.constexpr,  # the kept columns: a2 < LOW ...
+    HIGH: tl.constexpr,  # ... and a2 >= M2 - HIGH (LOW = M2, HIGH = 0: all of them)
+    BJ: tl.constexpr,  # values of j = a1 N0 + k0 per program
+    BA: tl.constexpr,  # values of a2 per program
+    CONJ: tl.constexpr,
+):
+    """``out[h, k0, :, a1, c]`` = bin ``k = k0 + N0 (a1 + M1 a2)`` of the full spectrum (its
+    conjugate when CONJ), read from the rfft (``conj(kf[n - k])`` past n/2), for the kept
+    columns ``a2`` (``c = a2`` below LOW, ``a2 - (M2 - LOW - HIGH)`` in the top HIGH): a tiled
+    transpose of ``[M2, N0 M1]`` (bins) into ``[N0 M1, M2]``. The tile is read as
+    ``[BJ, BA, 2]``: the (re, im) pairs of consecutive bins along the fastest axes (Triton's
+    layout for it puts the threads of a warp along j: coalesced), and written along a2 (Triton
+    converts the layout in between, through shared memory). The short path's layout is
+    ``N0 = 1``, ``M1 x M2 = N1 x N2``; the long path's keeps every column."""
+    pid_j = tl.program_id(0)
+    pid_a = tl.program_id(1)
+    pid_h = tl.program_id(2).to(tl.int64)
+    N = N0 * M1 * M2
+    HALF = N // 2
+    K2: tl.constexpr = LOW + HIGH
+    offs_j = pid_j * BJ + tl.arange(0, BJ)
+    offs_a = pid_a * BA + tl.arange(0, BA)
+    kept = (offs_a < LOW) | (offs_a >= M2 - HIGH)
+    col = tl.where(offs_a < LOW, offs_a, offs_a - (M2 - K2))
+    k = offs_j[:, None] + offs_a[None, :] * (N0 * M1)  # [BJ, BA]
+    mask = (offs_j[:, None] < N0 * M1) & (offs_a[None, :] < M2) & kept[None, :]
+    mirrored = k > HALF
+    src = tl.where(mirrored, N - k, k).to(tl.int64) * 2 + pid_h * (HALF + 1) * 2
+    pair = tl.load(
+        kf_ptr + src[:, :, None] + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None]
+    )  # [BJ, BA, 2]
+    re, im = tl.split(pair)
+    if CONJ:
+        im = tl.where(mirrored, im, -im)
+    else:
+        im = tl.where(mirrored, -im, im)
+    k0 = offs_j % N0
+    a1 = offs_j // N0
+    dst = ((pid_h * N0 + k0[:, None]) * 2) * (M1 * K2) + a1[:, None] * K2 + col[None, :]
+    tl.store(out_ptr + dst, re, mask=mask)
+    tl.store(out_ptr + dst + M1 * K2, im, mask=mask)
 
 
 # B and H only index programs and rows: no recompilation per batch size or width

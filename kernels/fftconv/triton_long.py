@@ -136,7 +136,6 @@ from .triton_long_kernels import (
     rows_cross_kernel,
     rows_kernel,
     rows_kernel_held,
-    spectrum_layout_kernel,
 )
 
 MIN_INNER = triton_fwd.MIN_FFT  # 256
@@ -274,29 +273,55 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(max(n, MIN_INNER), canonical_device(device), dtype)
 
 
-_layout_kernel = True  # spectrum_layout's default (use_layout_kernel): the Triton kernel
+use_layout_kernel = triton_fwd.use_layout_kernel  # one switch for both layouts
 
 
-@contextlib.contextmanager
-def use_layout_kernel(enabled: bool = True) -> Iterator[None]:
-    """Within the block, ``spectrum_layout`` calls that do not say otherwise (the public call's,
-    forward and backward) run ``spectrum_layout_kernel`` (True) or the torch ops (False)."""
-    global _layout_kernel
-    previous, _layout_kernel = _layout_kernel, bool(enabled)
-    try:
-        yield
-    finally:
-        _layout_kernel = previous
+def inner_kept_columns(split: LongSplit, keep_bins: int | None) -> tuple[int, int]:
+    """The columns a2 of the rows kernel's ``[M1, M2]`` tile that hold the nonzero bins of a
+    spectrum whose rfft bins ``>= keep_bins`` are zero: ``(low, high)``, the first ``low`` and
+    the last ``high`` columns, together a power of two >= 16 (extra columns from the zero
+    middle), as ``triton_fwd.kept_columns``; ``(M2, 0)`` when dense or when that would not be
+    fewer than M2.
+
+    Row k0 holds bins ``k = k0 + N0 j``, ``j = a1 + M1 a2``. The nonzero ones below the cut,
+    ``k <= keep_bins - 1``, have ``j <= (keep_bins - 1) // N0``; their mirrors, ``k >= n -
+    keep_bins + 1``, have ``j >= cdiv(n - keep_bins + 2 - N0, N0)`` (the largest k0 reaches
+    lowest)."""
+    n, n0, m = split.n, split.n0, split.m
+    M1, M2 = triton_fwd.split(m)
+    if keep_bins is None or keep_bins >= n // 2 + 1:
+        return M2, 0
+    low = ((keep_bins - 1) // n0) // M1 + 1
+    j_high = triton.cdiv(max(0, n - keep_bins + 2 - n0), n0)
+    high = M2 - min(M2, j_high // M1)
+    width = max(16, triton.next_power_of_2(low + high))
+    if width >= M2:
+        return M2, 0
+    return width - high, high
+
+
+def kept_columns_of(t: Tensor, low: int, high: int) -> Tensor:
+    """The kept columns ``(low, high)`` of a ``[..., M2]`` tile, by slicing (no index tensor:
+    capture-safe)."""
+    if high == 0:
+        return t[..., :low]
+    return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
 
 
 def spectrum_layout(
-    kf: Tensor, split: LongSplit, conj: bool = False, kernel: bool | None = None
+    kf: Tensor,
+    split: LongSplit,
+    conj: bool = False,
+    kernel: bool | None = None,
+    keep_bins: int | None = None,
 ) -> Tensor:
-    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, M2]`` fp32, the rows
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, K2]`` fp32, the rows
     kernel's order: ``[h, k0, 0|1, a1, a2]`` = real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the
     full (Hermitian) spectrum, conjugated when ``conj`` (the correlation of the backward).
+    ``keep_bins``: kf's bins from there on are zero; only the columns a2 that hold the others
+    are laid out (``inner_kept_columns``; all M2 = K2 when dense).
 
-    ``kernel`` (default False, or what ``use_layout_kernel`` set): one Triton kernel that reads
+    ``kernel`` (default True, or what ``use_layout_kernel`` set): one Triton kernel that reads
     the rfft and writes the layout, tile by tile, instead of the torch ops (a concatenation and
     a permuting copy whose reads stride by ``8 N0 M1`` bytes: 0.4-0.75 ms of the public call
     at B*H*L = 2^27 on the H200). The values are the same, bit for bit. Off CUDA the kernel
@@ -307,22 +332,15 @@ def spectrum_layout(
     if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
         raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
     kf = kf.to(torch.complex64)
-    kernel = _layout_kernel if kernel is None else kernel
+    low, high = inner_kept_columns(split, keep_bins)
+    kernel = triton_fwd.layout_kernel_enabled() if kernel is None else kernel
     if kernel and triton_unusable(kf.device.type, __name__) is None:
-        out = torch.empty(H, n0, 2, M1, M2, device=kf.device, dtype=torch.float32)
-        ba, bj = min(M2, 32), 64
-        grid = (triton.cdiv(n0 * M1, bj), M2 // ba, H)
-        with device_guard(kf):
-            spectrum_layout_kernel[grid](
-                torch.view_as_real(kf.contiguous()), out, n0,
-                M1=M1, M2=M2, BA=ba, BJ=bj, CONJ=conj,
-            )  # fmt: skip
-        return out
+        return triton_fwd.launch_layout(kf, n0, M1, M2, low, high, conj)
     if conj:
         kf = torch.conj_physical(kf)
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
-    return full.permute(0, 3, 4, 2, 1).contiguous()
+    return kept_columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,15 +539,21 @@ def launch_rows(
     *,
     rows: str | RowsConfig | None = None,
     precision: str | None = None,
+    keep_bins: int | None = None,
 ) -> None:
     """The rows kernel (C) in place on ``buf`` (``[>= channels * pairs, 2, N0, m]``, operand
     dtype: ``pairs`` signals of each of the channels ``h0 + [0, channels)``, channel-major),
-    with every channel's spectrum (``spectrum_layout``, ``[H, N0, 2, M1, M2]`` fp32).
-    ``rows``: the launch configuration (``rows_config``), clipped to the device's shared
-    memory (``fit_rows_config``). ``conv_long`` runs it between the column kernels; the
-    benchmark times it alone."""
+    with every channel's spectrum (``spectrum_layout`` with the same ``keep_bins``,
+    ``[H, N0, 2, M1, K2]`` fp32). ``rows``: the launch configuration (``rows_config``),
+    clipped to the device's shared memory (``fit_rows_config``). ``keep_bins``: the spectrum's
+    bins from there on are zero, and the held kernel skips the columns that hold only those
+    (``inner_kept_columns``; the v1 kernel has no skip, so a config that would run it runs the
+    held kernel with nothing held instead). ``conv_long`` runs it between the column kernels;
+    the benchmark times it alone."""
     n0, m = split.n0, split.m
     M1, M2 = triton_fwd.split(m)
+    low, high = inner_kept_columns(split, keep_bins)
+    K2 = low + high
     if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
         raise ValueError(
             f"buf must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
@@ -542,17 +566,22 @@ def launch_rows(
         )
     if (
         spectrum.dim() != 5
-        or tuple(spectrum.shape[1:]) != (n0, 2, M1, M2)
+        or tuple(spectrum.shape[1:]) != (n0, 2, M1, K2)
         or spectrum.dtype != torch.float32
         or not 0 <= h0 <= h0 + channels <= spectrum.shape[0]
     ):
         raise ValueError(
-            f"spectrum must be fp32 [H >= h0 + channels = {h0 + channels}, {n0}, 2, {M1}, {M2}]; "
-            f"got {spectrum.dtype} {tuple(spectrum.shape)}"
+            f"spectrum must be fp32 [H >= h0 + channels = {h0 + channels}, {n0}, 2, {M1}, {K2}] "
+            f"(keep_bins={keep_bins}); got {spectrum.dtype} {tuple(spectrum.shape)}"
         )
     spectrum = spectrum.contiguous()
     config = fit_rows_config(rows_config(rows), m, buf.dtype, shared_limit(buf.device))
-    inner = triton_fwd.constants(m, canonical_device(buf.device), buf.dtype)
+    if K2 < M2 and not config.held:
+        config = RowsConfig(held=True, hold=0, steps=config.steps, num_warps=config.num_warps)
+    dft1, dft2, twiddle = triton_fwd.constants(m, canonical_device(buf.device), buf.dtype)
+    if K2 < M2:
+        dft2 = kept_columns_of(dft2, low, high).contiguous()  # [2, M2, K2]
+    inner = (dft1, dft2, twiddle)
     precision = precision or triton_fwd.dot_precision(buf)
     warps = config.num_warps or triton_fwd.num_warps_for(m)
     steps = config.steps
@@ -570,7 +599,7 @@ def launch_rows(
             return
         rows_kernel_held[grid](
             buf, spectrum, *inner, h0, pairs, n0,
-            M1=M1, M2=M2, STEPS=steps, STAGES=config.stages, HOLD=config.hold,
+            M1=M1, M2=M2, K2=K2, STEPS=steps, STAGES=config.stages, HOLD=config.hold,
             PRECISION=precision, num_warps=warps, num_stages=config.stages,
         )  # fmt: skip
 
@@ -595,12 +624,15 @@ def conv_long(
     rows: str | RowsConfig | None = None,
     precision: str | None = None,
     max_intermediate_bytes: int = MAX_INTERMEDIATE_BYTES,
+    keep_bins: int | None = None,
 ) -> Tensor:
     """``y = postgate * irfft(rfft(x * pregate, n) * K, n)[:out_len] + bias * (x [* pregate])``.
 
     x, pregate: ``[B, H, L]`` fp16/bf16/fp32 with ``L <= n``; spectrum: ``spectrum_layout`` of
-    the filter (``[H, N0, 2, M1, M2]`` fp32); ``out_len`` (default L) ``<= n``; postgate and
-    bias (``[H]``) need ``out_len == L``; ``bias_gated=False`` takes the bias term from x alone.
+    the filter (``[H, N0, 2, M1, K2]`` fp32, with the same ``keep_bins``: the rfft bins from
+    there on are zero, and the rows kernel skips the columns that hold only those); ``out_len``
+    (default L) ``<= n``; postgate and bias (``[H]``) need ``out_len == L``;
+    ``bias_gated=False`` takes the bias term from x alone.
     Returns ``[B, H, out_len]`` in ``out_dtype`` (default x's), or writes ``out``.
     Launch options: ``block_cols`` (t1 per program of the outer kernels), ``num_warps`` (outer
     kernels), ``rows`` (the rows kernel's ``RowsConfig`` or variant name, default
@@ -619,10 +651,11 @@ def conv_long(
     out_len = L if out_len is None else out_len
     if not 1 <= L <= n or not 1 <= out_len <= n:
         raise ValueError(f"L and out_len must be in [1, n={n}]; got L={L}, out_len={out_len}")
-    M1, M2 = triton_fwd.split(m)
-    if spectrum.shape != (H, n0, 2, M1, M2) or spectrum.dtype != torch.float32:
+    M1, _ = triton_fwd.split(m)
+    K2 = sum(inner_kept_columns(split, keep_bins))
+    if spectrum.shape != (H, n0, 2, M1, K2) or spectrum.dtype != torch.float32:
         raise ValueError(
-            f"spectrum must be fp32 of shape {(H, n0, 2, M1, M2)}; got "
+            f"spectrum must be fp32 of shape {(H, n0, 2, M1, K2)} (keep_bins={keep_bins}); got "
             f"{spectrum.dtype} {tuple(spectrum.shape)}"
         )
     _check_gate("pregate", pregate, (B, H, L), x.device)
@@ -687,7 +720,10 @@ def conv_long(
                 num_stages=stages,
                 **sizes, **flags,
             )  # fmt: skip
-            launch_rows(buf, spectrum, split, h0, hc, nbc, rows=rows, precision=precision)
+            launch_rows(
+                buf, spectrum, split, h0, hc, nbc, rows=rows, precision=precision,
+                keep_bins=keep_bins,
+            )  # fmt: skip
             cols_inv[cols_grid](
                 buf, x, pre_, post_, bias_, y, *tables, B, H, out_len, *rect,
                 ROWS=_rows_for(out_len, split), STEPS=cols_steps, num_warps=num_warps,
@@ -922,13 +958,15 @@ def _linear(
     the long kernels; x's dtype for ``triton_fwd``'s (it writes its input's dtype)."""
     if plan.fft_size > MAX_INNER or options.get("n0") is not None:
         split = make_split(plan.fft_size, options.pop("n0", None), x.dtype)
+        keep = plan.keep_bins
         return conv_long(
             x,
-            spectrum_layout(kf, split, conj),
+            spectrum_layout(kf, split, conj, keep_bins=keep),
             split,
             out_len,
             pregate=pregate,
             out_dtype=torch.float32,
+            keep_bins=keep,
             **options,
         )
     spectrum, n = _inner_spectrum(kf, plan, conj)
@@ -960,10 +998,11 @@ def long_forward(
     L = plan.seq_len
     if not plan.fold:
         split = make_split(plan.fft_size, options.pop("n0", None), u.dtype)
-        spectrum = spectrum_layout(kf, split)
+        spectrum = spectrum_layout(kf, split, keep_bins=plan.keep_bins)
         return conv_long(
-            u, spectrum, split, pregate=pregate, postgate=postgate, bias=bias, **options
-        )
+            u, spectrum, split, pregate=pregate, postgate=postgate, bias=bias,
+            keep_bins=plan.keep_bins, **options,
+        )  # fmt: skip
     z = core.window(_linear(u, kf, plan, 2 * L - 1, pregate=pregate, **options).float(), plan)
     y = z * postgate.float() if postgate is not None else z
     if bias is not None:
@@ -1035,12 +1074,13 @@ def long_backward(
             launch = {key: val for key, val in options.items() if key != "n0"}
             dv = conv_long(
                 dy.to(u.dtype),
-                spectrum_layout(kf, split, conj=True),
+                spectrum_layout(kf, split, conj=True, keep_bins=keep),
                 split,
                 pregate=postgate,
                 bias=bias,
                 bias_gated=False,
                 out_dtype=torch.float32,
+                keep_bins=keep,
                 **launch,
             )
         if need_pre:

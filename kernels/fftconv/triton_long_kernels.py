@@ -19,7 +19,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fwd import _complex_dot, _dot, _load_complex, _load_row
+from .triton_fwd import (  # noqa: F401  (spectrum_layout_kernel: the long path's layout too)
+    _complex_dot,
+    _dot,
+    _load_complex,
+    _load_row,
+    spectrum_layout_kernel,
+)
 
 
 @triton.jit
@@ -321,15 +327,16 @@ def _cdot(a_re, a_im, b_re, b_im, CONJ: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _row_setup(pid_k, N, M1: tl.constexpr, M2: tl.constexpr):
-    """The offsets of row k0's ``[M1, M2]`` tile (``t1 = M2 a + b``) and of its DFT matrices,
-    and the global twiddle's factors ``alpha`` (``[1, M1]``: it scales the columns a of U_M1)
-    and ``beta`` (``[1, M2]``: the columns b)."""
+def _row_setup(pid_k, N, M1: tl.constexpr, M2: tl.constexpr, K2: tl.constexpr):
+    """The offsets of row k0's ``[M1, M2]`` tile (``t1 = M2 a + b``) and of its DFT matrices
+    (``U_M2``'s kept columns: ``[M2, K2]``, all of them when ``K2 = M2``), and the global
+    twiddle's factors ``alpha`` (``[1, M1]``: it scales the columns a of U_M1) and ``beta``
+    (``[1, M2]``: the columns b)."""
     offs_1 = tl.arange(0, M1)
     offs_2 = tl.arange(0, M2)
     offs_tile = offs_1[:, None] * M2 + offs_2[None, :]
     offs_f1 = offs_1[:, None] * M1 + offs_1[None, :]
-    offs_f2 = offs_2[:, None] * M2 + offs_2[None, :]
+    offs_f2 = offs_2[:, None] * K2 + tl.arange(0, K2)[None, :]
     al_re, al_im = _twiddle(pid_k * M2, offs_1, N, False)
     be_re, be_im = _twiddle(pid_k, offs_2, N, False)
     return (
@@ -345,15 +352,23 @@ def _row_setup(pid_k, N, M1: tl.constexpr, M2: tl.constexpr):
 
 @triton.jit
 def _row_matrices(
-    dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1: tl.constexpr, M2: tl.constexpr
+    dft1_ptr,
+    dft2_ptr,
+    al_re,
+    al_im,
+    offs_f1,
+    offs_f2,
+    M1: tl.constexpr,
+    M2: tl.constexpr,
+    K2: tl.constexpr,
 ):
-    """The DFT matrices of one row k0: ``ft = U_M1 * alpha`` (columns scaled) and ``U_M2``,
-    in the operand dtype."""
+    """The DFT matrices of one row k0: ``ft = U_M1 * alpha`` (columns scaled) and ``U_M2``
+    (its kept columns, ``[M2, K2]``), in the operand dtype."""
     op_dtype = dft1_ptr.dtype.element_ty
     f1_re, f1_im = _load_complex(dft1_ptr, offs_f1, M1 * M1)  # [M1, M1]
     ft_re = (f1_re * al_re - f1_im * al_im).to(op_dtype)
     ft_im = (f1_re * al_im + f1_im * al_re).to(op_dtype)
-    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, M2 * M2)  # [M2, M2]
+    f2_re, f2_im = _load_complex(dft2_ptr, offs_f2, M2 * K2)  # [M2, K2]
     return ft_re, ft_im, f2_re, f2_im
 
 
@@ -365,11 +380,13 @@ def _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M: tl.constexpr):
 
 
 @triton.jit
-def _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M: tl.constexpr):
+def _row_factors(
+    twiddle_ptr, kf_row, be_re, be_im, offs_tile, offs_spec, M: tl.constexpr, MK: tl.constexpr
+):
     """The elementwise factors of one row k0, fp32: ``tb = T * beta`` (``_row_twiddle``) and
-    the filter slice."""
+    the filter slice (its kept columns: ``[M1, K2]`` at ``offs_spec``, ``MK = M1 K2``)."""
     tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M)
-    k_re, k_im = _load_complex(kf_row, offs_tile, M)
+    k_re, k_im = _load_complex(kf_row, offs_spec, MK)
     return tb_re, tb_im, k_re, k_im
 
 
@@ -377,15 +394,16 @@ def _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M: tl.constexpr):
 @triton.jit(do_not_specialize=["h0", "NBC", "N0"])
 def rows_kernel_held(
     buf_ptr,  # [count_h * NBC, 2, N0, M] operand dtype, read and written in place
-    kf_ptr,  # [H, N0, 2, M1, M2] fp32
+    kf_ptr,  # [H, N0, 2, M1, K2] fp32 (the kept columns of spectrum_layout)
     dft1_ptr,  # [2, M1, M1] operand dtype (triton_fwd.constants(M))
-    dft2_ptr,  # [2, M2, M2]
+    dft2_ptr,  # [2, M2, K2]: the kept columns of U_M2
     twiddle_ptr,  # [2, M1, M2] fp32
     h0,
     NBC,
     N0,  # outer size: rows per signal
     M1: tl.constexpr,
     M2: tl.constexpr,
+    K2: tl.constexpr,  # frequency columns a2 that hold nonzero bins (M2: a dense filter)
     STEPS: tl.constexpr,
     STAGES: tl.constexpr,  # software pipelining of the step loop (1: none)
     HOLD: tl.constexpr,  # built before the step loop: 0 nothing, 1 the DFT matrices, 2 all tables
@@ -403,19 +421,34 @@ def rows_kernel_held(
     rounded as often as in ``rows_kernel``. Every table is shared by the pairs of one (channel,
     row k0): with ``HOLD`` they are built before the loop; ``STAGES`` pipelines the loop (the
     next pairs' loads issued during this pair's products).
+
+    A frequency-sparse filter (``K2 < M2``): row k0 holds bins ``k0 + N0 (a1 + M1 a2)``, so a
+    low-pass leaves whole columns a2 of every row zero (``triton_long.inner_kept_columns``).
+    The second forward stage then computes the kept columns only (``@ U_M2[:, kept]``) and the
+    first inverse stage sums over them only (``@ conj(U_M2)[kept, :]``, the transposed view of
+    the same table: U_M2 is symmetric), as in ``triton_fwd``.
     """
     M: tl.constexpr = M1 * M2
     N = N0 * M
     pid_k, pid_h, first = _program(tl.program_id(0), NBC, STEPS, N0)
     op_dtype = dft1_ptr.dtype.element_ty
-    kf_row = kf_ptr + ((h0 + pid_h).to(tl.int64) * N0 + pid_k) * (2 * M)
-    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2)
+    kf_row = kf_ptr + ((h0 + pid_h).to(tl.int64) * N0 + pid_k) * (2 * M1 * K2)
+    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2, K2)
+    offs_k2 = tl.arange(0, K2)
+    offs_spec = tl.arange(0, M1)[:, None] * K2 + offs_k2[None, :]  # [M1, K2]
+    offs_g2 = offs_k2[:, None] + tl.arange(0, M2)[None, :] * K2  # [K2, M2]: U_M2[kept, :]
     if HOLD >= 1:
         ft_re, ft_im, f2_re, f2_im = _row_matrices(
-            dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
+            dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, K2
         )
+        if K2 < M2:
+            g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, M2 * K2)
+        else:
+            g2_re, g2_im = f2_re, f2_im
     if HOLD >= 2:
-        tb_re, tb_im, k_re, k_im = _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M)
+        tb_re, tb_im, k_re, k_im = _row_factors(
+            twiddle_ptr, kf_row, be_re, be_im, offs_tile, offs_spec, M, M1 * K2
+        )
 
     for step in tl.range(0, STEPS, num_stages=STAGES):
         bp_local = first + step
@@ -424,19 +457,25 @@ def rows_kernel_held(
         x_re, x_im = _load_signal_row(buf_ptr, row, N, valid, offs_tile)
         if HOLD < 1:
             ft_re, ft_im, f2_re, f2_im = _row_matrices(
-                dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
+                dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, K2
             )
+            if K2 < M2:
+                g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, M2 * K2)
+            else:
+                g2_re, g2_im = f2_re, f2_im
         if HOLD < 2:
-            tb_re, tb_im, k_re, k_im = _row_factors(twiddle_ptr, kf_row, be_re, be_im, offs_tile, M)
+            tb_re, tb_im, k_re, k_im = _row_factors(
+                twiddle_ptr, kf_row, be_re, be_im, offs_tile, offs_spec, M, M1 * K2
+            )
 
-        # forward: (U_M1 alpha) @ x, times T beta, @ U_M2 -> [M1, M2] (k1 permuted)
+        # forward: (U_M1 alpha) @ x, times T beta, @ U_M2 -> [M1, K2] (k1 permuted)
         x_re, x_im = _row_forward(x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION)
 
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
-        # inverse: @ conj(U_M2), times conj(T beta), then conj(U_M1 alpha)^T @ E
-        d_re, d_im = _cdot(s_re, s_im, f2_re, f2_im, 2, PRECISION)
+        # inverse: @ conj(U_M2) (its kept rows), times conj(T beta), then conj(U_M1 alpha)^T @ E
+        d_re, d_im = _cdot(s_re, s_im, g2_re, g2_im, 2, PRECISION)
         e_re = (d_re * tb_re + d_im * tb_im).to(op_dtype)
         e_im = (d_im * tb_re - d_re * tb_im).to(op_dtype)
         z_re, z_im = _cdot(tl.trans(ft_re), tl.trans(ft_im), e_re, e_im, 1, PRECISION)
@@ -499,9 +538,9 @@ def rows_cross_kernel(
     rest = pid // N0
     pid_part = rest % PARTS
     pid_h = rest // PARTS
-    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2)
+    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2, M2)
     ft_re, ft_im, f2_re, f2_im = _row_matrices(
-        dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2
+        dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, M2
     )
     tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M)
     acc_re = tl.zeros((M1, M2), dtype=tl.float32)
@@ -664,46 +703,3 @@ def cols_inv2_kernel(
             mask_v & has_w, row_v, row_w, bias, u_ptr, pregate_ptr, postgate_ptr, y_ptr,
             HAS_PREGATE, HAS_POSTGATE, HAS_BIAS, BIAS_GATED,
         )  # fmt: skip
-
-
-@triton.jit(do_not_specialize=["N0"])
-def spectrum_layout_kernel(
-    kf_ptr,  # [H, n//2 + 1, 2] fp32: the rfft, real and imaginary parts interleaved
-    out_ptr,  # [H, N0, 2, M1, M2] fp32
-    N0,
-    M1: tl.constexpr,
-    M2: tl.constexpr,
-    BJ: tl.constexpr,  # values of j = a1 N0 + k0 per program
-    BA: tl.constexpr,  # values of a2 per program
-    CONJ: tl.constexpr,
-):
-    """``out[h, k0, :, a1, a2]`` = bin ``k = k0 + N0 (a1 + M1 a2)`` of the full spectrum (its
-    conjugate when CONJ), read from the rfft (``conj(kf[n - k])`` past n/2): a tiled transpose
-    of ``[M2, N0 M1]`` (bins) into ``[N0 M1, M2]``. The tile is read as ``[BJ, BA, 2]``: the
-    (re, im) pairs of consecutive bins along the fastest axes (Triton's layout for it puts the
-    threads of a warp along j: coalesced), and written along a2 (Triton converts the layout in
-    between, through shared memory)."""
-    pid_j = tl.program_id(0)
-    pid_a = tl.program_id(1)
-    pid_h = tl.program_id(2).to(tl.int64)
-    N = N0 * M1 * M2
-    HALF = N // 2
-    offs_j = pid_j * BJ + tl.arange(0, BJ)
-    offs_a = pid_a * BA + tl.arange(0, BA)
-    k = offs_j[:, None] + offs_a[None, :] * (N0 * M1)  # [BJ, BA]
-    mask = (offs_j[:, None] < N0 * M1) & (offs_a[None, :] < M2)
-    mirrored = k > HALF
-    src = tl.where(mirrored, N - k, k).to(tl.int64) * 2 + pid_h * (HALF + 1) * 2
-    pair = tl.load(
-        kf_ptr + src[:, :, None] + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None]
-    )  # [BJ, BA, 2]
-    re, im = tl.split(pair)
-    if CONJ:
-        im = tl.where(mirrored, im, -im)
-    else:
-        im = tl.where(mirrored, -im, im)
-    k0 = offs_j % N0
-    a1 = offs_j // N0
-    dst = ((pid_h * N0 + k0[:, None]) * 2) * (M1 * M2) + a1[:, None] * M2 + offs_a[None, :]
-    tl.store(out_ptr + dst, re, mask=mask)
-    tl.store(out_ptr + dst + M1 * M2, im, mask=mask)

@@ -85,6 +85,13 @@ BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 # the public call, forward and backward
 BLOCKED_CASE = "B3-H2-L2500-K100-causal-fp16-blocked"
 COMPILE_CASE = "compile-fullgraph-fp32"
+# id -> (H, n, keep_bins, N1): spectrum_layout's kernel against its torch ops, bit for bit
+LAYOUT_CASES = {
+    "layout-H3-n256": (3, 256, None, None),
+    "layout-H2-n2048-keep300": (2, 2048, 300, None),  # 16 of 32 columns, 8 low + 8 high
+    "layout-H2-n4096-keep129-N1x32": (2, 4096, 129, 32),  # the backward's other split
+    "layout-H1-n8192": (1, 8192, None, None),
+}
 
 
 def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
@@ -188,6 +195,21 @@ def _run_compile_case():
     return {"y": rel_err(compiled(u, k, pre, post, bias), f(u, k, pre, post, bias))}, True
 
 
+def _run_layout_case(H, n, keep_bins, N1):
+    from kernels.fftconv import triton_fwd
+
+    g = torch.Generator().manual_seed(n + H)
+    kf = torch.fft.rfft(torch.randn(H, n, generator=g), n=n)
+    want = triton_fwd.spectrum_layout(kf, n, keep_bins, N1, kernel=False)
+    got = triton_fwd.spectrum_layout(kf, n, keep_bins, N1, kernel=True)
+    low, high = triton_fwd.kept_columns(n, keep_bins, N1=N1)
+    # the cases cut columns where they say so
+    shape_ok = got.shape == want.shape and (keep_bins is None) == (
+        low + high == n // (N1 or triton_fwd.split(n)[0])
+    )
+    return {"max_abs": float((got - want).abs().max())}, shape_ok and torch.equal(got, want)
+
+
 def _interpreter_main() -> None:
     """Runs every CPU case under the interpreter; prints one JSON line of results."""
     start_interpreter()
@@ -201,6 +223,7 @@ def _interpreter_main() -> None:
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
     jobs += [(COMPILE_CASE, _run_compile_case, ()), (BLOCKED_CASE, _run_blocked_case, ())]
+    jobs += [(cid, _run_layout_case, args) for cid, args in LAYOUT_CASES.items()]
     for cid, run, args in jobs:
         calls.clear()
         bwd_calls.clear()
@@ -235,6 +258,14 @@ def test_interpreter_spectrum_for_longer_length(interpreted):
     res = interpreted[SPECTRUM_CASE]
     assert res["ok"] and res["fused"]
     assert res["errs"]["y"] < TOL[torch.float32], res["errs"]
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_interpreter_spectrum_layout_kernel_exact(interpreted, case):
+    """The short path's spectrum layout in one kernel pass equals the torch ops bit for bit,
+    dense and frequency-sparse (kept columns only), in either split."""
+    res = interpreted[case]
+    assert res["ok"], res["errs"]
 
 
 def test_interpreter_compile_fullgraph(interpreted):
@@ -407,6 +438,19 @@ def test_gpu_frequency_sparse_skips_columns(L, freq_keep, dtype):
         backend="torch",
     )
     assert rel_err(y, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("keep_bins", [None, 300, 2049], ids=["dense", "keep300", "keep2049"])
+@pytest.mark.parametrize("n", [256, 2048, 8192])
+def test_gpu_spectrum_layout_kernel_exact(n, keep_bins):
+    """The short path's layout kernel equals the torch ops bit for bit on the GPU (H = 111)."""
+    from kernels.fftconv import triton_fwd
+
+    keep = None if keep_bins is None else min(keep_bins, n // 2 + 1)
+    kf = torch.fft.rfft(torch.randn(111, n, device="cuda"), n=n)
+    want = triton_fwd.spectrum_layout(kf, n, keep, kernel=False)
+    assert torch.equal(triton_fwd.spectrum_layout(kf, n, keep, kernel=True), want)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,158 @@
+"""Frequency-sparse filters on a GPU: the time the column skip saves, on the in-register kernels
+(L <= 4K) and on the long path (L >= 8K). Causal, bf16, B*H*L = 2^27, gated (pregate, postgate,
+bias).
+
+    python -m benchmarks.fftconv_sparse --out benchmarks/results/sparse-<gpu>-<date>.json \
+        [--lengths 1024 ...] [--keep 0.25]
+
+A filter whose rfft bins from ``keep_bins = keep * (n/2 + 1)`` on are zero (``freq_keep``) has
+whole frequency columns of zeros in the kernels' tiles; the kernels compute only the others
+(``triton_fwd.kept_columns``; on the long path the rows kernel's ``inner_kept_columns``, in
+the forward and in d_u's correlation). Per length, each public call (filter spectrum included)
+is checked against the torch.fft fp32 path on the same cut first (relative error, bf16
+tolerance), then timed (``triton.testing.do_bench`` medians): forward and forward+backward, the
+dense filter and the cut one on the triton backend, and the cut one on torch.fft in fp32. The
+difference between dense and sparse on the triton backend is the skip's saving: the two calls
+do the same work otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import fmt, gpu_run_meta, median_ms, ratio, rel_err
+from kernels import fftconv
+from kernels.fftconv import triton_fwd, triton_long
+from kernels.fftconv.plan import make_plan
+
+TOTAL = 2**27  # B * H * L
+TOL_BF16 = 1e-2
+LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 1 << 20, 1 << 22)
+KEEP = 0.25  # 75% of the bins zero
+
+
+def inputs_for(L: int) -> tuple:
+    H = min(1024, TOTAL // L)
+    B = TOTAL // (H * L)
+    gen = torch.Generator(device="cuda").manual_seed(L)
+    u, pre, post = (
+        torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3)
+    )
+    k = torch.randn(H, L, device="cuda", generator=gen) / (1 + torch.arange(L, device="cuda"))
+    bias = torch.randn(H, device="cuda", generator=gen)
+    return u, k, pre, post, bias
+
+
+def columns(L: int, keep: float) -> dict:
+    """Which kernel runs and how many of its frequency columns the cut keeps."""
+    plan = make_plan("causal", L, L, keep)
+    n = plan.fft_size
+    if triton_fwd.supports(n, plan.fold, torch.bfloat16):
+        low, high = triton_fwd.kept_columns(n, plan.keep_bins)
+        return {"path": "fused", "n": n, "columns": triton_fwd.split(n)[1], "kept": low + high}
+    split = triton_long.make_split(n, dtype=torch.bfloat16)
+    low, high = triton_long.inner_kept_columns(split, plan.keep_bins)
+    total = triton_fwd.split(split.m)[1]
+    return {"path": f"long {split.n0}x{split.m}", "n": n, "columns": total, "kept": low + high}
+
+
+def bench_length(L: int, keep: float) -> dict:
+    u, k, pre, post, bias = inputs_for(L)
+    B, H, _ = u.shape
+    row = {"L": L, "B": B, "H": H, "freq_keep": keep, **columns(L, keep)}
+    calls = {"dense": ("triton", 1.0), "sparse": ("triton", keep), "torch_sparse": ("torch", keep)}
+
+    def call(name, u, k, pre, post, bias):
+        backend, freq_keep = calls[name]
+        if backend == "torch":  # the fp32 baseline
+            u, k, pre, post, bias = (x.float() for x in (u, k, pre, post, bias))
+        return fftconv(
+            u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep, backend=backend
+        )
+
+    f32 = [x.float() for x in (u, k, pre, post, bias)]
+    refs = {  # torch.fft in fp32 on the same cut
+        freq_keep: fftconv(
+            f32[0],
+            f32[1],
+            pregate=f32[2],
+            postgate=f32[3],
+            bias=f32[4],
+            freq_keep=freq_keep,
+            backend="torch",
+        )  # fmt: skip
+        for freq_keep in (1.0, keep)
+    }
+    del f32
+    ok = {}
+    for name, (_, freq_keep) in calls.items():
+        row[f"err_{name}"] = rel_err(call(name, u, k, pre, post, bias), refs[freq_keep])
+        ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
+    del refs
+    for name in calls:
+        row[f"fwd_ms_{name}"] = (
+            median_ms(lambda name=name: call(name, u, k, pre, post, bias)) if ok[name] else None
+        )
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+    dy = torch.randn_like(u)
+    for name in calls:
+
+        def step(name=name):
+            call(name, *leaves).backward(dy)
+
+        row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=leaves) if ok[name] else None
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        "| L | path | columns kept | fwd dense / sparse (ms) | saved | fwd+bwd dense / sparse "
+        "(ms) | saved | torch.fft sparse fwd / fwd+bwd (ms) |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+
+        def saved(kind, r=r):
+            d, s = r.get(f"{kind}_ms_dense"), r.get(f"{kind}_ms_sparse")
+            return fmt(100 * (1 - s / d) if d and s else None, ".0f") + "%"
+
+        print(
+            f"| {r['L']} | {r['path']} | {r['kept']} / {r['columns']} | "
+            f"{fmt(r.get('fwd_ms_dense'))} / {fmt(r.get('fwd_ms_sparse'))} | {saved('fwd')} | "
+            f"{fmt(r.get('fwdbwd_ms_dense'))} / {fmt(r.get('fwdbwd_ms_sparse'))} | "
+            f"{saved('fwdbwd')} | {fmt(r.get('fwd_ms_torch_sparse'))} / "
+            f"{fmt(r.get('fwdbwd_ms_torch_sparse'))} |"
+        )
+    speedups = [ratio(r.get("fwd_ms_torch_sparse"), r.get("fwd_ms_sparse")) for r in rows]
+    print("sparse forward speedup over torch.fft:", ", ".join(speedups))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
+    parser.add_argument("--keep", type=float, default=KEEP, help="freq_keep of the cut filter")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.fftconv_sparse needs a CUDA GPU")
+    if not 0.0 < args.keep < 1.0:
+        sys.exit(f"--keep must be in (0, 1); got {args.keep}")
+    meta = gpu_run_meta("benchmarks.fftconv_sparse", argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for L in args.lengths:
+        rows.append(bench_length(L, args.keep))
+        print(json.dumps(rows[-1]), flush=True)
+        # written after every row: a run cut short still leaves its numbers
+        args.out.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        torch.cuda.empty_cache()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
