@@ -1,6 +1,6 @@
 """Frequency-sparse filters on a GPU: the time the column skip saves, on the in-register kernels
-(L <= 4K) and on the long path (L >= 8K). Causal, bf16, B*H*L = 2^27, gated (pregate, postgate,
-bias).
+(L <= 4K) and on the long path (L >= 8K). Causal, bf16, B*H*L = 2^27 with B >= 8, gated (pregate,
+postgate, bias).
 
     python -m benchmarks.fftconv_sparse --out benchmarks/results/sparse-<gpu>-<date>.json \
         [--lengths 1024 ...] [--keep 0.25]
@@ -37,7 +37,9 @@ KEEP = 0.25  # 75% of the bins zero
 
 
 def inputs_for(L: int) -> tuple:
-    H = min(1024, TOTAL // L)
+    """benchmarks.fftconv_long's shapes: H = clamp(2^27 / (8 L), 1, 1024), B >= 8 (a batch of
+    one would ride the kernels' sequence pairs half empty)."""
+    H = max(1, min(1024, TOTAL // (8 * L)))
     B = TOTAL // (H * L)
     gen = torch.Generator(device="cuda").manual_seed(L)
     u, pre, post = (
