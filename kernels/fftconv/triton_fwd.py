@@ -84,6 +84,9 @@ MAX_FFT = 8192
 MIN_BLOCKED_FFT = 2 * BLOCK_MIN  # N1 >= 32 at n = 512, so the output half has >= 16 rows
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_STEPS = 16
+# sizes whose dense plans measured faster with more steps (benchmarks/NOTES.md, v10): n = 2048,
+# 32 steps, 0.497 against 0.521 ms plain and 0.771 against 0.801 gated at L = 1024
+MAX_STEPS_AT = {2048: 32}
 PROGRAMS_PER_SM = 8
 
 
@@ -530,14 +533,16 @@ def num_warps_for(n: int) -> int:
     return 8 if n >= 8192 else 4
 
 
-def steps_for(n: int, H: int, per_channel: int, device: torch.device) -> int:
+def steps_for(n: int, H: int, per_channel: int, device: torch.device, blocked: bool = False) -> int:
     """Steps per program: as many as keep at least ``PROGRAMS_PER_SM`` programs per SM (the
-    tables and filter are then loaded once for several sequences), at most ``MAX_STEPS``."""
+    tables and filter are then loaded once for several sequences), at most ``MAX_STEPS`` (for
+    a dense plan at a size of ``MAX_STEPS_AT``, that many)."""
     if device.type != "cuda":
         return 1
     target = PROGRAMS_PER_SM * sm_count(device)
+    most = MAX_STEPS if blocked else MAX_STEPS_AT.get(n, MAX_STEPS)
     steps = 1
-    while steps < MAX_STEPS and H * triton.cdiv(per_channel, 2 * steps) >= target:
+    while steps < most and H * triton.cdiv(per_channel, 2 * steps) >= target:
         steps *= 2
     return steps
 
@@ -660,7 +665,7 @@ def launch(
     sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel
     pair = sequences >= 2 if pair is None else pair
     per_channel = triton.cdiv(sequences, 2 if pair else 1)
-    steps = steps_for(n, H, per_channel, u.device) if steps is None else steps
+    steps = steps_for(n, H, per_channel, u.device, blocked) if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     # fp32 at n = 8192: the held fp32 tables need more shared memory than an SM has (295-490 KB

@@ -413,6 +413,27 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_launcher_32_steps_at_n2048(dtype):
+    """n = 2048 takes up to 32 pairs per program by default (``MAX_STEPS_AT``): B = 77 (39
+    pairs: one full loop and one cut short at 7), every output written and right."""
+    from kernels.fftconv import triton_fwd
+
+    device = torch.device("cuda")
+    assert triton_fwd.steps_for(2048, 1024, 64, device) == 32
+    assert triton_fwd.steps_for(2048, 1024, 64, device, blocked=True) == triton_fwd.MAX_STEPS
+    u, k, pre, post, bias = make_inputs(77, 3, 1000, 1000, dtype, True, seed=15, device="cuda")
+    kf = torch.fft.rfft(k, n=2048)
+    out = torch.full_like(u, float("nan"))
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, 2048, out=out, steps=32)
+    v = u.double() * pre.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=2048) * kf.to(torch.complex128), n=2048)[..., :1000]
+    ref = z * post.double() + bias.double()[:, None] * v
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize(
     ("L", "freq_keep"),
     [(1000, 0.25), (1024, 0.5), (2048, 0.25), (2000, 0.0625), (4096, 0.25), (3001, 0.125)],
