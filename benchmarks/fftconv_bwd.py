@@ -12,7 +12,7 @@ medians (inputs built outside the timed region) of
 - the public call per backend: forward alone, and forward + backward (``.backward(dy)``);
 - the fused backward alone (``triton_bwd.fftconv_bwd``: spectrum layout, kernel, filter
   gradient's inverse FFT) and the bare kernel (``triton_bwd.launch``) per launch variant
-  (``variants``: the default and up to seven ``triton_bwd.Config`` alternatives per FFT size:
+  (``variants``: the default and up to eight ``triton_bwd.Config`` alternatives per FFT size:
   pipelined blocks of pairs, the split into two kernels, the accumulator in memory). The
   variants of a row are compiled first, in parallel threads;
 - the same filter made frequency-sparse (``freq_keep=SPARSE_KEEP``, 75% of the bins zero;
@@ -68,7 +68,7 @@ NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
 def variants(n: int) -> dict[str, dict]:
-    """Launch options worth timing at FFT size n: the default first, then at most seven
+    """Launch options worth timing at FFT size n: the default first, then at most eight
     alternatives, picked by the spills of the sm_90 compile (``--static``; benchmarks/NOTES.md,
     backward v2): the pair loop in blocks of 8 pairs, software-pipelined 2 or 3 stages deep
     (``pipe-s8p3``), and the split into two kernels with Q handed over through memory
@@ -86,11 +86,13 @@ def variants(n: int) -> dict[str, dict]:
         out["split-q-w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3, split="store_q")
     elif n == 2048:
         out["hoist-pipe-s8p3"] = C(64, 4, hoist=True, steps=8, stages=3)
+        out["split-q-accmem"] = C(64, 4, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p3"] = C(64, 4, steps=8, stages=3, split="store_q")
         out["split-q-accmem-pipe-s8p3"] = C(
             64, 4, acc_in_memory=True, steps=8, stages=3, split="store_q"
         )
     elif n == 4096:
+        out["n128-fused"] = C(128, 8)  # the default before backward v4
         out["pipe-s8p2"] = C(128, 8, steps=8, stages=2)
         out["split-q"] = C(128, 8, split="store_q")
         out["split-q-pipe-s8p3"] = C(128, 8, steps=8, stages=3, split="store_q")
@@ -104,7 +106,6 @@ def variants(n: int) -> dict[str, dict]:
         out["n64-split-q-accmem-pipe-s8p3"] = C(
             64, 4, acc_in_memory=True, steps=8, stages=3, split="store_q"
         )
-        out["n64-split-q-accmem"] = C(64, 4, acc_in_memory=True, split="store_q")
     else:
         out["split-q-accmem"] = C(128, 8, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p2"] = C(128, 8, steps=8, stages=2, split="store_q")

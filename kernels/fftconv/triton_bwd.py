@@ -628,10 +628,12 @@ class Config:
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = False) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
     (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block, 3 stages
-    (2 at n = 1024), up to n = 2048; the fused kernel at 4096; the split with Q through memory
-    at 8192); fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the
-    registers and shared memory, and the pipelined loops need more shared memory than an SM
-    has from n = 4096).
+    (2 at n = 1024), up to n = 2048; at 4096 the split with Q through memory and the
+    accumulator in memory on 64 x 64 tiles, the one variant without spills there (gated 3.18
+    against the fused kernel's 3.93 ms, backward v4); at 8192 the split on 128 x 64 tiles);
+    fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
+    shared memory, and the pipelined loops need more shared memory than an SM has from
+    n = 4096).
 
     ``blocked`` (fp16/bf16): the blocked mode's dz window doubles the first stage's input, and
     its own neighbours of the dense default timed faster from n = 2048
@@ -653,7 +655,7 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
         if n <= 2048:
             return Config(N1, 4, hoist=True, steps=8, stages=3)
         if n <= 4096:
-            return Config(128, 8)
+            return Config(64, 4, acc_in_memory=True, split="store_q")
         return Config(128, 8, acc_in_memory=True, split="store_q")
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)

@@ -142,13 +142,16 @@ CASES = {
     "B3-H3-L111-K100-causal-fp32-needs-pre-k": Case(3, 3, 111, 100, wants=("pregate", "k")),
     # frequency-sparse filters on the default configurations, the spectra on K2 < N2 columns:
     # n = 2048 (64 x 32; fp32 accumulator in memory, fp16 held tables and blocks of 8 pairs)
-    # and n = 4096 (128 x 32, not the forward's 64 x 64), 16 of 32 columns
+    # and n = 4096 (fp32: 128 x 32, 16 of 32 columns; fp16: 64 x 64, a square tile, which runs
+    # the dense columns)
     "B3-H2-L1000-K1000-causal-fp32-sparse75": Case(3, 2, 1000, 1000, freq_keep=0.25),
     "B3-H2-L1000-K1000-causal-fp16-sparse94": Case(
         3, 2, 1000, 1000, dtype="fp16", freq_keep=1 / 16
     ),
     "B3-H2-L2000-K2000-causal-fp32-sparse94": Case(3, 2, 2000, 2000, freq_keep=1 / 16),
-    "B3-H2-L2000-K2000-causal-fp16-sparse75": Case(3, 2, 2000, 2000, dtype="fp16", freq_keep=0.25),
+    "B3-H2-L2000-K2000-causal-fp16-sparse75-dense-columns": Case(
+        3, 2, 2000, 2000, dtype="fp16", freq_keep=0.25
+    ),
     "B3-H2-L1500-K700-causal-fp16-sparse75-needs-k-post": Case(
         3, 2, 1500, 700, dtype="fp16", wants=("k", "postgate"), freq_keep=0.25
     ),
@@ -250,6 +253,10 @@ LAUNCHER_CASES = {
     ),  # fmt: skip
     "B3-H2-L1000-n4096-fp16-sparse75-64x64-dense-columns": LaunchCase(
         3, 2, 1000, 4096, "fp16", _cfg(64, 4), freq_keep=0.25
+    ),
+    # the fused kernel on 128 x 32 tiles (the default at n = 4096 before backward v4): 16 of 32
+    "B3-H2-L2000-n4096-fp16-sparse75-128x32-fused": LaunchCase(
+        3, 2, 2000, 4096, "fp16", _cfg(128, 8), freq_keep=0.25
     ),
 }
 SPECTRUM_CASE = "spectrum-n512-L200-fp32"
@@ -418,6 +425,7 @@ def _expected_columns(n: int, freq_keep: float, dtype: str, config: dict | None 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_interpreter_backward(interpreted, case):
+    from kernels.fftconv import triton_bwd
     from kernels.fftconv.plan import make_plan
 
     c = CASES[case]
@@ -432,7 +440,9 @@ def test_interpreter_backward(interpreted, case):
     want = _expected_columns(n, c.freq_keep, c.dtype)
     assert res["columns"] and all(tuple(x) == want for x in res["columns"]), res["columns"]
     if c.freq_keep <= 0.25:  # n >= 2048 here: N2 >= 32
-        assert want[2] < want[1], "the case should skip frequency columns"
+        skips = triton_bwd.skips_columns(want[0], want[1], DTYPES[c.dtype])
+        assert skips == case.endswith("-sparse75") or case.endswith("-sparse94"), case
+        assert (want[2] < want[1]) == skips, "the case should skip frequency columns"
 
 
 @pytest.mark.parametrize("case", list(LAUNCHER_CASES))
@@ -651,10 +661,16 @@ def test_dot_flops_counts_the_kept_columns():
         H * 3 * 3 * per_transform
     )
     assert triton_bwd.dot_flops(B, H, L, n, keep_bins=n // 2 + 1) == H * 3 * 4 * 8 * n * 64
-    # n = 4096 on the backward's 128 x 32 (the forward's 64 x 64 keeps 16 of 64): 64 rows
+    # n = 4096 on 128 x 32: 64 rows, 16 of 32 columns
     keep = keep_bins_for(4096, 1 / 16)
     assert triton_bwd.kept_columns(4096, keep, N1=128) == (15, 1)
-    assert triton_bwd.dot_flops(2, 1, 2000, 4096, keep_bins=keep) == 4 * 8 * 4096 * (64 + 16)
+    flops = triton_bwd.dot_flops(2, 1, 2000, 4096, n1=128, keep_bins=keep)
+    assert flops == 4 * 8 * 4096 * (64 + 16)
+    # the default there, 64 x 64 (square: the dense columns in bf16, 16 of 64 in fp32): 32 rows
+    assert triton_bwd.config_for(4096).n1 == 64
+    assert triton_bwd.dot_flops(2, 1, 2000, 4096, keep_bins=keep) == 4 * 8 * 4096 * (32 + 64)
+    fp32 = triton_bwd.dot_flops(2, 1, 2000, 4096, n1=64, keep_bins=keep, dtype=torch.float32)
+    assert fp32 == 4 * 8 * 4096 * (32 + 16)
 
 
 # ---------------------------------------------------------------------------------------------
