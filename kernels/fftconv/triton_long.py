@@ -774,15 +774,19 @@ def launch_rows_cross(
     stages: int = 1,
     num_warps: int | None = None,
     precision: str | None = None,
+    keep_bins: int | None = None,
 ) -> Tensor:
     """``rows_cross_kernel`` on two intermediates of (A) (``[>= channels * pairs, 2, N0, m]``,
     one dtype, channel-major as ``launch_rows``): returns the cross-spectrum
-    ``sum over the pairs of Q * conj(P)`` per channel, ``[channels, N0, 2, M1, M2]`` fp32
-    (``spectrum_layout``'s order), summed over ``parts`` runs of pairs (default ``_parts_for``)
+    ``sum over the pairs of Q * conj(P)`` per channel, ``[channels, N0, 2, M1, K2]`` fp32
+    (``spectrum_layout``'s order, the columns ``inner_kept_columns(split, keep_bins)``: all
+    M2 without a cut-off), summed over ``parts`` runs of pairs (default ``_parts_for``)
     in a fixed order. ``steps``: pairs per block of a run's loop (default: the run up to the
     next power of two, at most ``MAX_STEPS``), ``stages``: its software pipelining."""
     n0, m = split.n0, split.m
     M1, M2 = triton_fwd.split(m)
+    low, high = inner_kept_columns(split, keep_bins)
+    K2 = low + high
     for name, buf in (("buf_p", buf_p), ("buf_q", buf_q)):
         if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
             raise ValueError(
@@ -802,15 +806,17 @@ def launch_rows_cross(
     per_part = triton.cdiv(pairs, parts)
     parts = triton.cdiv(pairs, per_part)  # no empty run
     steps = steps or min(MAX_STEPS, triton.next_power_of_2(per_part))
-    out = torch.empty(channels, parts, n0, 2, M1, M2, device=buf_p.device, dtype=torch.float32)
-    inner = triton_fwd.constants(m, canonical_device(buf_p.device), buf_p.dtype)
+    out = torch.empty(channels, parts, n0, 2, M1, K2, device=buf_p.device, dtype=torch.float32)
+    dft1, dft2, twiddle = triton_fwd.constants(m, canonical_device(buf_p.device), buf_p.dtype)
+    if K2 < M2:
+        dft2 = kept_columns_of(dft2, low, high).contiguous()  # [2, M2, K2]
     precision = precision or triton_fwd.dot_precision(buf_p)
     warps = num_warps or triton_fwd.num_warps_for(m)
     grid = (n0 * channels * parts,)
     with device_guard(buf_p):
         rows_cross_kernel[grid](
-            buf_p, buf_q, out, *inner, pairs, n0, parts, per_part,
-            M1=M1, M2=M2, STEPS=steps, STAGES=stages, PRECISION=precision,
+            buf_p, buf_q, out, dft1, dft2, twiddle, pairs, n0, parts, per_part,
+            M1=M1, M2=M2, K2=K2, STEPS=steps, STAGES=stages, PRECISION=precision,
             num_warps=warps, num_stages=stages,
         )  # fmt: skip
     return out.sum(dim=1) if parts > 1 else out[:, 0]
@@ -861,8 +867,10 @@ def filter_grad_long(
     intermediates together): step (A) on v and on dz (its gate slot takes the postgate), then
     ``rows_cross_kernel`` (the forward half of the rows step on both and
     ``sum Q * conj(P)``, one partial spectrum per run of pairs), summed on the host in a fixed
-    order; then ``cross_spectrum_to_filter_grad``. Options as ``conv_long``'s (``rows_warps``
-    and ``stages`` for the cross kernel too; ``parts``: runs of pairs per channel)."""
+    order (with a cut-off, on the columns ``inner_kept_columns`` keeps: the others hold only
+    bins it zeroes); then ``cross_spectrum_to_filter_grad``. Options as ``conv_long``'s
+    (``rows_warps`` and ``stages`` for the cross kernel too; ``parts``: runs of pairs per
+    channel)."""
     for name, x in (("dz", dz), ("u", u)):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.dtype not in DTYPES:
             raise ValueError(
@@ -907,7 +915,9 @@ def filter_grad_long(
     else:
         cols_fwd = cols_fwd_kernel
         sizes = {"N0": n0, "M": m, "N0T": split.n0_tile, "BT": bt}
-    spectrum = torch.zeros(H, n0, 2, *triton_fwd.split(m), device=u.device, dtype=torch.float32)
+    M1, M2 = triton_fwd.split(m)
+    low, high = inner_kept_columns(split, keep_bins)  # the cut-off zeroes the other columns
+    spectrum = torch.zeros(H, n0, 2, M1, low + high, device=u.device, dtype=torch.float32)
     sources = ((u, pregate, L, buf_p), (dz, postgate, Lz, buf_q))
     with device_guard(u):
         for h0, hc, b0, nbc in chunks:
@@ -922,7 +932,14 @@ def filter_grad_long(
             spectrum[h0 : h0 + hc] += launch_rows_cross(
                 buf_p, buf_q, split, hc, nbc, parts=min(parts, nbc) if parts else None,
                 stages=stages or 1, num_warps=rows_warps, precision=precision,
+                keep_bins=keep_bins,
             )  # fmt: skip
+    if low + high < M2:  # the skipped columns back, as zeros
+        full = spectrum.new_zeros(H, n0, 2, M1, M2)
+        full[..., :low] = spectrum[..., :low]
+        if high:
+            full[..., M2 - high :] = spectrum[..., low:]
+        spectrum = full
     return cross_spectrum_to_filter_grad(spectrum, split, taps, keep_bins)
 
 

@@ -506,9 +506,9 @@ def _row_forward(x_re, x_im, ft_re, ft_im, tb_re, tb_im, f2_re, f2_im, PRECISION
 def rows_cross_kernel(
     p_ptr,  # [count_h * NBC, 2, N0, M] operand dtype: (A) of v = u * pregate
     q_ptr,  # [count_h * NBC, 2, N0, M] operand dtype: (A) of dz = dy * postgate
-    s_ptr,  # [count_h, PARTS, N0, 2, M1, M2] fp32: the partial cross-spectra (written)
+    s_ptr,  # [count_h, PARTS, N0, 2, M1, K2] fp32: the partial cross-spectra (written)
     dft1_ptr,  # [2, M1, M1] operand dtype (triton_fwd.constants(M))
-    dft2_ptr,  # [2, M2, M2]
+    dft2_ptr,  # [2, M2, K2]: the kept columns of U_M2
     twiddle_ptr,  # [2, M1, M2] fp32
     NBC,
     N0,  # outer size: rows per signal
@@ -516,6 +516,7 @@ def rows_cross_kernel(
     PER_PART,  # pairs per run
     M1: tl.constexpr,
     M2: tl.constexpr,
+    K2: tl.constexpr,  # frequency columns a2 kept (M2: all; a cut-off zeroes the others)
     STEPS: tl.constexpr,  # pairs per block of the loop
     STAGES: tl.constexpr,  # software pipelining of a block (1: none)
     PRECISION: tl.constexpr,
@@ -530,6 +531,8 @@ def rows_cross_kernel(
     the host sums the runs in a fixed order (deterministic, no atomics). The pair trick of
     ``triton_bwd``: the real part of the inverse of the sum is the sum of both sequences'
     correlations; a missing second sequence is zero in both intermediates and adds nothing.
+    With a frequency cut-off only the kept columns (``K2 < M2``, ``inner_kept_columns``) of
+    P and Q are computed and accumulated: the others hold only bins the cut-off zeroes.
     """
     M: tl.constexpr = M1 * M2
     N = N0 * M
@@ -538,13 +541,13 @@ def rows_cross_kernel(
     rest = pid // N0
     pid_part = rest % PARTS
     pid_h = rest // PARTS
-    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2, M2)
+    offs_tile, offs_f1, offs_f2, al_re, al_im, be_re, be_im = _row_setup(pid_k, N, M1, M2, K2)
     ft_re, ft_im, f2_re, f2_im = _row_matrices(
-        dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, M2
+        dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, K2
     )
     tb_re, tb_im = _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M)
-    acc_re = tl.zeros((M1, M2), dtype=tl.float32)
-    acc_im = tl.zeros((M1, M2), dtype=tl.float32)
+    acc_re = tl.zeros((M1, K2), dtype=tl.float32)
+    acc_im = tl.zeros((M1, K2), dtype=tl.float32)
 
     # The run in blocks of STEPS pairs: an outer while loop with runtime bounds (the interpreter
     # takes no tensor as a range bound; one compilation serves every batch size), an inner
@@ -569,9 +572,10 @@ def rows_cross_kernel(
             acc_im += q_im * p_re - q_re * p_im
         block += STEPS
 
-    out = s_ptr + ((pid_h * PARTS + pid_part).to(tl.int64) * N0 + pid_k) * (2 * M)
-    tl.store(out + offs_tile, acc_re)
-    tl.store(out + M + offs_tile, acc_im)
+    offs_spec = tl.arange(0, M1)[:, None] * K2 + tl.arange(0, K2)[None, :]  # [M1, K2]
+    out = s_ptr + ((pid_h * PARTS + pid_part).to(tl.int64) * N0 + pid_k) * (2 * M1 * K2)
+    tl.store(out + offs_spec, acc_re)
+    tl.store(out + M1 * K2 + offs_spec, acc_im)
 
 
 @triton.jit(do_not_specialize=["B", "H", "h0", "b0", "NBC"])
