@@ -206,7 +206,7 @@ def launch_layout(
     out = torch.empty(H, n0, 2, M1, low + high, device=kf.device, dtype=torch.float32)
     ba = min(M2, 32)
     bj = min(64, triton.next_power_of_2(n0 * M1))
-    grid = (triton.cdiv(n0 * M1, bj), M2 // ba, H)
+    grid = (triton.cdiv(n0 * M1, bj) * (M2 // ba) * H,)
     with device_guard(kf):
         spectrum_layout_kernel[grid](
             torch.view_as_real(kf.contiguous()), out, n0,
@@ -310,9 +310,12 @@ def spectrum_layout_kernel(
     layout for it puts the threads of a warp along j: coalesced), and written along a2 (Triton
     converts the layout in between, through shared memory). The short path's layout is
     ``N0 = 1``, ``M1 x M2 = N1 x N2``; the long path's keeps every column."""
-    pid_j = tl.program_id(0)
-    pid_a = tl.program_id(1)
-    pid_h = tl.program_id(2).to(tl.int64)
+    # one grid axis (H can pass the 65535 of CUDA's other axes): a-blocks fastest, then j, h
+    NA: tl.constexpr = M2 // BA
+    pid = tl.program_id(0)
+    pid_a = pid % NA
+    pid_j = (pid // NA) % tl.cdiv(N0 * M1, BJ)
+    pid_h = (pid // NA // tl.cdiv(N0 * M1, BJ)).to(tl.int64)
     N = N0 * M1 * M2
     HALF = N // 2
     K2: tl.constexpr = LOW + HIGH

@@ -748,8 +748,9 @@ def test_gpu_backward_partial(B, H, L, Lk, mode, pair, freq_keep, dtype, monkeyp
         assert err < TOL[dtype], (name, err)
 
 
-# (L, freq_keep): causal L = Lk, n = 2048, 4096, 8192 (the backward's 64 x 32, 128 x 32 and
-# 128 x 64); 3/4 and 15/16 of the bins zero: 16 columns computed
+# (L, freq_keep): causal L = Lk, n = 2048, 4096, 8192 (the backward's 64 x 32, 64 x 64 and
+# 128 x 64); 3/4 and 15/16 of the bins zero: 16 columns computed (on the square 64 x 64 tile
+# in fp32 only: fp16/bf16 run its dense columns, skips_columns)
 GPU_SPARSE = [
     pytest.param(L, keep, id=f"n{n}-L{L}-sparse{name}")
     for n, L in ((2048, 1000), (4096, 2000), (8192, 4000))
@@ -763,7 +764,7 @@ GPU_SPARSE = [
 def test_gpu_backward_sparse_skips_columns(L, freq_keep, dtype, monkeypatch):
     """The public call with a frequency-sparse filter, gated: all five gradients against
     float64 autograd through torch.fft with the same cut-off, and the kernel ran on the kept
-    frequency columns only (K2 < N2)."""
+    frequency columns only (K2 < N2) where the tile skips them (``skips_columns``)."""
     from kernels.fftconv import triton_bwd
     from kernels.fftconv.plan import make_plan
 
@@ -777,7 +778,7 @@ def test_gpu_backward_sparse_skips_columns(L, freq_keep, dtype, monkeypatch):
         assert err < TOL[dtype], (name, err)
     n = make_plan("causal", L, L, freq_keep).fft_size
     want = _expected_columns(n, freq_keep, {v: k for k, v in DTYPES.items()}[dtype])
-    assert want[2] < want[1]
+    assert (want[2] < want[1]) == triton_bwd.skips_columns(want[0], want[1], dtype), want
     assert launched and all(tuple(x) == want for x in launched), launched
 
 
@@ -788,6 +789,7 @@ GPU_SPARSE_LAUNCH = [
     pytest.param(2048, 1000, _cfg(64, 4, steps=8, stages=3, split="store_q"), id="n2048-split-q"),
     pytest.param(4096, 2051, None, id="n4096-L2051"),
     pytest.param(4096, 2048, _cfg(64, 4), id="n4096-64x64-w4"),
+    pytest.param(4096, 2000, _cfg(128, 8), id="n4096-128x32-fused"),
     pytest.param(4096, 2000, _cfg(128, 8, steps=8, stages=2), id="n4096-pipe-s8p2"),
     pytest.param(8192, 5000, None, id="n8192-L5000"),
     pytest.param(8192, 4096, _cfg(128, 8, acc_in_memory=True, split="recompute"), id="n8192-rec"),
@@ -872,6 +874,7 @@ GPU_LAUNCH = [
     pytest.param(4096, 300, None, id="n4096-L300"),
     pytest.param(4096, 2051, None, id="n4096-L2051"),
     pytest.param(4096, 2048, _cfg(64, 4), id="n4096-64x64-w4"),
+    pytest.param(4096, 2000, _cfg(128, 8), id="n4096-128x32-fused"),
     pytest.param(4096, 2048, _cfg(128, 8), id="n4096-128x32-acc-in-registers"),
     pytest.param(8192, 1500, None, id="n8192-L1500"),
     pytest.param(8192, 5000, None, id="n8192-L5000"),
