@@ -10,7 +10,8 @@ the host: the mean wall time per call over ``--calls`` calls (after a warm-up), 
 call forward and forward + backward (plain and gated, triton and torch backends) and for its
 parts (the plan, the filter's rfft, the spectrum layout, the bare kernel launch). Then a
 ``cProfile`` of the gated public forward and of forward + backward (the functions with the
-most cumulative time, as text in the JSON).
+most cumulative time) and torch.profiler's per-op host times of forward + backward, as text
+in the JSON.
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ def profile_text(fn, calls: int, lines: int = 30) -> str:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(lines)
     return out.getvalue()
+
+
+def op_table(fn, calls: int, rows: int = 40) -> str:
+    """torch.profiler's per-op host time of ``calls`` calls, by self CPU time: which aten ops,
+    Triton launches and dispatches the host spends its time on, and how many of each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def bench_length(L: int, calls: int) -> dict:
@@ -113,6 +128,7 @@ def bench_length(L: int, calls: int) -> dict:
     if L == LENGTHS[0]:
         row["profile_fwd_gated"] = profile_text(fwd("triton", True), calls)
         row["profile_fwdbwd_gated"] = profile_text(fwd_bwd("triton", True), calls)
+        row["ops_fwdbwd_gated"] = op_table(fwd_bwd("triton", True), calls)
     return row
 
 
@@ -128,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(r["L"], json.dumps({k: round(v, 1) for k, v in r.items() if isinstance(v, float)}))
     if "profile_fwd_gated" in rows[0]:
-        print(rows[0]["profile_fwd_gated"])
+        print(rows[0]["ops_fwdbwd_gated"])
         print(rows[0]["profile_fwdbwd_gated"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
