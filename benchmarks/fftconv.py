@@ -50,12 +50,14 @@ KERNEL_VARIANTS = {
     "pair-s8-p1": (True, None, 8, 1, lambda n: True),
     "pair-s16-p1": (True, None, 16, 1, lambda n: n <= 4096),
     "pair-s8-p2": (True, None, 8, 2, lambda n: True),
-    "pair-s16-p2": (True, None, 16, 2, lambda n: n <= 4096),
+    "pair-s16-p2": (True, None, 16, 2, lambda n: n <= 8192),
     "pair-s16-p3": (True, None, 16, 3, lambda n: n <= 2048),
     # n = 1024-2048: more warps, a deeper pipeline, longer programs
     "pair-s16-p3-w8": (True, 8, 16, 3, lambda n: 1024 <= n <= 2048),
     "pair-s16-p4": (True, None, 16, 4, lambda n: 1024 <= n <= 2048),
     "pair-s32-p3": (True, None, 32, 3, lambda n: 1024 <= n <= 2048),
+    # n = 8192: a third stage fits (225 KB of shared memory gated, 176 plain)
+    "pair-s8-p3": (True, None, 8, 3, lambda n: n == 8192),
 }
 
 
