@@ -87,6 +87,10 @@ MAX_STEPS = 16
 # sizes whose dense plans measured faster with more steps (benchmarks/NOTES.md, v10): n = 2048,
 # 32 steps, 0.497 against 0.521 ms plain and 0.771 against 0.801 gated at L = 1024
 MAX_STEPS_AT = {2048: 32}
+# dense plans whose programs per SM may fall lower: at n = 8192 one program fills an SM (8 warps
+# at 255 registers), and 16 pairs per program (4 programs per SM at H = 1024, L = 4K) measured
+# 0.827 against 8 pairs' 0.874 ms plain, 1.394 against 1.404 gated (NOTES, v10)
+PROGRAMS_PER_SM_AT = {8192: 4}
 PROGRAMS_PER_SM = 8
 
 
@@ -539,10 +543,11 @@ def num_warps_for(n: int) -> int:
 def steps_for(n: int, H: int, per_channel: int, device: torch.device, blocked: bool = False) -> int:
     """Steps per program: as many as keep at least ``PROGRAMS_PER_SM`` programs per SM (the
     tables and filter are then loaded once for several sequences), at most ``MAX_STEPS`` (for
-    a dense plan at a size of ``MAX_STEPS_AT``, that many)."""
+    a dense plan at a size of ``MAX_STEPS_AT`` or ``PROGRAMS_PER_SM_AT``, those values)."""
     if device.type != "cuda":
         return 1
-    target = PROGRAMS_PER_SM * sm_count(device)
+    per_sm = PROGRAMS_PER_SM if blocked else PROGRAMS_PER_SM_AT.get(n, PROGRAMS_PER_SM)
+    target = per_sm * sm_count(device)
     most = MAX_STEPS if blocked else MAX_STEPS_AT.get(n, MAX_STEPS)
     steps = 1
     while steps < most and H * triton.cdiv(per_channel, 2 * steps) >= target:

@@ -421,6 +421,9 @@ def test_gpu_launcher_32_steps_at_n2048(dtype):
     device = torch.device("cuda")
     assert triton_fwd.steps_for(2048, 1024, 64, device) == 32
     assert triton_fwd.steps_for(2048, 1024, 64, device, blocked=True) == triton_fwd.MAX_STEPS
+    # n = 8192: 4 programs per SM suffice (one fills an SM), so 16 pairs at H = 1024, L = 4K
+    assert triton_fwd.steps_for(8192, 1024, 16, device) == 16
+    assert triton_fwd.steps_for(8192, 1024, 16, device, blocked=True) == 8
     u, k, pre, post, bias = make_inputs(77, 3, 1000, 1000, dtype, True, seed=15, device="cuda")
     kf = torch.fft.rfft(k, n=2048)
     out = torch.full_like(u, float("nan"))
