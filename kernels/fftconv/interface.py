@@ -14,7 +14,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..backends import check_float_tensor, check_same_device, triton_unusable
+from ..backends import (
+    autograd_function,
+    check_float_tensor,
+    check_same_device,
+    triton_unusable,
+)
 from . import core
 from .plan import MODES, ConvPlan, make_plan
 
@@ -284,24 +289,9 @@ def _backward(ctx, dy):
 _fftconv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _FFTConvFunction(torch.autograd.Function):
-    """What ``fftconv`` calls: the two custom ops under a plain autograd Function.
-
-    ``_fftconv_op`` keeps its own autograd registration (a direct call of the op is
-    differentiable), but ``torch.library``'s wrapper costs the host more per call (it refills
-    the op's 13 arguments from its schema and builds a metadata record on every forward); the
-    op runs here without grad, through its cheap path. ``torch.compile`` traces this Function
-    as it traces the registered formula: the same two opaque ops, forward and backward."""
-
-    @staticmethod
-    def forward(ctx, u, kc, kf, pregate, postgate, bias, static):
-        ctx.save_for_backward(u, kc, kf, pregate, postgate, bias)
-        ctx.static = static
-        return _fftconv_op(u, kc, kf, pregate, postgate, bias, *static)
-
-    @staticmethod
-    def backward(ctx, dy):
-        return (*_backward(ctx, dy)[:6], None)  # no gradient for the static arguments
+# what the public call runs (``autograd_function``: less host time per call than the
+# registration's wrapper; the op stays differentiable on its own)
+_FFTConvFunction = autograd_function("_FFTConvFunction", _fftconv_op, _setup_context, _backward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,15 +403,6 @@ def fftconv(
         name = resolve_backend(backend, u.device)
         kc, kf = circular_filter(k, plan), None
 
-    static = (
-        plan.mode,
-        plan.filter_len,
-        plan.fft_size,
-        plan.fold,
-        plan.keep_bins,
-        plan.blocked,
-        name,
-    )
     return _FFTConvFunction.apply(
         u.contiguous(),
         kc.contiguous(),
@@ -429,7 +410,13 @@ def fftconv(
         pregate.contiguous() if pregate is not None else None,
         postgate.contiguous() if postgate is not None else None,
         bias,
-        static,
+        plan.mode,
+        plan.filter_len,
+        plan.fft_size,
+        plan.fold,
+        plan.keep_bins,
+        plan.blocked,
+        name,
     )
 
 

@@ -288,12 +288,21 @@ def _run_autocast_case():
 
 
 def _run_compile_case():
-    """torch.compile(fullgraph=True) sees one short_conv op; same results as eager."""
-    ops = []
+    """torch.compile(fullgraph=True) through AOTAutograd: one short_conv op in the forward
+    graph and one short_conv_backward op in the backward graph; same results as eager."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
 
-    def recording_backend(gm, example_inputs):
-        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm.forward
+    graphs: dict[str, list[str]] = {}
+
+    def recorder(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    recording_backend = aot_autograd(fw_compiler=recorder("fw"), bw_compiler=recorder("bw"))
 
     def block(x, w, b):
         return F.silu(short_conv(x * 2, w, b, padding="causal", layout="bld", backend="triton"))
@@ -308,7 +317,10 @@ def _run_compile_case():
     errs = {"y": rel_err(y_c, y_e)} | {
         name: rel_err(a, e) for name, a, e in zip(GRADS, g_c, g_e, strict=True)
     }
-    return {"errs": errs, "ok": ops.count("longconv.short_conv.default") == 1, "ops": ops}
+    fw, bw = graphs.get("fw", []), graphs.get("bw", [])
+    ok = fw.count("longconv.short_conv.default") == 1
+    ok = ok and bw.count("longconv.short_conv_backward.default") == 1
+    return {"errs": errs, "ok": ok, "ops": graphs}
 
 
 def _interpreter_main() -> None:
