@@ -175,3 +175,28 @@ def test_long_context_smoke(tmp_path, capsys) -> None:
     # the plan changes rounding only
     assert math.isclose(rows["blocked"]["loss"], rows["dense"]["loss"], rel_tol=1e-4)
     assert "| 700 |" in capsys.readouterr().out
+
+
+def test_sparse_benchmark_reports_the_columns_the_kernels_keep() -> None:
+    """``benchmarks.fftconv_sparse`` names the path and the kept frequency columns of each
+    length at 75% of the bins zero (no GPU needed for this part): half or a quarter of the
+    columns on the in-register kernels and on the long path's rows kernel alike."""
+    from benchmarks import fftconv_sparse
+
+    assert fftconv_sparse.columns(1024, 0.25) == {
+        "path": "fused", "n": 2048, "columns": 32, "kept": 16,
+    }  # fmt: skip
+    assert fftconv_sparse.columns(4096, 0.25)["kept"] == 16
+    long_1m = fftconv_sparse.columns(1 << 20, 0.25)
+    assert long_1m["path"].startswith("long") and (long_1m["columns"], long_1m["kept"]) == (64, 16)
+    dense = fftconv_sparse.columns(32768, 1.0)
+    assert dense["kept"] == dense["columns"] == 64
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal without a GPU")
+def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
+    from benchmarks import fftconv_sparse, host_overhead
+
+    for module in (fftconv_sparse, host_overhead):
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            module.main(["--out", str(tmp_path / "x.json")])
