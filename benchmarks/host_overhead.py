@@ -8,7 +8,8 @@ to issue it, so the public calls there vary with the host (benchmarks.fftconv's 
 the shapes are tiny (B = 2, H = 8), so a loop of calls without a synchronisation measures
 the host: the mean wall time per call over ``--calls`` calls (after a warm-up), for the public
 call forward and forward + backward (plain and gated, triton and torch backends) and for its
-parts (the plan, the filter's rfft, the spectrum layout, the bare kernel launch). Then a
+parts (the plan, the filter's rfft, the spectrum layout, the bare kernel launch), and the
+forward + backward of ``short_conv`` and ``add_layer_norm`` on the same input. Then a
 ``cProfile`` of the gated public forward and of forward + backward (the functions with the
 most cumulative time) and torch.profiler's per-op host times of forward + backward, as text
 in the JSON.
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import gpu_run_meta
-from kernels import fftconv
+from kernels import add_layer_norm, fftconv, short_conv
 from kernels.fftconv import triton_fwd
 from kernels.fftconv.interface import circular_filter
 from kernels.fftconv.plan import make_plan
@@ -75,6 +76,35 @@ def op_table(fn, calls: int, rows: int = 40) -> str:
             fn()
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def other_ops(u, calls: int) -> dict:
+    """Forward + backward host time of the other two ops of a Hyena block on the same small
+    input: ``short_conv`` (3 taps, input bias) and ``add_layer_norm`` (rows of H), both
+    through their public calls (the same autograd route as ``fftconv``)."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = u.clone().requires_grad_()
+    w, ib = (torch.randn(*shape, device="cuda", generator=gen, requires_grad=True)
+             for shape in ((H, 3), (H,)))  # fmt: skip
+    rows = u.transpose(1, 2).reshape(-1, H).clone().requires_grad_()
+    res = torch.randn(rows.shape, device="cuda", generator=gen, requires_grad=True)
+    weight, bias = (torch.randn(H, device="cuda", generator=gen, requires_grad=True)
+                    for _ in range(2))  # fmt: skip
+    dx, d_rows = torch.randn_like(u), torch.randn_like(rows)
+
+    def conv_step():
+        short_conv(x, w, input_bias=ib).backward(dx)
+        x.grad = w.grad = ib.grad = None
+
+    def norm_step():
+        y, stream = add_layer_norm(rows, res, weight, bias)
+        torch.autograd.backward((y, stream), (d_rows.to(y.dtype), d_rows.float()))
+        rows.grad = res.grad = weight.grad = bias.grad = None
+
+    return {
+        "fwdbwd_us_short_conv": host_us(conv_step, calls),
+        "fwdbwd_us_add_layer_norm": host_us(norm_step, calls),
+    }
 
 
 def bench_length(L: int, calls: int) -> dict:
@@ -125,6 +155,7 @@ def bench_length(L: int, calls: int) -> dict:
     }
     for name, fn in parts.items():
         row[f"part_us_{name}"] = host_us(fn, calls)
+    row.update(other_ops(u, calls))
     if L == LENGTHS[0]:
         row["profile_fwd_gated"] = profile_text(fwd("triton", True), calls)
         row["profile_fwdbwd_gated"] = profile_text(fwd_bwd("triton", True), calls)
