@@ -34,6 +34,9 @@ from benchmarks.common import (
     ratio,
     rel_err,
 )
+from benchmarks.common import (
+    time_forward_backward as common_time_forward_backward,  # this module has its own
+)
 from kernels import fftconv
 from kernels.fftconv import triton_fwd
 from kernels.fftconv.plan import make_plan
@@ -121,8 +124,7 @@ def time_layout(inputs, n: int, ok: dict) -> dict:
     ops it replaced (``layout_ms_*``, on the rfft), and the public call, forward and
     forward+backward, with the torch ops (``*_ms_triton_torch_layout``): the kernel's share of
     the public call."""
-    u, k, pre, post, bias = inputs
-    kf = torch.fft.rfft(k, n=n)
+    kf = torch.fft.rfft(inputs[1], n=n)
     row = {}
     for name, kernel in (("torch", False), ("kernel", True)):
         row[f"layout_ms_{name}"] = median_ms(
@@ -130,22 +132,13 @@ def time_layout(inputs, n: int, ok: dict) -> dict:
         )
     if not ok["triton"]:
         return row
-    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
-    dy = torch.randn_like(u)
 
-    def fwd():
+    def public(_name, u, k, pre, post, bias):
         return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
 
-    def step():
-        lu, lk, lpre, lpost, lbias = leaves
-        y = fftconv(lu, lk, pregate=lpre, postgate=lpost, bias=lbias, backend="triton")
-        y.backward(dy)
-
     with triton_fwd.use_layout_kernel(False):
-        row["fwd_ms_triton_torch_layout"] = median_ms(fwd)
-        row["fwdbwd_ms_triton_torch_layout"] = median_ms(
-            step, grad_to_none=[x for x in leaves if x is not None]
-        )
+        name = "triton_torch_layout"
+        row |= common_time_forward_backward(public, (name,), inputs, {name: True})
     return row
 
 

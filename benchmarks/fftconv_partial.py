@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import fmt, gpu_run_meta, median_ms, ratio, rel_err
+from benchmarks.common import fmt, gpu_run_meta, ratio, rel_err, time_forward_backward
 from benchmarks.fftconv import torch_path_fp32
 from kernels import fftconv, filter_spectrum
 from kernels.fftconv.plan import make_plan
@@ -98,21 +98,9 @@ def bench_row(L: int, taps: int, gates: str = "full") -> dict:
         ok[kind] = row[f"err_{kind}"] < TOL_BF16  # NaN fails too
     del ref
 
-    for kind in kinds:
-        row[f"fwd_ms_{kind}"] = (
-            median_ms(lambda kind=kind: call(u, k, pre, post, bias, kind)) if ok[kind] else None
-        )
-    leaves = [
-        x.clone().requires_grad_() if x is not None else None for x in (u, k, pre, post, bias)
-    ]
-    grads = [x for x in leaves if x is not None]
-    dy = torch.randn_like(u)
-    for kind in kinds:
-
-        def step(kind=kind):
-            call(*leaves, kind).backward(dy)
-
-        row[f"fwdbwd_ms_{kind}"] = median_ms(step, grad_to_none=grads) if ok[kind] else None
+    row |= time_forward_backward(
+        lambda kind, *xs: call(*xs, kind), kinds, (u, k, pre, post, bias), ok
+    )
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return row
 

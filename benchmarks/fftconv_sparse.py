@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import fmt, gpu_run_meta, median_ms, ratio, rel_err
+from benchmarks.common import fmt, gpu_run_meta, ratio, rel_err, time_forward_backward
 from kernels import fftconv
 from kernels.fftconv import triton_fwd, triton_long
 from kernels.fftconv.plan import make_plan
@@ -68,47 +68,26 @@ def bench_length(L: int, keep: float) -> dict:
     B, H, _ = u.shape
     row = {"L": L, "B": B, "H": H, "freq_keep": keep, **columns(L, keep)}
     calls = {"dense": ("triton", 1.0), "sparse": ("triton", keep), "torch_sparse": ("torch", keep)}
+    inputs = (u, k, pre, post, bias)
 
-    def call(name, u, k, pre, post, bias):
-        backend, freq_keep = calls[name]
+    def run(backend, freq_keep, u, k, pre, post, bias):
         if backend == "torch":  # the fp32 baseline
             u, k, pre, post, bias = (x.float() for x in (u, k, pre, post, bias))
         return fftconv(
             u, k, pregate=pre, postgate=post, bias=bias, freq_keep=freq_keep, backend=backend
         )
 
-    f32 = [x.float() for x in (u, k, pre, post, bias)]
-    refs = {  # torch.fft in fp32 on the same cut
-        freq_keep: fftconv(
-            f32[0],
-            f32[1],
-            pregate=f32[2],
-            postgate=f32[3],
-            bias=f32[4],
-            freq_keep=freq_keep,
-            backend="torch",
-        )  # fmt: skip
-        for freq_keep in (1.0, keep)
-    }
-    del f32
+    def call(name, *xs):
+        return run(*calls[name], *xs)
+
+    # torch.fft in fp32 on the same cut
+    refs = {freq_keep: run("torch", freq_keep, *inputs) for freq_keep in (1.0, keep)}
     ok = {}
     for name, (_, freq_keep) in calls.items():
-        row[f"err_{name}"] = rel_err(call(name, u, k, pre, post, bias), refs[freq_keep])
+        row[f"err_{name}"] = rel_err(call(name, *inputs), refs[freq_keep])
         ok[name] = row[f"err_{name}"] < TOL_BF16  # NaN fails too
     del refs
-    for name in calls:
-        row[f"fwd_ms_{name}"] = (
-            median_ms(lambda name=name: call(name, u, k, pre, post, bias)) if ok[name] else None
-        )
-    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
-    dy = torch.randn_like(u)
-    for name in calls:
-
-        def step(name=name):
-            call(name, *leaves).backward(dy)
-
-        row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=leaves) if ok[name] else None
-    return row
+    return row | time_forward_backward(call, calls, inputs, ok)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -142,6 +142,7 @@ from .triton_fwd import (
     _dot,
     _load_complex,
     _load_row,
+    all_columns,
     dot_precision,
     kept_columns,
     select_columns,
@@ -703,14 +704,7 @@ def skips_columns(N1: int, N2: int, dtype: torch.dtype) -> bool:
 def _all_columns(spectrum: Tensor, n: int, keep_bins: int | None, N1: int) -> Tensor:
     """A ``[..., N1, K2]`` spectrum on the kept columns -> ``[..., N1, N2]``, zero in the
     skipped ones (the spectrum's own, when nothing was skipped)."""
-    low, high = kept_columns(n, keep_bins, N1=N1)
-    N2 = n // N1
-    if low == N2:
-        return spectrum
-    full = spectrum.new_zeros(*spectrum.shape[:-1], N2)
-    full[..., :low] = spectrum[..., :low]
-    full[..., N2 - high :] = spectrum[..., low:]
-    return full
+    return all_columns(spectrum, *kept_columns(n, keep_bins, N1=N1), n // N1)
 
 
 def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 
 import torch
@@ -76,7 +75,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backends import canonical_device, device_guard, sm_count
+from ..backends import canonical_device, device_guard, sm_count, triton_unusable
 from .plan import BLOCK_MIN
 
 MIN_FFT = 256
@@ -165,19 +164,41 @@ def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tup
         return N2, 0
     low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
     high = N2 - (n - keep_bins + 1) // N1  # their mirrors k > n - keep_bins
+    return padded_columns(low, high, N2)
+
+
+def padded_columns(low: int, high: int, N2: int) -> tuple[int, int]:
+    """The first ``low`` and last ``high`` of N2 columns, widened from the zero middle to a
+    power of two >= 16 (``tl.dot``'s minimum): ``(low', high)``, or ``(N2, 0)`` when that
+    would not be fewer than N2."""
     width = max(16, triton.next_power_of_2(low + high))
     if width >= N2:
         return N2, 0
     return width - high, high
 
 
-def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None = None) -> Tensor:
-    """The kept columns (``kept_columns``) of a [..., N2] tile, by slicing (no index tensor:
-    capture-safe)."""
-    low, high = kept_columns(n, keep_bins, N1=N1)
+def columns_of(t: Tensor, low: int, high: int) -> Tensor:
+    """The columns ``(low, high)`` of a ``[..., N2]`` tile (the first ``low``, the last
+    ``high``), by slicing (no index tensor: capture-safe)."""
     if high == 0:
         return t[..., :low]
     return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
+
+
+def all_columns(t: Tensor, low: int, high: int, N2: int) -> Tensor:
+    """``columns_of`` undone: a ``[..., low + high]`` tile -> ``[..., N2]``, zero in the
+    columns in between (``t`` itself when nothing was left out)."""
+    if low == N2:
+        return t
+    full = t.new_zeros(*t.shape[:-1], N2)
+    full[..., :low] = t[..., :low]
+    full[..., N2 - high :] = t[..., low:]
+    return full
+
+
+def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None = None) -> Tensor:
+    """The kept columns (``kept_columns``) of a [..., N2] tile (``columns_of``)."""
+    return columns_of(t, *kept_columns(n, keep_bins, N1=N1))
 
 
 _layout_kernel = True  # spectrum_layout's default (use_layout_kernel): the Triton kernel
@@ -241,11 +262,7 @@ def spectrum_layout(
     N1, N2 = split(n) if N1 is None else (N1, n // N1)
     H = kf.shape[0]
     kernel = _layout_kernel if kernel is None else kernel
-    if (
-        kernel
-        and kf.shape == (H, n // 2 + 1)
-        and (kf.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-    ):
+    if kernel and kf.shape == (H, n // 2 + 1) and triton_unusable(kf.device.type, __name__) is None:
         low, high = kept_columns(n, keep_bins, N1=N1)
         return launch_layout(kf.to(torch.complex64), 1, N1, N2, low, high).view(
             H, 2, N1, low + high

@@ -294,18 +294,7 @@ def inner_kept_columns(split: LongSplit, keep_bins: int | None) -> tuple[int, in
     low = ((keep_bins - 1) // n0) // M1 + 1
     j_high = triton.cdiv(max(0, n - keep_bins + 2 - n0), n0)
     high = M2 - min(M2, j_high // M1)
-    width = max(16, triton.next_power_of_2(low + high))
-    if width >= M2:
-        return M2, 0
-    return width - high, high
-
-
-def kept_columns_of(t: Tensor, low: int, high: int) -> Tensor:
-    """The kept columns ``(low, high)`` of a ``[..., M2]`` tile, by slicing (no index tensor:
-    capture-safe)."""
-    if high == 0:
-        return t[..., :low]
-    return torch.cat([t[..., :low], t[..., t.shape[-1] - high :]], dim=-1)
+    return triton_fwd.padded_columns(low, high, M2)
 
 
 def spectrum_layout(
@@ -340,7 +329,7 @@ def spectrum_layout(
         kf = torch.conj_physical(kf)
     full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
     full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
-    return kept_columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
+    return triton_fwd.columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,6 +518,31 @@ def _check_gate(name: str, g: Tensor | None, shape: tuple, device: torch.device)
         )
 
 
+def _check_intermediate(name: str, buf: Tensor, split: LongSplit, signals: int) -> None:
+    """A ValueError unless ``buf`` is an intermediate of (A): contiguous
+    ``[>= signals, 2, N0, m]`` in one of ``DTYPES``."""
+    n0, m = split.n0, split.m
+    if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
+        raise ValueError(
+            f"{name} must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
+            f"{tuple(buf.shape)}"
+        )
+    if not buf.is_contiguous() or buf.shape[0] < signals:
+        raise ValueError(
+            f"{name} must be contiguous with >= channels * pairs = {signals} signals; got "
+            f"{buf.shape[0]} (contiguous: {buf.is_contiguous()})"
+        )
+
+
+def _row_tables(m: int, buf: Tensor, low: int, high: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows kernels' DFT matrices and twiddle for inner size m (``triton_fwd.constants``),
+    with ``U_M2`` cut to the kept columns ``(low, high)``: ``[2, M2, K2]``."""
+    dft1, dft2, twiddle = triton_fwd.constants(m, canonical_device(buf.device), buf.dtype)
+    if low + high < dft2.shape[-1]:
+        dft2 = triton_fwd.columns_of(dft2, low, high).contiguous()
+    return dft1, dft2, twiddle
+
+
 def launch_rows(
     buf: Tensor,
     spectrum: Tensor,
@@ -554,16 +568,7 @@ def launch_rows(
     M1, M2 = triton_fwd.split(m)
     low, high = inner_kept_columns(split, keep_bins)
     K2 = low + high
-    if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
-        raise ValueError(
-            f"buf must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
-            f"{tuple(buf.shape)}"
-        )
-    if not buf.is_contiguous() or buf.shape[0] < channels * pairs:
-        raise ValueError(
-            f"buf must be contiguous with >= channels * pairs = {channels * pairs} signals; got "
-            f"{buf.shape[0]} (contiguous: {buf.is_contiguous()})"
-        )
+    _check_intermediate("buf", buf, split, channels * pairs)
     if (
         spectrum.dim() != 5
         or tuple(spectrum.shape[1:]) != (n0, 2, M1, K2)
@@ -578,10 +583,7 @@ def launch_rows(
     config = fit_rows_config(rows_config(rows), m, buf.dtype, shared_limit(buf.device))
     if K2 < M2 and not config.held:
         config = RowsConfig(held=True, hold=0, steps=config.steps, num_warps=config.num_warps)
-    dft1, dft2, twiddle = triton_fwd.constants(m, canonical_device(buf.device), buf.dtype)
-    if K2 < M2:
-        dft2 = kept_columns_of(dft2, low, high).contiguous()  # [2, M2, K2]
-    inner = (dft1, dft2, twiddle)
+    inner = _row_tables(m, buf, low, high)
     precision = precision or triton_fwd.dot_precision(buf)
     warps = config.num_warps or triton_fwd.num_warps_for(m)
     steps = config.steps
@@ -788,16 +790,7 @@ def launch_rows_cross(
     low, high = inner_kept_columns(split, keep_bins)
     K2 = low + high
     for name, buf in (("buf_p", buf_p), ("buf_q", buf_q)):
-        if buf.dtype not in DTYPES or buf.dim() != 4 or tuple(buf.shape[1:]) != (2, n0, m):
-            raise ValueError(
-                f"{name} must be [signals, 2, {n0}, {m}] in one of {DTYPES}; got {buf.dtype} "
-                f"{tuple(buf.shape)}"
-            )
-        if not buf.is_contiguous() or buf.shape[0] < channels * pairs:
-            raise ValueError(
-                f"{name} must be contiguous with >= channels * pairs = {channels * pairs} "
-                f"signals; got {buf.shape[0]} (contiguous: {buf.is_contiguous()})"
-            )
+        _check_intermediate(name, buf, split, channels * pairs)
     if buf_q.dtype != buf_p.dtype:
         raise ValueError(f"buf_q must have buf_p's dtype {buf_p.dtype}; got {buf_q.dtype}")
     parts = parts or _parts_for(n0, channels, pairs, buf_p.device)
@@ -807,9 +800,7 @@ def launch_rows_cross(
     parts = triton.cdiv(pairs, per_part)  # no empty run
     steps = steps or min(MAX_STEPS, triton.next_power_of_2(per_part))
     out = torch.empty(channels, parts, n0, 2, M1, K2, device=buf_p.device, dtype=torch.float32)
-    dft1, dft2, twiddle = triton_fwd.constants(m, canonical_device(buf_p.device), buf_p.dtype)
-    if K2 < M2:
-        dft2 = kept_columns_of(dft2, low, high).contiguous()  # [2, M2, K2]
+    dft1, dft2, twiddle = _row_tables(m, buf_p, low, high)
     precision = precision or triton_fwd.dot_precision(buf_p)
     warps = num_warps or triton_fwd.num_warps_for(m)
     grid = (n0 * channels * parts,)
@@ -934,12 +925,7 @@ def filter_grad_long(
                 stages=stages or 1, num_warps=rows_warps, precision=precision,
                 keep_bins=keep_bins,
             )  # fmt: skip
-    if low + high < M2:  # the skipped columns back, as zeros
-        full = spectrum.new_zeros(H, n0, 2, M1, M2)
-        full[..., :low] = spectrum[..., :low]
-        if high:
-            full[..., M2 - high :] = spectrum[..., low:]
-        spectrum = full
+    spectrum = triton_fwd.all_columns(spectrum, low, high, M2)  # the skipped ones, as zeros
     return cross_spectrum_to_filter_grad(spectrum, split, taps, keep_bins)
 
 
