@@ -441,7 +441,7 @@ def test_interpreter_backward(interpreted, case):
     assert res["columns"] and all(tuple(x) == want for x in res["columns"]), res["columns"]
     if c.freq_keep <= 0.25:  # n >= 2048 here: N2 >= 32
         skips = triton_bwd.skips_columns(want[0], want[1], DTYPES[c.dtype])
-        assert skips == case.endswith("-sparse75") or case.endswith("-sparse94"), case
+        assert skips == (case.endswith("-sparse75") or case.endswith("-sparse94")), case
         assert (want[2] < want[1]) == skips, "the case should skip frequency columns"
 
 
