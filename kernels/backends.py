@@ -4,12 +4,17 @@ tensor argument."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import importlib
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 # Called, not traced, by torch.compile (its result baked into the graph): dynamo refuses
@@ -34,6 +39,36 @@ def canonical_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def build_constants(device: torch.device, what: str, build: Callable[[], T]) -> T:
+    """Runs ``build`` (which allocates and fills tensors that a module-level cache keeps for the
+    life of the process) so that those tensors live in the ordinary CUDA memory, never in a CUDA
+    graph's private pool.
+
+    Why: ``torch.compile(mode="reduce-overhead")`` runs its first (warm-up) calls with the
+    calling thread's allocations routed to its graphs' pool, then refuses to record while a
+    tensor in that pool is alive and is not one of the graph's outputs; a table built on first
+    use inside such a call is exactly that. Built by a short-lived worker thread (on the device,
+    waited for), the tables stay outside the pool. Inside a stream capture nothing can be built
+    at all (the fill would only run at replay): that raises, naming ``what`` and how to build
+    it beforehand."""
+    if device.type != "cuda":
+        return build()
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"the {what} are built on first use; call FFTConv.prepare(...) or run the "
+            "convolution once before CUDA graph capture"
+        )
+
+    def on_device() -> T:
+        with torch.cuda.device(device):
+            out = build()
+            torch.cuda.current_stream(device).synchronize()
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(on_device).result()
 
 
 @functools.cache

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..backends import canonical_device
+from ..backends import build_constants, canonical_device
 
 # Factor rule: complex sizes up to SINGLE_MATRIX_MAX are one DFT matrix (order 1); larger sizes
 # use the fewest factors of at most 2**MAX_FACTOR_LOG2 each, and never fewer than two.
@@ -266,23 +266,31 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 def _tables(n: int, device: torch.device, cdtype: torch.dtype) -> _Tables:
     key = (n, device, cdtype)
     if key not in _CACHE:
-        factors = factorize(n // 2)
-        dft = {f: dft_matrix(f).to(device=device, dtype=cdtype) for f in set(factors)}
-        twiddle = []
-        for s in range(len(factors) - 1):
-            rest = math.prod(factors[s + 1 :])
-            k = torch.arange(factors[s], dtype=torch.int64)[:, None]
-            j = torch.arange(rest, dtype=torch.int64)[None, :]
-            twiddle.append(_roots(k * j, factors[s] * rest).to(device=device, dtype=cdtype))
-        _CACHE[key] = _Tables(
-            n=n,
-            factors=factors,
-            dft=dft,
-            idft={f: torch.conj_physical(m) for f, m in dft.items()},
-            twiddle=twiddle,
-            twiddle_conj=[torch.conj_physical(t) for t in twiddle],
+        _CACHE[key] = build_constants(
+            device,
+            f"Monarch DFT tables for n={n} ({cdtype})",
+            lambda: _build_tables(n, device, cdtype),
         )
     return _CACHE[key]
+
+
+def _build_tables(n: int, device: torch.device, cdtype: torch.dtype) -> _Tables:
+    factors = factorize(n // 2)
+    dft = {f: dft_matrix(f).to(device=device, dtype=cdtype) for f in set(factors)}
+    twiddle = []
+    for s in range(len(factors) - 1):
+        rest = math.prod(factors[s + 1 :])
+        k = torch.arange(factors[s], dtype=torch.int64)[:, None]
+        j = torch.arange(rest, dtype=torch.int64)[None, :]
+        twiddle.append(_roots(k * j, factors[s] * rest).to(device=device, dtype=cdtype))
+    return _Tables(
+        n=n,
+        factors=factors,
+        dft=dft,
+        idft={f: torch.conj_physical(m) for f, m in dft.items()},
+        twiddle=twiddle,
+        twiddle_conj=[torch.conj_physical(t) for t in twiddle],
+    )
 
 
 def prepare(n: int, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -301,23 +309,31 @@ def _stage_matrices(tabs: _Tables, plan: TransformPlan) -> list[Tensor]:
     key = (plan.inverse, plan.stages)
     if key not in tabs.matrices:
         full = tabs.idft if plan.inverse else tabs.dft
-        mats = []
-        for st in plan.stages:
-            m = full[st.factor]
-            device = m.device
-            if len(st.rows) < st.factor:
-                m = m.index_select(0, torch.tensor(st.rows, device=device))
-            if len(st.cols) < st.factor:
-                m = m.index_select(1, torch.tensor(st.cols, device=device))
-            mats.append(m.contiguous())
-        tabs.matrices[key] = mats
+
+        def build() -> list[Tensor]:
+            mats = []
+            for st in plan.stages:
+                m = full[st.factor]
+                device = m.device
+                if len(st.rows) < st.factor:
+                    m = m.index_select(0, torch.tensor(st.rows, device=device))
+                if len(st.cols) < st.factor:
+                    m = m.index_select(1, torch.tensor(st.cols, device=device))
+                mats.append(m.contiguous())
+            return mats
+
+        device = full[plan.stages[0].factor].device
+        what = f"Monarch stage matrices for n={tabs.n}"
+        tabs.matrices[key] = build_constants(device, what, build)
     return tabs.matrices[key]
 
 
 def _layout(tabs: _Tables, digits: tuple[int, ...], keep: int) -> _Layout:
     key = (digits, keep)
     if key not in tabs.layouts:
-        tabs.layouts[key] = _build_layout(tabs, digits, keep)
+        device = tabs.dft[tabs.factors[0]].device
+        what = f"Monarch bin layouts for n={tabs.n}"
+        tabs.layouts[key] = build_constants(device, what, lambda: _build_layout(tabs, digits, keep))
     return tabs.layouts[key]
 
 

@@ -75,7 +75,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..backends import canonical_device, device_guard, sm_count, triton_unusable
+from ..backends import build_constants, canonical_device, device_guard, sm_count, triton_unusable
 from .plan import BLOCK_MIN
 
 MIN_FFT = 256
@@ -132,19 +132,17 @@ def constants(
     N1, N2 = split(n) if N1 is None else (N1, n // N1)
     key = (N1, N2, device, dtype)
     if key not in _CONSTANTS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            # built inside a capture they would stay unwritten until the graph replays
-            raise RuntimeError(
-                f"the Triton FFT tables for n={n} ({dtype}) are built on first use; call "
-                "FFTConv.prepare(...) or run the convolution once before CUDA graph capture"
-            )
-        k1 = torch.arange(N1, dtype=torch.float64, device=device)
-        t2 = torch.arange(N2, dtype=torch.float64, device=device)
-        angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
-        twiddle = torch.stack([angle.cos(), angle.sin()]).float().contiguous()
-        dft1 = _unitary_dft(N1, device).to(dtype).contiguous()
-        dft2 = _unitary_dft(N2, device).to(dtype).contiguous()
-        _CONSTANTS[key] = (dft1, dft2, twiddle)
+
+        def build() -> tuple[Tensor, Tensor, Tensor]:
+            k1 = torch.arange(N1, dtype=torch.float64, device=device)
+            t2 = torch.arange(N2, dtype=torch.float64, device=device)
+            angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
+            twiddle = torch.stack([angle.cos(), angle.sin()]).float().contiguous()
+            dft1 = _unitary_dft(N1, device).to(dtype).contiguous()
+            dft2 = _unitary_dft(N2, device).to(dtype).contiguous()
+            return dft1, dft2, twiddle
+
+        _CONSTANTS[key] = build_constants(device, f"Triton FFT tables for n={n} ({dtype})", build)
     return _CONSTANTS[key]
 
 

@@ -125,7 +125,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ..backends import canonical_device, device_guard, sm_count, triton_unusable
+from ..backends import build_constants, canonical_device, device_guard, sm_count, triton_unusable
 from . import core, reference, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
@@ -240,24 +240,22 @@ def constants(split: LongSplit, device: torch.device, dtype: torch.dtype) -> tup
     device = canonical_device(device)
     key = (split.p, split.q, device, dtype)
     if key not in _CONSTANTS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                f"the Triton long-FFT tables for n={split.n} ({dtype}) are built on first use; "
-                "call FFTConv.prepare(...) or run the convolution once before CUDA graph capture"
-            )
-        if not split.two_level:
-            tables = (_unitary_dft(split.n0, split.n0_tile, device).to(dtype).contiguous(),)
-        else:
+
+        def build() -> tuple[Tensor, ...]:
+            if not split.two_level:
+                return (_unitary_dft(split.n0, split.n0_tile, device).to(dtype).contiguous(),)
             P, Q = split.p, split.q
             c = torch.arange(P, dtype=torch.float64, device=device)
             b = torch.arange(Q, dtype=torch.float64, device=device)
             angle = (-2.0 * math.pi / split.n0) * (c[:, None] * b[None, :])
-            tables = (
+            return (
                 _unitary_dft(P, P, device).to(dtype).contiguous(),
                 _unitary_dft(Q, Q, device).to(dtype).contiguous(),
                 torch.stack([angle.cos(), angle.sin()]).float().contiguous(),
             )
-        _CONSTANTS[key] = tables
+
+        what = f"Triton long-FFT tables for n={split.n} ({dtype})"
+        _CONSTANTS[key] = build_constants(device, what, build)
     return _CONSTANTS[key]
 
 

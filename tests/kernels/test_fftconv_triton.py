@@ -536,6 +536,46 @@ def test_gpu_cuda_graph_capture_forward_backward(L):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("L", [1000, 16384], ids=["L1000", "L16384-long"])
+def test_gpu_compile_reduce_overhead_builds_tables_on_first_use(L, monkeypatch):
+    """torch.compile(mode="reduce-overhead") replays forward and backward as CUDA graphs; its
+    warm-up runs route allocations to the graphs' pool and refuse to record while a tensor
+    there is alive and not an output. The FFT tables are built on first use and cached: with
+    empty caches they are built inside that warm-up, and must land outside the pool. Three
+    steps (warm-up, record, replay), each on fresh inputs, against float64."""
+    from kernels import fftconv
+    from kernels.fftconv import triton_fwd, triton_long
+
+    monkeypatch.setattr(triton_fwd, "_CONSTANTS", {})
+    monkeypatch.setattr(triton_long, "_CONSTANTS", {})
+    torch._dynamo.reset()
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
+
+    compiled = torch.compile(f, mode="reduce-overhead")
+    try:
+        for seed in (21, 22, 23):
+            torch.compiler.cudagraph_mark_step_begin()
+            fresh = make_inputs(2, 5, L, L, torch.bfloat16, True, seed=seed, device="cuda")
+            leaves = [x.requires_grad_() for x in fresh]
+            y = compiled(*leaves)
+            dy = torch.randn_like(y)
+            grads = torch.autograd.grad(y, leaves, dy)
+            y = y.clone()  # the next replay reuses the graph's output memory
+            grads = [g.clone() for g in grads]
+            ref_leaves = [x.detach().double().requires_grad_() for x in fresh]
+            ref = conv_fft64(*ref_leaves)
+            ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+            assert rel_err(y, ref) < TOL[torch.bfloat16], seed
+            for name, g, r in zip(("u", "k", "pre", "post", "bias"), grads, ref_grads, strict=True):
+                assert rel_err(g, r) < TOL[torch.bfloat16], (seed, name)
+        assert triton_fwd._CONSTANTS, "the fused kernels' tables were not built in the test"
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.gpu
 def test_gpu_autocast_and_compile_fullgraph():
     """fp32 inputs under bf16 autocast run the bf16 kernels; torch.compile(fullgraph=True)
     with inductor around the triton backend gives the eager result, forward and backward."""
