@@ -3,7 +3,7 @@ and of gpt-s, a GPT of the same size with PyTorch SDPA (flash) attention, per se
 
     python -m benchmarks.train_throughput --out benchmarks/results/<name>.json
         [--lengths 2048 4096 ...] [--models hyena-triton hyena-torch gpt-sdpa]
-        [--tokens-per-step 65536] [--warmup 3 --steps 10] [--compile]
+        [--tokens-per-step 65536] [--warmup 3 --steps 10] [--compile [MODE]]
         [--loss fused fused-torch unfused] [--filter-len 2048]
     python -m benchmarks.train_throughput --smoke --out <file>   # tiny models, CPU or GPU
 
@@ -15,11 +15,14 @@ cross-entropy without logits, as ``LanguageModelTask`` trains), backward, gradie
 (``configs/task/lm.yaml``'s settings, PyTorch's default foreach implementation), ``zero_grad``.
 A fixed number of tokens per step: batch = tokens / L (at least 1). Times are CUDA events
 around each step after the warm-up steps; the reported time is the median over the timed steps
-(mean and every step are in the JSON). Peak memory is ``torch.cuda.max_memory_allocated`` from
-just before the model is built to the last step: weights, gradients, optimizer state and
-activations. An out-of-memory configuration is recorded as such and the sweep goes on. The GPT
-runs with SDPA restricted to the flash kernel on CUDA: it fails (recorded as an error) rather
-than silently timing a slower kernel.
+(mean and every step are in the JSON). Before the timed steps, one forward + backward checks
+that every trainable parameter gets a nonzero gradient: a row that fails is timed but marked
+``wrong-gradients``, left out of the ratios and targets, and the exit status is 1 (a compiled
+step once passed as faster while it skipped the Hyena mixers' gradients). Peak memory is
+``torch.cuda.max_memory_allocated`` from just before the model is built to the last step:
+weights, gradients, optimizer state and activations. An out-of-memory configuration is recorded
+as such and the sweep goes on. The GPT runs with SDPA restricted to the flash kernel on CUDA:
+it fails (recorded as an error) rather than silently timing a slower kernel.
 
 ``--loss`` picks the loss path, several at once for a comparison: ``fused`` (the default, what
 training runs: ``linear_cross_entropy`` with backend "auto", i.e. liger-kernel on CUDA),
@@ -71,6 +74,9 @@ GRAD_CLIP = 1.0
 GIB = 2**30
 # loss paths: name -> linear_cross_entropy backend, or None for the logits + F.cross_entropy path
 LOSSES: dict[str, str | None] = {"fused": "auto", "fused-torch": "torch", "unfused": None}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# row states that carry timings: "wrong-gradients" is timed but kept out of ratios and targets
+TIMED = ("ok", "wrong-gradients")
 
 
 @dataclass(frozen=True)
@@ -152,20 +158,22 @@ class StepTimer:
 
 
 def make_step(
-    model: nn.Module, device: torch.device, loss: str = "fused", compile: bool = False
+    model: nn.Module, device: torch.device, loss: str = "fused", compile: str | None = None
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """One training step on (inputs, targets) [B, L]; returns the loss (not synced).
 
     ``loss`` is a ``LOSSES`` key: the model's fused ``loss`` method (as training runs it) or the
-    unfused logits path. ``compile`` compiles the model's trunk (``model.hidden``: embedding,
-    blocks, final norm) for the fused loss, whose liger kernels stay eager (dynamo cannot
-    trace them), or the model's whole forward for the unfused path."""
+    unfused logits path. ``compile`` (a ``torch.compile`` mode, or None for eager) compiles the
+    model's trunk (``model.hidden``: embedding, blocks, final norm) for the fused loss, whose
+    liger kernels stay eager (dynamo cannot trace them), or the model's whole forward for the
+    unfused path. Under ``"reduce-overhead"`` the compiled part replays as CUDA graphs (its
+    forward and its backward), so its host work per step is one graph launch each way."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}")
     optimizer = torch.optim.AdamW(param_groups(model), **ADAMW)
     backend = LOSSES[loss]
     if backend is None:
-        forward = torch.compile(model) if compile else model
+        forward = torch.compile(model, mode=compile) if compile else model
 
         def loss_of(inputs: Tensor, targets: Tensor) -> Tensor:
             logits = forward(inputs)  # [B, L, V]
@@ -173,18 +181,41 @@ def make_step(
 
     else:
         if compile:  # an instance attribute: model.loss calls the compiled trunk
-            model.hidden = torch.compile(model.hidden)
+            model.hidden = torch.compile(model.hidden, mode=compile)
         loss_of = functools.partial(model.loss, reduction="mean", backend=backend)
 
-    def step(inputs: Tensor, targets: Tensor) -> Tensor:
+    graphs = compile == "reduce-overhead"
+
+    def forward_backward(inputs: Tensor, targets: Tensor) -> Tensor:
+        if graphs:  # a new iteration: the graphs may reuse the last step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_of(inputs, targets)
         loss.backward()
+        return loss.detach()
+
+    def step(inputs: Tensor, targets: Tensor) -> Tensor:
+        loss = forward_backward(inputs, targets)
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
+    def dead_gradients(inputs: Tensor, targets: Tensor) -> list[str]:
+        """The trainable parameters whose gradient from one forward + backward (no update) is
+        missing or all zero: a step that computes those is not the training step it claims
+        to be, however fast (torch.compile of hyena-s's trunk on CUDA: benchmarks/NOTES.md,
+        training step v5)."""
+        forward_backward(inputs, targets)
+        dead = [
+            n
+            for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not bool(p.grad.any()))
+        ]
+        optimizer.zero_grad(set_to_none=True)
+        return dead
+
+    step.dead_gradients = dead_gradients  # type: ignore[attr-defined]
     return step
 
 
@@ -220,6 +251,9 @@ def measure(
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 row["first_step_s"] = time.perf_counter() - t0
+        # checked before timing: a step that leaves a parameter without gradient is refused
+        dead = step.dead_gradients(inputs, targets)
+        row["dead_gradients"] = dead
         timer = StepTimer(device)
         for _ in range(args.steps):
             with timer.step():
@@ -234,7 +268,8 @@ def measure(
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
     if not all(math.isfinite(x) for x in row["losses"]):
         raise FloatingPointError(f"non-finite loss in {name} at L={seq_len}: {row['losses']}")
-    row["status"] = "ok"
+    # timed anyway (what it costs is worth knowing), but kept out of the ratios and targets
+    row["status"] = "wrong-gradients" if dead else "ok"
 
 
 def run_config(
@@ -401,15 +436,16 @@ def markdown(rows: list[dict], names: list[str], lengths: list[int], meta: dict)
         f"Training step of {'tiny models (smoke)' if meta['smoke'] else 'hyena-s / gpt-s'} on "
         f"{meta['gpu'] or meta['device']}, {meta['autocast_dtype']} autocast, "
         f"{meta['tokens_per_step']} tokens per step, median of {meta['timed_steps']} steps"
-        f"{', torch.compile' if meta['compile'] else ''}",
+        f"{', torch.compile ' + str(meta['compile']) if meta['compile'] else ''}",
         "",
         "| model | loss | L | batch | ms/step | tokens/s | peak GiB | params |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        if r.get("status") == "ok":
+        if r.get("status") in TIMED:
             cells = (
-                fmt(r["ms_per_step"], ".1f"),
+                fmt(r["ms_per_step"], ".1f")
+                + (" (wrong gradients)" if r["status"] == "wrong-gradients" else ""),
                 fmt(r["tokens_per_s"], ",.0f"),
                 fmt(r.get("peak_gib"), ".1f"),
             )
@@ -452,7 +488,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, help=f"untimed steps first (default {WARMUP})")
     parser.add_argument("--steps", type=int, help=f"timed steps (default {STEPS})")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="torch.compile each model's trunk, in this mode (default: 'default'; "
+        "'reduce-overhead' replays it as CUDA graphs)",
+    )
     parser.add_argument(
         "--filter-len",
         type=int,
@@ -517,11 +560,14 @@ def main(argv: list[str] | None = None) -> int:
         row = run_config(name, seq_len, args, device, loss)
         row["config_s"] = time.perf_counter() - t0
         rows.append(row)
-        if row["status"] == "ok":
+        if row["status"] in TIMED:
             result = (
                 f"{row['ms_per_step']:.1f} ms/step  {row['tokens_per_s']:,.0f} tokens/s  "
                 f"peak {fmt(row.get('peak_gib'), '.1f')} GiB"
             )
+            if row["status"] == "wrong-gradients":
+                dead = row["dead_gradients"]
+                result += f"  WRONG GRADIENTS: {len(dead)} parameters without one, e.g. {dead[:3]}"
         else:
             result = f"{row['status']}: {row.get('error', '')[:200]}"
         print(
@@ -538,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     print(f"\nwrote {args.out}")
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    return 1 if any(r["status"] in ("error", "wrong-gradients") for r in rows) else 0
 
 
 if __name__ == "__main__":

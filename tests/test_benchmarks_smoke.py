@@ -49,6 +49,7 @@ def test_train_throughput_smoke(tmp_path) -> None:
             assert r["status"] == "skipped" and "TRITON_INTERPRET" in r["error"]
             continue
         assert r["status"] == "ok", r
+        assert r["dead_gradients"] == []  # checked before timing, every parameter learns
         assert len(r["step_ms"]) == tt.SMOKE_STEPS and all(ms > 0 for ms in r["step_ms"])
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * L / r["ms_per_step"] * 1e3)
         # random tokens through a fresh model: the loss starts near ln(vocab) = ln(256)
@@ -147,6 +148,24 @@ def test_out_of_memory_and_errors_are_recorded(monkeypatch) -> None:
     assert row["batch"] == 1 and row["tokens_per_step"] == 128
 
 
+def test_train_throughput_refuses_a_step_that_leaves_a_parameter_without_gradient() -> None:
+    """The probe run before timing names a parameter whose gradient is missing or all zero:
+    one the loss does not reach (None), and one the loss reaches through a zero factor."""
+    torch.manual_seed(0)
+    model = tt.MODELS["hyena-torch"].build(True, 64)
+    step = tt.make_step(model, torch.device("cpu"), "fused")
+    inputs, targets = torch.randint(0, 256, (2, 2, 64))
+    assert step.dead_gradients(inputs, targets) == []
+
+    model.unused = torch.nn.Parameter(torch.ones(3))  # never in the graph: no gradient
+    gain = model.blocks[0].norm1
+    with torch.no_grad():
+        model.blocks[1].norm2.weight.zero_()  # the MLP of block 1 is cut off: zero gradients
+    dead = step.dead_gradients(inputs, targets)
+    assert "unused" in dead and "blocks.1.mlp.fc1.weight" in dead
+    assert "blocks.0.norm1.weight" not in dead and gain.weight.grad is None  # zeroed after
+
+
 @pytest.mark.gpu
 def test_train_throughput_full_size_models_on_gpu(tmp_path) -> None:
     """hyena-s (both backends) and gpt-s (flash only) through the real step at a short length."""
@@ -200,3 +219,23 @@ def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
     for module in (fftconv_sparse, host_overhead):
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             module.main(["--out", str(tmp_path / "x.json")])
+
+
+def test_compile_gradients_on_cpu(tmp_path) -> None:
+    """``benchmarks.compile_gradients``: eager and compiled (inductor) gradients of a one-layer
+    hyena-tiny agree on the CPU; its comparison flags a dead or a wrong gradient."""
+    from benchmarks import compile_gradients as cg
+
+    out = tmp_path / "cg.json"
+    assert (
+        cg.main(["--out", str(out), "--device", "cpu", "--seq-len", "32", "--variants", "all"]) == 0
+    )
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["ok"] and row["dead_in_compiled"] == [] and row["parameters"] > 20
+    assert row["loss_compiled"] == pytest.approx(row["loss_eager"], rel=1e-5)
+
+    g = {"a": torch.ones(3), "b": torch.ones(2), "__loss__": torch.tensor(1.0)}
+    dead = cg.compare(g, g | {"a": torch.zeros(3)})
+    assert not dead["ok"] and dead["dead_in_compiled"] == ["a"]
+    wrong = cg.compare(g, g | {"b": torch.tensor([1.0, 2.0])})
+    assert not wrong["ok"] and wrong["worst_rel_err"][0][0] == "b"
