@@ -37,16 +37,19 @@ def median_ms(
     return do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
-def time_forward_backward(call: Callable, names, inputs: tuple, ok: dict) -> dict:
-    """Medians of ``call(name, *inputs)`` per name, forward (``fwd_ms_<name>``) and forward +
-    backward (``fwdbwd_ms_<name>``: ``.backward(dy)`` on copies of the tensors among
-    ``inputs`` made leaves, dy random of the first input's shape); None where ``ok[name]`` is
-    false (a call that failed its correctness check gets no time)."""
+def time_forward_backward(
+    call: Callable, names, inputs: tuple, ok: dict, forward: bool = True
+) -> dict:
+    """Medians of ``call(name, *inputs)`` per name, forward (``fwd_ms_<name>``, unless
+    ``forward`` is False) and forward + backward (``fwdbwd_ms_<name>``: ``.backward(dy)`` on
+    copies of the tensors among ``inputs`` made leaves, dy random of the first input's shape);
+    None where ``ok[name]`` is false (a call that failed its correctness check gets no time)."""
     row = {}
-    for name in names:
-        row[f"fwd_ms_{name}"] = (
-            median_ms(lambda name=name: call(name, *inputs)) if ok[name] else None
-        )
+    if forward:
+        for name in names:
+            row[f"fwd_ms_{name}"] = (
+                median_ms(lambda name=name: call(name, *inputs)) if ok[name] else None
+            )
     leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
     grads = [x for x in leaves if x is not None]
     dy = torch.randn_like(inputs[0])

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench
 
 from benchmarks.common import (
     HBM_BYTES_PER_S,
@@ -33,9 +32,7 @@ from benchmarks.common import (
     median_ms,
     ratio,
     rel_err,
-)
-from benchmarks.common import (
-    time_forward_backward as common_time_forward_backward,  # this module has its own
+    time_forward_backward,
 )
 from kernels import fftconv
 from kernels.fftconv import triton_fwd
@@ -112,7 +109,8 @@ def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
 
     inputs = (u, k, pre, post, bias)
     row.update(time_forward(inputs, use_compile))
-    row.update(time_forward_backward(inputs, ok=row["ok"]))
+    # forward + backward through the public call (the forward alone: time_forward)
+    row.update(time_forward_backward(public, ("torch", "triton"), inputs, row["ok"], False))
     if fused:
         row.update(time_kernel(inputs, n))
         row.update(time_layout(inputs, n, ok=row["ok"]))
@@ -132,13 +130,11 @@ def time_layout(inputs, n: int, ok: dict) -> dict:
         )
     if not ok["triton"]:
         return row
-
-    def public(_name, u, k, pre, post, bias):
-        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
-
     with triton_fwd.use_layout_kernel(False):
-        name = "triton_torch_layout"
-        row |= common_time_forward_backward(public, (name,), inputs, {name: True})
+        row |= time_forward_backward(
+            lambda _name, *xs: public("triton", *xs), ("triton_torch_layout",), inputs,
+            {"triton_torch_layout": True},
+        )  # fmt: skip
     return row
 
 
@@ -178,24 +174,9 @@ def time_forward(inputs, use_compile: bool) -> dict:
     return row
 
 
-def time_forward_backward(inputs, ok: dict) -> dict:
-    """Forward + backward through the public call (the triton backward runs the primitives)."""
-    leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
-    grads = [x for x in leaves if x is not None]
-    dy = torch.randn_like(inputs[0])
-    row = {}
-    for name in ("torch", "triton"):
-
-        def step(name=name):
-            u, k, pre, post, bias = leaves
-            fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name).backward(dy)
-
-        row[f"fwdbwd_ms_{name}"] = (
-            do_bench(step, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
-            if ok[name]
-            else None
-        )
-    return row
+def public(backend: str, u, k, pre, post, bias):
+    """The public call on ``backend``, in ``time_forward_backward``'s argument order."""
+    return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=backend)
 
 
 def time_kernel(inputs, n: int) -> dict:

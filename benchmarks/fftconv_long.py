@@ -328,7 +328,7 @@ def rows_static(m: int, dtype: torch.dtype, config, steps: int) -> dict:
     kernel = triton_long_kernels.rows_kernel
     if config.held:
         kernel = triton_long_kernels.rows_kernel_held
-        constexprs |= {"STAGES": config.stages, "HOLD": config.hold}
+        constexprs |= {"STAGES": config.stages, "HOLD": config.hold, "K2": M2}  # dense filter
     warps = config.num_warps or triton_fwd.num_warps_for(m)
     types = _pointer_types(kernel, operand, ("kf_ptr", "twiddle_ptr"))
     return compile_stats(kernel, constexprs, types, warps, config.stages)

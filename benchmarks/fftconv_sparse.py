@@ -26,28 +26,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import fmt, gpu_run_meta, ratio, rel_err, time_forward_backward
+from benchmarks.fftconv_long import make_inputs
 from kernels import fftconv
 from kernels.fftconv import triton_fwd, triton_long
 from kernels.fftconv.plan import make_plan
 
-TOTAL = 2**27  # B * H * L
 TOL_BF16 = 1e-2
 LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 1 << 20, 1 << 22)
 KEEP = 0.25  # 75% of the bins zero
-
-
-def inputs_for(L: int) -> tuple:
-    """benchmarks.fftconv_long's shapes: H = clamp(2^27 / (8 L), 1, 1024), B >= 8 (a batch of
-    one would ride the kernels' sequence pairs half empty)."""
-    H = max(1, min(1024, TOTAL // (8 * L)))
-    B = TOTAL // (H * L)
-    gen = torch.Generator(device="cuda").manual_seed(L)
-    u, pre, post = (
-        torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3)
-    )
-    k = torch.randn(H, L, device="cuda", generator=gen) / (1 + torch.arange(L, device="cuda"))
-    bias = torch.randn(H, device="cuda", generator=gen)
-    return u, k, pre, post, bias
 
 
 def columns(L: int, keep: float) -> dict:
@@ -64,7 +50,9 @@ def columns(L: int, keep: float) -> dict:
 
 
 def bench_length(L: int, keep: float) -> dict:
-    u, k, pre, post, bias = inputs_for(L)
+    # benchmarks.fftconv_long's inputs: B >= 8 (a batch of one would ride the kernels'
+    # sequence pairs half empty), H = clamp(2^27 / (8 L), 1, 1024)
+    u, k, pre, post, bias = make_inputs(L, gated=True)
     B, H, _ = u.shape
     row = {"L": L, "B": B, "H": H, "freq_keep": keep, **columns(L, keep)}
     calls = {"dense": ("triton", 1.0), "sparse": ("triton", keep), "torch_sparse": ("torch", keep)}

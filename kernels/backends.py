@@ -138,11 +138,8 @@ def autograd_function(name: str, op, setup_context, backward) -> type[torch.auto
         setup_context(ctx, args, out)
         return out
 
-    def backward_(ctx, *grads):
-        return backward(ctx, *grads)
-
     return type(
         name,
         (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward_)},
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
     )

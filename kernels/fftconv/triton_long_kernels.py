@@ -19,13 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_fwd import (  # noqa: F401  (spectrum_layout_kernel: the long path's layout too)
-    _complex_dot,
-    _dot,
-    _load_complex,
-    _load_row,
-    spectrum_layout_kernel,
-)
+from .triton_fwd import _complex_dot, _dot, _load_complex, _load_row
 
 
 @triton.jit
@@ -373,6 +367,18 @@ def _row_matrices(
 
 
 @triton.jit
+def _inverse_rows(dft2_ptr, f2_re, f2_im, offs_g2, M2: tl.constexpr, K2: tl.constexpr):
+    """The first inverse stage's ``U_M2[kept, :]`` (``[K2, M2]``, at ``offs_g2``): U_M2 is
+    symmetric, so it is the transposed read of the kept columns' table; with every column
+    kept, the forward's own ``[M2, M2]`` matrix (``f2``)."""
+    if K2 < M2:
+        g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, M2 * K2)
+    else:
+        g2_re, g2_im = f2_re, f2_im
+    return g2_re, g2_im
+
+
+@triton.jit
 def _row_twiddle(twiddle_ptr, be_re, be_im, offs_tile, M: tl.constexpr):
     """``tb = T * beta``, fp32: the inner twiddle times the columns' share of the global one."""
     tw_re, tw_im = _load_complex(twiddle_ptr, offs_tile, M)  # [M1, M2]
@@ -441,10 +447,7 @@ def rows_kernel_held(
         ft_re, ft_im, f2_re, f2_im = _row_matrices(
             dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, K2
         )
-        if K2 < M2:
-            g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, M2 * K2)
-        else:
-            g2_re, g2_im = f2_re, f2_im
+        g2_re, g2_im = _inverse_rows(dft2_ptr, f2_re, f2_im, offs_g2, M2, K2)
     if HOLD >= 2:
         tb_re, tb_im, k_re, k_im = _row_factors(
             twiddle_ptr, kf_row, be_re, be_im, offs_tile, offs_spec, M, M1 * K2
@@ -459,10 +462,7 @@ def rows_kernel_held(
             ft_re, ft_im, f2_re, f2_im = _row_matrices(
                 dft1_ptr, dft2_ptr, al_re, al_im, offs_f1, offs_f2, M1, M2, K2
             )
-            if K2 < M2:
-                g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, M2 * K2)
-            else:
-                g2_re, g2_im = f2_re, f2_im
+            g2_re, g2_im = _inverse_rows(dft2_ptr, f2_re, f2_im, offs_g2, M2, K2)
         if HOLD < 2:
             tb_re, tb_im, k_re, k_im = _row_factors(
                 twiddle_ptr, kf_row, be_re, be_im, offs_tile, offs_spec, M, M1 * K2
