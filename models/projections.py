@@ -50,13 +50,17 @@ class _ToChannels(torch.autograd.Function):
         dtype = _compute_dtype(x)
         xc, wc = x.to(dtype), weight.to(dtype)
         batch = x.shape[0]
+        biases = bias.to(dtype).chunk(chunks) if bias is not None else (None,) * chunks
         outs = []
         with torch.autocast(x.device.type, enabled=False):
-            for w_i in wc.chunk(chunks):
-                outs.append(torch.bmm(w_i.expand(batch, -1, -1), xc.transpose(1, 2)))
-            if bias is not None:
-                for z_i, b_i in zip(outs, bias.to(dtype).chunk(chunks), strict=True):
-                    z_i += b_i[:, None]
+            for w_i, b_i in zip(wc.chunk(chunks), biases, strict=True):
+                w_b, x_t = w_i.expand(batch, -1, -1), xc.transpose(1, 2)
+                # the bias through the matmul's beta, never added in place to an output:
+                # dynamo then traces the Function's forward with its outputs mutated, and
+                # the compiled graph (CUDA, torch 2.11) gave every input a zero gradient
+                outs.append(
+                    torch.bmm(w_b, x_t) if b_i is None else torch.baddbmm(b_i[:, None], w_b, x_t)
+                )
         ctx.save_for_backward(xc, wc)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.set_materialize_grads(False)
@@ -111,9 +115,9 @@ class _FromChannels(torch.autograd.Function):
         vc, wc = v.to(dtype), weight.to(dtype)
         batch = v.shape[0]
         with torch.autocast(v.device.type, enabled=False):
-            y = torch.bmm(vc.transpose(1, 2), wc.t().expand(batch, -1, -1))  # [B, L, d_out]
-            if bias is not None:
-                y += bias.to(dtype)
+            v_t, w_b = vc.transpose(1, 2), wc.t().expand(batch, -1, -1)
+            # [B, L, d_out]; the bias through beta, not in place (see _ToChannels)
+            y = torch.bmm(v_t, w_b) if bias is None else torch.baddbmm(bias.to(dtype), v_t, w_b)
         ctx.save_for_backward(vc, wc)
         ctx.dtypes = (v.dtype, weight.dtype, None if bias is None else bias.dtype)
         return y

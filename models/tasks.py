@@ -28,6 +28,9 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 IGNORE_INDEX = -100  # targets with this value are not supervised (F.cross_entropy's default)
+# torch.compile modes the task takes (``compile=``); those that replay CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
 
 
@@ -139,6 +142,18 @@ class LanguageModelTask(L.LightningModule):
     cross-entropy, no [B, L, V] logits and no accuracy); a network without one is scored on its
     logits, as validation and test always are (they need the argmax for ``acc``).
 
+    ``compile``: a ``torch.compile`` mode (``COMPILE_MODES``) for the network's trunk
+    (``net.hidden`` when it has one, else its forward), applied when fitting, validating or
+    testing starts; None (the default) runs eagerly. ``"reduce-overhead"`` replays the trunk's
+    forward and backward as CUDA graphs: one launch each way instead of a few thousand, which
+    is what a fast step needs once the kernels take less time than Python takes to launch them
+    (hyena-s on an H200: ``benchmarks/NOTES.md``, training step v5). The fused loss stays
+    eager (liger's kernels are not traceable). The first step compiles (tens of seconds on
+    hyena-s). In the graph modes the gradients stay allocated and are zeroed in place (a
+    replay reuses the memory of the last one's outputs, which a ``.grad`` must not be, e.g.
+    across accumulated batches); FSDP is refused with a ``ValueError`` (its collectives would
+    run inside the graphs).
+
     Logs ``train/loss``, ``val/loss``, ``val/ppl``, ``val/acc`` and the same for ``test/``.
     """
 
@@ -148,16 +163,85 @@ class LanguageModelTask(L.LightningModule):
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[[Optimizer], Any] | None = None,
         scheduler_interval: str = "step",
+        compile: str | None = None,
     ) -> None:
         super().__init__()
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be None or one of {COMPILE_MODES}; got {compile!r}")
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
+        self._compiled = False
         self.train_loss = MeanMetric()
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.net(idx)
+
+    # -----------------------------------------------------------------------------------------
+    # torch.compile of the trunk
+
+    def _compile_net(self) -> None:
+        mode = self.hparams.get("compile")
+        if mode is None or self._compiled:
+            return
+        if mode in GRAPH_MODES:
+            strategy = self.trainer.strategy if self._trainer is not None else None
+            if isinstance(strategy, L.pytorch.strategies.FSDPStrategy):
+                raise ValueError(
+                    f"task.compile={mode!r} replays CUDA graphs, which cannot hold FSDP's "
+                    "collectives; use compile='default' or null with trainer=fsdp"
+                )
+        # an instance attribute: the module's state dict and its class are untouched
+        name = "hidden" if callable(getattr(self.net, "hidden", None)) else "forward"
+        setattr(self.net, name, torch.compile(getattr(self.net, name), mode=mode))
+        self._compiled = True
+
+    def _graphs(self) -> bool:
+        return self._compiled and self.hparams.get("compile") in GRAPH_MODES
+
+    def _graph_step_begin(self, training: bool = False) -> None:
+        """A new step for the CUDA graphs: the last replay's outputs are dead (cudagraph trees
+        would otherwise keep recording new graphs around them). Before a training batch, every
+        gradient is made to exist: the backward then adds its outputs into it, so that no
+        ``.grad`` is ever a graph's output memory, which the next replay overwrites (with
+        accumulated batches, the gradients being summed). They are zeroed in place from then
+        on (``zero_grad``, ``optimizer_zero_grad``)."""
+        if not self._graphs():
+            return
+        torch.compiler.cudagraph_mark_step_begin()
+        if training:
+            for p in self.net.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # Lightning releases the gradients before each stage and each validation
+        super().zero_grad(set_to_none=set_to_none and not self._graphs())
+
+    def on_fit_start(self) -> None:
+        self._compile_net()
+
+    def on_validation_start(self) -> None:
+        self._compile_net()
+
+    def on_test_start(self) -> None:
+        self._compile_net()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._graph_step_begin(training=True)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Optimizer) -> None:
+        # under CUDA graphs the gradients stay allocated (``_graph_step_begin``)
+        optimizer.zero_grad(set_to_none=not self._graphs())
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._graph_step_begin()
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._graph_step_begin()
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """(mean loss, accuracy, number of supervised targets) of a batch; the count stays a

@@ -239,3 +239,28 @@ def test_compile_gradients_on_cpu(tmp_path) -> None:
     assert not dead["ok"] and dead["dead_in_compiled"] == ["a"]
     wrong = cg.compare(g, g | {"b": torch.tensor([1.0, 2.0])})
     assert not wrong["ok"] and wrong["worst_rel_err"][0][0] == "b"
+
+
+def test_compile_inplace_output_on_cpu(tmp_path) -> None:
+    """``benchmarks.compile_inplace_output``: one row per autocast setting and dynamo backend,
+    each the compiled gradients' relative errors against eager (the torch version decides the
+    values: 1.0 where dynamo drops the gradients, as torch 2.11 does)."""
+    from benchmarks import compile_inplace_output as cio
+
+    out = tmp_path / "cio.json"
+    assert cio.main(["--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    cpu = [r for r in doc["rows"] if r["device"] == "cpu"]
+    assert {(r["autocast_off"], r["backend"]) for r in cpu} == {
+        (a, b) for a in (False, True) for b in ("eager", "aot_eager")
+    }
+    for r in cpu:
+        assert len(r["rel_err_x_w_b"]) == 3
+        assert r["ok"] == (max(r["rel_err_x_w_b"]) < 1e-5)
+    # the Function itself is right in eager: its gradients against autograd through plain ops
+    v, w, b = (torch.randn(s, dtype=torch.float64) for s in ((2, 4, 5), (3, 4), (3,)))
+    leaves = [t.requires_grad_() for t in (v, w, b)]
+    got = torch.autograd.grad(cio.BiasedLinear.apply(*leaves, True).sum(), leaves)
+    ref = torch.autograd.grad((v.transpose(1, 2) @ w.t() + b).sum(), leaves)
+    for g, r in zip(got, ref, strict=True):
+        assert torch.allclose(g, r)
