@@ -2,12 +2,15 @@
 of ``benchmarks.train_throughput``'s step (bf16 autocast, AdamW, clipping), kernels grouped.
 
     python -m benchmarks.profile_step --model hyena-triton --lengths 4096 8192 [--out f.json]
+        [--compile MODE] [--attribute]
 
 Prints, per (model, length), the top kernels by total CUDA time and the share of time in
 each group (fftconv kernels, short conv, matmuls, elementwise/other). ``--attribute`` also
 charges each kernel to the operator that launched it: the op, its callers up the op tree
 (``autograd::engine::evaluate_function: XBackward0`` for the backward), the input shapes and
 the first frame in this repository's code, so that a copy kernel names its caller.
+``--compile MODE`` profiles the step that ``train_throughput --compile MODE`` times (the trunk
+compiled; ``default`` shows the same kernels as ``reduce-overhead`` without the graphs).
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.train_throughput import MODELS, make_step
+from benchmarks.train_throughput import COMPILE_MODES, MODELS, make_step
 
 GROUPS = (  # (group, substrings of kernel names), first match wins
+    ("inductor (fused elementwise)", ("triton_poi_", "triton_red_", "triton_per_")),
     ("fftconv (triton)", ("_fftconv", "rows_kernel", "cols_", "_long", "spectrum_layout")),
     ("short_conv (triton)", ("_short_conv",)),
+    ("add_layer_norm (triton)", ("_add_layer_norm",)),
+    ("loss (liger)", ("liger", "element_mul_kernel")),
+    ("optimizer", ("multi_tensor_apply", "fused_adam", "FusedAdam")),
     ("fft (cuFFT)", ("fft", "FFT", "regular_fft", "vector_fft")),
     ("matmul", ("gemm", "Gemm", "cutlass", "sm90_xmma", "nvjet", "cublas")),
     ("attention", ("flash", "fmha", "attention")),
@@ -62,12 +69,17 @@ def attribute(prof, steps: int, top: int = 30) -> list[dict]:
 
 
 def profile_config(
-    name: str, seq_len: int, tokens: int, steps: int, with_attribution: bool = False
+    name: str,
+    seq_len: int,
+    tokens: int,
+    steps: int,
+    with_attribution: bool = False,
+    compile: str | None = None,
 ) -> dict:
     device = torch.device("cuda")
     batch = max(1, tokens // seq_len)
     model = MODELS[name].build(False, seq_len).to(device)
-    step = make_step(model, device)
+    step = make_step(model, device, compile=compile)
     gen = torch.Generator(device=device).manual_seed(0)
     vocab = model.config.vocab_size
     inputs = torch.randint(0, vocab, (batch, seq_len), device=device, generator=gen)
@@ -105,6 +117,7 @@ def profile_config(
         "model": name,
         "L": seq_len,
         "batch": batch,
+        "compile": compile,
         "ms_per_step": total,
         "groups": groups,
         "top": top,
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens-per-step", type=int, default=65536)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--attribute", action="store_true", help="charge kernels to their ops")
+    parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode of the trunk")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -126,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.models:
         for L in args.lengths:
-            row = profile_config(name, L, args.tokens_per_step, args.steps, args.attribute)
+            row = profile_config(
+                name, L, args.tokens_per_step, args.steps, args.attribute, args.compile
+            )
             rows.append(row)
             print(f"\n## {name} L={L} batch={row['batch']}: {row['ms_per_step']:.1f} ms of kernels")
             for g, ms in sorted(row["groups"].items(), key=lambda kv: -kv[1]):
