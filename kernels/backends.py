@@ -120,21 +120,55 @@ def check_same_device(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: s
         )
 
 
-def autograd_function(name: str, op, setup_context, backward) -> type[torch.autograd.Function]:
-    """A ``torch.autograd.Function`` that runs the custom op ``op`` (its arguments passed
-    positionally, tensors and static values alike) and differentiates it with the same
-    ``setup_context`` / ``backward`` pair as the op's ``register_autograd``.
+def custom_op(name: str, impl: Callable, **kwargs):
+    """``torch.library.custom_op(name, **kwargs)`` of ``impl``, and the function that the
+    kernels call in its place: ``impl`` itself outside ``torch.compile`` / ``torch.export``
+    tracing, the op while tracing. Returns ``(op, call)``.
+
+    Why: the op's dispatch (its autograd wrapper, the redispatch, the backend key, dynamo's
+    disable wrapper) costs the host more than the Python around the kernels does; an eager
+    training step of hyena-s spends it ~200 times each way. Traced, the op is what keeps the
+    call one opaque node with its fake implementation. The values are the same either way:
+    ``call`` runs the op's own implementation."""
+    op = torch.library.custom_op(name, impl, **kwargs)
+
+    def call(*args):
+        return impl(*args) if _plain_eager(args) else op(*args)
+
+    return op, call
+
+
+# what tells a plain eager call from a traced one; without them (another torch), always the op
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_layers = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(args: tuple) -> bool:
+    """True when nothing traces or transforms the call: not dynamo or export, no dispatch mode
+    (fake tensors, make_fx, AOTAutograd), no functorch transform, and every tensor argument a
+    plain tensor (no subclass with dispatch of its own)."""
+    if _dispatch_modes is None or _functorch_layers is None or torch.compiler.is_compiling():
+        return False
+    if _dispatch_modes() or _functorch_layers() is not None:
+        return False
+    return all(type(a) in _PLAIN for a in args if isinstance(a, torch.Tensor))
+
+
+def autograd_function(name: str, call, setup_context, backward) -> type[torch.autograd.Function]:
+    """A ``torch.autograd.Function`` that runs ``call`` (a custom op, or ``custom_op``'s caller;
+    its arguments passed positionally, tensors and static values alike) and differentiates it
+    with the same ``setup_context`` / ``backward`` pair as the op's ``register_autograd``.
 
     The public calls go through it: ``torch.library``'s own autograd wrapper costs the host
     more per call (it refills every argument from the schema and builds a metadata record on
     each forward; an fftconv forward + backward measured 684-1002 us of host time through it
-    against 540-555 through this, benchmarks/NOTES.md), while the op, run here without grad,
-    takes its cheap path. The op keeps its registration, so a direct call is differentiable
-    too. ``torch.compile`` traces the Function as it traces the registered formula: the same
-    opaque ops, forward and backward."""
+    against 540-555 through this, benchmarks/NOTES.md). The op keeps its registration, so a
+    direct call is differentiable too. ``torch.compile`` traces the Function as it traces the
+    registered formula: the same opaque ops, forward and backward."""
 
     def forward(ctx, *args):
-        out = op(*args)
+        out = call(*args)
         setup_context(ctx, args, out)
         return out
 

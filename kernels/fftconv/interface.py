@@ -18,6 +18,7 @@ from ..backends import (
     autograd_function,
     check_float_tensor,
     check_same_device,
+    custom_op,
     triton_unusable,
 )
 from . import core
@@ -164,8 +165,7 @@ def circular_filter(k: Tensor, plan: ConvPlan) -> Tensor:
 # Custom ops
 
 
-@torch.library.custom_op("longconv::fftconv", mutates_args=())
-def _fftconv_op(
+def _fftconv_impl(
     u: Tensor,
     kc: Tensor,
     kf: Tensor | None,
@@ -187,14 +187,16 @@ def _fftconv_op(
         ).contiguous()
 
 
+_fftconv_op, _fftconv = custom_op("longconv::fftconv", _fftconv_impl, mutates_args=())
+
+
 @_fftconv_op.register_fake
 def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins, blocked,
       backend):  # fmt: skip
     return torch.empty_like(u)
 
 
-@torch.library.custom_op("longconv::fftconv_backward", mutates_args=())
-def _fftconv_backward_op(
+def _fftconv_backward_impl(
     dy: Tensor,
     u: Tensor,
     kc: Tensor,
@@ -218,6 +220,11 @@ def _fftconv_backward_op(
         )
     # custom ops return tensors only: an unneeded gradient travels as an empty tensor
     return [g.contiguous() if g is not None else dy.new_empty(0) for g in grads]
+
+
+_fftconv_backward_op, _fftconv_backward = custom_op(
+    "longconv::fftconv_backward", _fftconv_backward_impl, mutates_args=()
+)
 
 
 @_fftconv_backward_op.register_fake
@@ -245,12 +252,14 @@ def _(
     ]
 
 
-@torch.library.custom_op("longconv::filter_spectrum", mutates_args=())
-def _spectrum_op(kc: Tensor, fft_size: int, keep_bins: int, backend: str) -> Tensor:
+def _spectrum_impl(kc: Tensor, fft_size: int, keep_bins: int, backend: str) -> Tensor:
     """The filter's spectrum: a cache without gradient (the gradient flows through ``kc``)."""
     dtype = core.compute_dtype(kc)
     with torch.no_grad(), torch.autocast(kc.device.type, enabled=False):
         return _backend_module(backend).rfft(kc.to(dtype), fft_size, keep_bins).contiguous()
+
+
+_spectrum_op, _spectrum = custom_op("longconv::filter_spectrum", _spectrum_impl, mutates_args=())
 
 
 @_spectrum_op.register_fake
@@ -275,7 +284,7 @@ def _backward(ctx, dy):
         n[4] and postgate is not None,
         n[5] and bias is not None,
     ]
-    d_u, d_k, d_pre, d_post, d_bias = torch.ops.longconv.fftconv_backward(
+    d_u, d_k, d_pre, d_post, d_bias = _fftconv_backward(
         dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs
     )
     grads = [
@@ -291,7 +300,7 @@ _fftconv_op.register_autograd(_backward, setup_context=_setup_context)
 
 # what the public call runs (``autograd_function``: less host time per call than the
 # registration's wrapper; the op stays differentiable on its own)
-_FFTConvFunction = autograd_function("_FFTConvFunction", _fftconv_op, _setup_context, _backward)
+_FFTConvFunction = autograd_function("_FFTConvFunction", _fftconv, _setup_context, _backward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +332,7 @@ def filter_spectrum(
     plan = make_plan(mode, seq_len, Lk, freq_keep, blocked)
     name = resolve_backend(backend, k.device)
     kc = circular_filter(k, plan)
-    kf = _spectrum_op(kc.detach().contiguous(), plan.fft_size, plan.keep_bins, name)
+    kf = _spectrum(kc.detach().contiguous(), plan.fft_size, plan.keep_bins, name)
     return FilterSpectrum(kc, kf, plan, name)
 
 

@@ -25,6 +25,7 @@ from ..backends import (
     autograd_function,
     check_float_tensor,
     check_same_device,
+    custom_op,
     triton_unusable,
 )
 from .reference import acc_dtype
@@ -114,8 +115,7 @@ def _check_inputs(x, residual, weight, bias, eps, out_dtype) -> None:
 # Custom ops
 
 
-@torch.library.custom_op("longconv::add_layer_norm", mutates_args=())
-def _add_layer_norm_op(
+def _add_layer_norm_impl(
     x: Tensor,
     residual: Tensor | None,
     weight: Tensor | None,
@@ -131,6 +131,11 @@ def _add_layer_norm_op(
     return y.contiguous(), r.contiguous(), mean.contiguous(), rstd.contiguous()
 
 
+_add_layer_norm_op, _add_layer_norm = custom_op(
+    "longconv::add_layer_norm", _add_layer_norm_impl, mutates_args=()
+)
+
+
 @_add_layer_norm_op.register_fake
 def _(x, residual, weight, bias, eps, out_dtype, backend):
     acc = acc_dtype(x, residual)
@@ -143,8 +148,7 @@ def _(x, residual, weight, bias, eps, out_dtype, backend):
     )
 
 
-@torch.library.custom_op("longconv::add_layer_norm_backward", mutates_args=())
-def _add_layer_norm_backward_op(
+def _add_layer_norm_backward_impl(
     dy: Tensor | None,
     d_residual_out: Tensor | None,
     residual_out: Tensor,
@@ -180,6 +184,11 @@ def _add_layer_norm_backward_op(
         dw.to(weight.dtype) if need_w else empty.clone(),
         db.to(bias_dtype) if need_b else empty.clone(),
     ]
+
+
+_add_layer_norm_backward_op, _add_layer_norm_backward = custom_op(
+    "longconv::add_layer_norm_backward", _add_layer_norm_backward_impl, mutates_args=()
+)
 
 
 @_add_layer_norm_backward_op.register_fake
@@ -218,7 +227,7 @@ def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
         return (None,) * 7
     # dx and d_residual are the same values: computed once when their dtypes agree
     shared = need_x and need_res and ctx.x_dtype == ctx.residual_dtype
-    grads = torch.ops.longconv.add_layer_norm_backward(
+    grads = _add_layer_norm_backward(
         dy.contiguous() if dy is not None else None,
         d_residual_out.contiguous() if d_residual_out is not None else None,
         residual_out,
@@ -240,7 +249,7 @@ _add_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
 # what the public call runs (``autograd_function``: less host time per call than the
 # registration's wrapper; the op stays differentiable on its own)
 _AddLayerNormFunction = autograd_function(
-    "_AddLayerNormFunction", _add_layer_norm_op, _setup_context, _backward
+    "_AddLayerNormFunction", _add_layer_norm, _setup_context, _backward
 )
 
 

@@ -17,6 +17,7 @@ from ..backends import (
     autograd_function,
     check_float_tensor,
     check_same_device,
+    custom_op,
     triton_unusable,
 )
 from .reference import LAYOUTS, PADDINGS
@@ -100,8 +101,7 @@ def _check_bias(bias: Tensor, D: int, name: str = "bias") -> None:
 # Custom ops
 
 
-@torch.library.custom_op("longconv::short_conv", mutates_args=())
-def _short_conv_op(
+def _short_conv_impl(
     x: Tensor,
     w: Tensor,
     bias: Tensor | None,
@@ -115,13 +115,15 @@ def _short_conv_op(
     return y.to(x.dtype).contiguous()
 
 
+_short_conv_op, _short_conv = custom_op("longconv::short_conv", _short_conv_impl, mutates_args=())
+
+
 @_short_conv_op.register_fake
 def _(x, w, bias, input_bias, padding, layout, backend):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("longconv::short_conv_backward", mutates_args=())
-def _short_conv_backward_op(
+def _short_conv_backward_impl(
     dy: Tensor,
     x: Tensor,
     w: Tensor,
@@ -143,6 +145,11 @@ def _short_conv_backward_op(
     ]
 
 
+_short_conv_backward_op, _short_conv_backward = custom_op(
+    "longconv::short_conv_backward", _short_conv_backward_impl, mutates_args=()
+)
+
+
 @_short_conv_backward_op.register_fake
 def _(dy, x, w, bias, input_bias, padding, layout, backend, needs):
     return [
@@ -161,9 +168,7 @@ def _backward(ctx, dy):
     x, w, bias, input_bias = ctx.saved_tensors
     n = ctx.needs_input_grad
     needs = [n[0], n[1], n[2] and bias is not None, n[3] and input_bias is not None]
-    grads = torch.ops.longconv.short_conv_backward(
-        dy.contiguous(), x, w, bias, input_bias, *ctx.static, needs
-    )
+    grads = _short_conv_backward(dy.contiguous(), x, w, bias, input_bias, *ctx.static, needs)
     dx, dw, dbias, dib = (g if need else None for g, need in zip(grads, needs, strict=True))
     return dx, dw, dbias, dib, *([None] * len(ctx.static))
 
@@ -171,9 +176,7 @@ def _backward(ctx, dy):
 _short_conv_op.register_autograd(_backward, setup_context=_setup_context)
 # what the public call runs (``autograd_function``: less host time per call than the
 # registration's wrapper; the op stays differentiable on its own)
-_ShortConvFunction = autograd_function(
-    "_ShortConvFunction", _short_conv_op, _setup_context, _backward
-)
+_ShortConvFunction = autograd_function("_ShortConvFunction", _short_conv, _setup_context, _backward)
 
 
 # ---------------------------------------------------------------------------------------------
