@@ -48,6 +48,25 @@ KERNEL_VARIANTS = {
     "t4096-w8": (4096, 8),
     "t8192-w8": (8192, 8),
 }
+# backward launch variants with an input bias (Hyena's call: all four gradients), name ->
+# launcher options: tile elements, warps, time tiles per program, per-element sums (K <= 4)
+BWD_VARIANTS = {
+    "default": {},
+    "t2048-w4": {"tile": 2048, "num_warps": 4},
+    "t1024-w4": {"tile": 1024, "num_warps": 4},
+    "t1024-w2": {"tile": 1024, "num_warps": 2},
+    "t2048-w4-x4": {"tile": 2048, "num_warps": 4, "tiles": 4},
+    "t2048-w4-x4-ew": {"tile": 2048, "num_warps": 4, "tiles": 4, "elementwise": True},
+    "t1024-w4-x8-ew": {"tile": 1024, "num_warps": 4, "tiles": 8, "elementwise": True},
+    "t1024-w2-x8-ew": {"tile": 1024, "num_warps": 2, "tiles": 8, "elementwise": True},
+    "t2048-w8-x4-ew": {"tile": 2048, "num_warps": 8, "tiles": 4, "elementwise": True},
+    "t4096-w8-x2-ew": {"tile": 4096, "num_warps": 8, "tiles": 2, "elementwise": True},
+}
+# every knob of a named variant explicit: per-tile sums and launch_plan's chunks unless given
+for _name, _opts in BWD_VARIANTS.items():
+    if _name != "default":
+        _opts.setdefault("tiles", None)
+        _opts.setdefault("elementwise", False)
 
 
 def conv1d_path(x, w, bias, layout: str):
@@ -137,8 +156,10 @@ def time_kernels(x, w, bias, dy, layout: str) -> dict:
         def fwd(opts=opts):
             triton_backend.forward(x, w, bias, "causal", layout, out=y, **opts)
 
-        def bwd(opts=opts):
-            return triton_backend.backward(dy, x, w, "causal", layout, needs, dx_out=dx, **opts)
+        def bwd(opts=opts):  # per-tile sums, launch_plan's chunks: the kernel as first tuned
+            return triton_backend.backward(
+                dy, x, w, "causal", layout, needs, dx_out=dx, elementwise=False, tiles=None, **opts
+            )
 
         y.fill_(float("nan"))
         dx.fill_(float("nan"))
@@ -151,6 +172,38 @@ def time_kernels(x, w, bias, dy, layout: str) -> dict:
             continue
         row[f"kernel_fwd_ms_{name}"] = median_ms(fwd)
         row[f"kernel_bwd_ms_{name}"] = median_ms(bwd)
+    row.update(time_bwd_variants(x, w, dy, layout))
+    return row
+
+
+def time_bwd_variants(x, w, dy, layout: str) -> dict:
+    """The bare backward with an input bias, all four gradients (what a Hyena block's short
+    conv asks for), per ``BWD_VARIANTS``, each checked on a NaN-poisoned dx first; variants
+    that do not apply (per-element sums past 4 taps) are skipped."""
+    D = w.shape[0]
+    ib = torch.randn(D, device=x.device, generator=torch.Generator(x.device).manual_seed(7))
+    needs = (True, True, True, True)
+    refs = reference.backward(dy, x, w, "causal", layout, needs, input_bias=ib)
+    dx = torch.empty_like(x)
+    row = {}
+    for name, opts in BWD_VARIANTS.items():
+        if opts.get("elementwise") and w.shape[1] > 4:
+            continue
+
+        def bwd(opts=opts):
+            return triton_backend.backward(
+                dy, x, w, "causal", layout, needs, input_bias=ib, dx_out=dx, **opts
+            )
+
+        dx.fill_(float("nan"))
+        got = bwd()
+        err = max(rel_err(g, r) for g, r in zip(got, refs, strict=True))
+        row[f"err_bwd_ib_{name}"] = err
+        row[f"kernel_bwd_ib_ms_{name}"] = median_ms(bwd) if err < TOL_BF16 else None
+    timed = {k: v for k, v in row.items() if k.startswith("kernel_bwd_ib_ms_") and v}
+    if timed:
+        best = min(timed, key=timed.get)
+        row["bwd_ib_best"] = f"{best.removeprefix('kernel_bwd_ib_ms_')} {timed[best]:.3f}"
     return row
 
 
@@ -170,6 +223,8 @@ def print_table(rows: list[dict]) -> None:
         ("vs conv1d", lambda r: ratio(r["fwdbwd_ms_conv1d"], r["fwdbwd_ms_triton"])),
         ("x floor", lambda r: ratio(r["fwdbwd_ms_triton"], r["floor_fwdbwd_ms"], ".1f")),
         ("best kernel fwd / bwd", lambda r: r.get("kernel_best", "-")),
+        ("bwd+ib default", lambda r: fmt(r.get("kernel_bwd_ib_ms_default"))),
+        ("best bwd+ib", lambda r: r.get("bwd_ib_best", "-")),
         ("err", lambda r: fmt(r["err_triton"], ".1e")),
     ]
     print("| " + " | ".join(name for name, _ in cols) + " |")
@@ -199,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             "tile": triton_backend.TILE,
             "num_warps": triton_backend.NUM_WARPS,
             "chunk": triton_backend.CHUNK,
+            "bwd_tile": triton_backend.BWD_TILE,
+            "bwd_num_warps": triton_backend.BWD_NUM_WARPS,
+            "bwd_bld_tiles": triton_backend.BWD_BLD_TILES,
         },
     }
     print(

@@ -33,7 +33,13 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TILE = 4096  # elements per tile (forward and backward) for K <= 4; fewer for wider filters
 CHUNK = 256  # time steps per backward program (fewer when that leaves too few programs)
 MIN_PROGRAMS = 1024  # the backward shortens its chunks until it has at least this many programs
-NUM_WARPS = 8  # 16 elements of a 4096-element tile per thread: <= 128 registers for K <= 4
+NUM_WARPS = 4  # the forward's warps: 32 elements of a 4096-element tile per thread
+# the backward's defaults (benchmarks/NOTES.md, "short conv backward v2"; timed on an H200 with
+# an input bias, all four gradients): 1024-element tiles on 2 warps in both layouts; in "bld"
+# with K <= 4, chunks of 8 tiles summed per element (``elementwise``)
+BWD_TILE = 1024
+BWD_NUM_WARPS = 2
+BWD_BLD_TILES = 8
 _INT32_MAX = 2**31 - 1
 
 
@@ -277,6 +283,89 @@ def _bwd_tile(
 
 
 @triton.jit
+def _bwd_tile_elementwise(
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    dx_ptr,
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc_bias,
+    acc_ib,
+    ib,
+    start,
+    offs_d,
+    offs_t,
+    mask_d,
+    d0,
+    t0,
+    D,
+    L,
+    K: tl.constexpr,
+    PAD: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DBIAS: tl.constexpr,
+    HAS_INPUT_BIAS: tl.constexpr,
+    NEED_DINPUT_BIAS: tl.constexpr,
+    BLD: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """``_bwd_tile`` for K <= 4 that sums nothing across threads: the products behind dw
+    (``acc0..acc3``, one per tap), dbias and d(input_bias) are added element by element to
+    tile-shaped accumulators, reduced over time once per program."""
+    dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
+    if NEED_DX or NEED_DINPUT_BIAS:
+        dx = tl.zeros_like(dy)
+        for j in tl.static_range(K):
+            if j == PAD:
+                dy_j = dy
+            else:
+                dy_j = _load_shifted(
+                    dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, PAD - j, BLD, WIDE, ACC
+                )
+            dx += _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC), BLD) * dy_j
+        mask = _tile_mask(mask_d, t0 + offs_t < L, BLD)
+        if NEED_DX:
+            offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
+            tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_DINPUT_BIAS:
+            acc_ib += tl.where(mask, dx, 0.0)
+    if NEED_DW:
+        for j in tl.static_range(K):
+            x_j = _load_shifted(
+                x_ptr,
+                start,
+                offs_d,
+                offs_t,
+                mask_d,
+                t0,
+                D,
+                L,
+                j - PAD,
+                BLD,
+                WIDE,
+                ACC,
+                ib,
+                HAS_INPUT_BIAS,
+            )
+            if j == 0:
+                acc0 += dy * x_j
+            elif j == 1:
+                acc1 += dy * x_j
+            elif j == 2:
+                acc2 += dy * x_j
+            else:
+                acc3 += dy * x_j
+    if NEED_DBIAS:
+        acc_bias += dy
+    return acc0, acc1, acc2, acc3, acc_bias, acc_ib
+
+
+@triton.jit
 def _short_conv_bwd_kernel(
     dy_ptr,  # like x
     x_ptr,  # [B, D, L] ("bdl") or [B, L, D] ("bld")
@@ -305,6 +394,7 @@ def _short_conv_bwd_kernel(
     BLOCK_K: tl.constexpr,  # ROWS rounded up to a power of two
     TILES: tl.constexpr,  # time tiles per program: its chunk is TILES * BLOCK_T steps
     ACC: tl.constexpr,
+    ELEMENTWISE: tl.constexpr = False,  # K <= 4: sums per element, reduced once at the end
 ):
     pid = tl.program_id(0)
     if BLD:
@@ -327,6 +417,11 @@ def _short_conv_bwd_kernel(
     # the program's dw (rows j < K), dbias (row K) and d(input_bias) (row K + 1), summed over
     # its tiles in registers
     sums = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC)
+    if BLD:
+        acc0 = tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC)
+    else:
+        acc0 = tl.zeros([BLOCK_D, BLOCK_T], dtype=ACC)
+    acc1, acc2, acc3, acc_bias, acc_ib = acc0, acc0, acc0, acc0, acc0
     # a constexpr trip count (a runtime loop in the compiled kernel, one compilation per
     # count): the interpreter under NumPy 2 cannot loop over a bound that is a kernel argument
     # or derived from the program id. The last chunk skips its tiles past L.
@@ -334,33 +429,83 @@ def _short_conv_bwd_kernel(
         t0 = (pid_c * TILES + i) * BLOCK_T
         if t0 < L:
             start = _tile_start(pid_b, d0, t0, D, L, BLD)
-            sums = _bwd_tile(
-                dy_ptr,
-                x_ptr,
-                w_ptr,
-                dx_ptr,
-                sums,
-                ib,
-                start,
-                offs_d,
-                offs_t,
-                offs_k,
-                mask_d,
-                d0,
-                t0,
-                D,
-                L,
-                K,
-                PAD,
-                NEED_DX,
-                NEED_DW,
-                NEED_DBIAS,
-                HAS_INPUT_BIAS,
-                NEED_DINPUT_BIAS,
-                BLD,
-                WIDE,
-                ACC,
-            )
+            if ELEMENTWISE:
+                acc0, acc1, acc2, acc3, acc_bias, acc_ib = _bwd_tile_elementwise(
+                    dy_ptr,
+                    x_ptr,
+                    w_ptr,
+                    dx_ptr,
+                    acc0,
+                    acc1,
+                    acc2,
+                    acc3,
+                    acc_bias,
+                    acc_ib,
+                    ib,
+                    start,
+                    offs_d,
+                    offs_t,
+                    mask_d,
+                    d0,
+                    t0,
+                    D,
+                    L,
+                    K,
+                    PAD,
+                    NEED_DX,
+                    NEED_DW,
+                    NEED_DBIAS,
+                    HAS_INPUT_BIAS,
+                    NEED_DINPUT_BIAS,
+                    BLD,
+                    WIDE,
+                    ACC,
+                )
+            else:
+                sums = _bwd_tile(
+                    dy_ptr,
+                    x_ptr,
+                    w_ptr,
+                    dx_ptr,
+                    sums,
+                    ib,
+                    start,
+                    offs_d,
+                    offs_t,
+                    offs_k,
+                    mask_d,
+                    d0,
+                    t0,
+                    D,
+                    L,
+                    K,
+                    PAD,
+                    NEED_DX,
+                    NEED_DW,
+                    NEED_DBIAS,
+                    HAS_INPUT_BIAS,
+                    NEED_DINPUT_BIAS,
+                    BLD,
+                    WIDE,
+                    ACC,
+                )
+
+    if ELEMENTWISE:
+        if NEED_DW:
+            for j in tl.static_range(K):
+                if j == 0:
+                    dw_j = _sum_over_time(acc0, BLD)
+                elif j == 1:
+                    dw_j = _sum_over_time(acc1, BLD)
+                elif j == 2:
+                    dw_j = _sum_over_time(acc2, BLD)
+                else:
+                    dw_j = _sum_over_time(acc3, BLD)
+                sums += tl.where(offs_k[:, None] == j, dw_j[None, :], 0.0)
+        if NEED_DBIAS:
+            sums += tl.where(offs_k[:, None] == K, _sum_over_time(acc_bias, BLD)[None, :], 0.0)
+        if NEED_DINPUT_BIAS:
+            sums += tl.where(offs_k[:, None] == K + 1, _sum_over_time(acc_ib, BLD)[None, :], 0.0)
 
     if NEED_DW or NEED_DBIAS or NEED_DINPUT_BIAS:
         row = (pid_b.to(tl.int64) * chunks + pid_c) * ROWS
@@ -477,14 +622,25 @@ def launch_plan(
     )
 
 
+def backward_plan_options(layout: str, K: int, options: dict) -> dict:
+    """``launch_plan``'s options for the backward: ``options`` with the backward's defaults
+    where a key is absent (an explicit ``tiles=None`` keeps ``launch_plan``'s own rule)."""
+    defaults = {"tile": min(BWD_TILE, default_tile(K))}
+    if layout == "bld" and K <= 4:
+        defaults["tiles"] = BWD_BLD_TILES
+    return defaults | options
+
+
 def workspace_shape(
     x: Tensor, w: Tensor, layout: str, input_bias: bool = False, **options: int | bool | None
 ) -> tuple[int, int, int]:
     """The shape ``[B * chunks, K + 1, D]`` (``K + 2`` rows with the gradient of an input
-    bias) of the backward's dw workspace (``options``: those of ``launch_plan``)."""
+    bias) of the backward's dw workspace (``options``: those of ``launch_plan``, defaulted as
+    the backward defaults them)."""
     B, D, L = _dims(x, layout)
-    plan = launch_plan(B, D, L, w.shape[1], layout, **options)
-    return (B * plan.chunks, w.shape[1] + 1 + int(input_bias), D)
+    K = w.shape[1]
+    plan = launch_plan(B, D, L, K, layout, **backward_plan_options(layout, K, options))
+    return (B * plan.chunks, K + 1 + int(input_bias), D)
 
 
 def _check_input_bias(input_bias: Tensor | None, D: int, x: Tensor) -> Tensor | None:
@@ -577,7 +733,8 @@ def backward(
     input_bias: Tensor | None = None,
     dx_out: Tensor | None = None,
     workspace: Tensor | None = None,
-    num_warps: int = NUM_WARPS,
+    num_warps: int = BWD_NUM_WARPS,
+    elementwise: bool | None = None,
     **options: int | bool | None,
 ) -> tuple[Tensor | None, ...]:
     """``(dx, dw, dbias, d input_bias)``, None where ``needs`` (the same four) says not wanted
@@ -587,7 +744,10 @@ def backward(
     inputs), summed per program in registers and over programs by one ``sum`` of the
     workspace: the same bits on every run. ``dx_out``, ``workspace`` (``workspace_shape``, the
     accumulation dtype): written in place when given. ``num_warps`` and ``options`` (those of
-    ``launch_plan``): launch settings. Capture-safe like ``forward``.
+    ``launch_plan``; ``backward_plan_options`` fills in the backward's tile and chunk):
+    launch settings. ``elementwise`` (K <= 4): each program sums its products element by
+    element over its tiles and reduces across its threads once, instead of once per tile and
+    gradient; None: in layout "bld" with K <= 4. Capture-safe like ``forward``.
     """
     need_x, need_w, need_bias, need_ib = needs
     B, D, L, K = _check(x, w, padding, layout)
@@ -602,7 +762,11 @@ def backward(
     dy = dy.contiguous()
     x = x.contiguous()
     w = w.contiguous()
-    plan = launch_plan(B, D, L, K, layout, **options)
+    if elementwise is None:
+        elementwise = layout == "bld" and K <= 4
+    if elementwise and K > 4:
+        raise ValueError(f"elementwise sums cover up to 4 taps; got K={K}")
+    plan = launch_plan(B, D, L, K, layout, **backward_plan_options(layout, K, options))
 
     dx = None
     if need_x:
@@ -653,6 +817,7 @@ def backward(
                 BLOCK_K=triton.next_power_of_2(rows),
                 TILES=plan.tiles,
                 ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+                ELEMENTWISE=elementwise,
                 num_warps=num_warps,
             )
     sums = partial.sum(dim=0) if partial is not None else None  # [rows, D]

@@ -158,6 +158,20 @@ INPUT_BIAS_CASES = {
         (2, 5, 41, 3, "causal", "bld", "fp16"),
         {"tile": 32, "tiles": 3},
     ),
+    # the backward's two ways of summing dw, dbias and d(input_bias), each in the layout where
+    # it is not the default: per element over the chunk's tiles, or per tile
+    "ib-B1-D3-L301-K4-same-bdl-fp32-multi-tile-elementwise": (
+        (1, 3, 301, 4, "same", "bdl", "fp32"),
+        {"tile": 64, "tiles": 3, "elementwise": True},
+    ),
+    "ib-B2-D5-L41-K2-causal-bld-fp16-multi-tile-per-tile-sums": (
+        (2, 5, 41, 2, "causal", "bld", "fp16"),
+        {"tile": 32, "tiles": 3, "elementwise": False},
+    ),
+    "ib-B3-D7-L29-K1-same-bld-fp32-elementwise-default": (
+        (3, 7, 29, 1, "same", "bld", "fp32"),
+        {"tile": 32},
+    ),
 }
 MIXED_CASE = "B2-D3-L9-K3-x-fp16-w-fp32-bias-fp64"
 NEEDS_CASE = "partial-needs"
@@ -226,9 +240,10 @@ def _run_input_bias_case(case, options):
     else:
         nan = float("nan")
         y, dx = torch.full_like(x, nan), torch.full_like(x, nan)
-        shape = triton_backend.workspace_shape(x, w, layout, input_bias=True, **options)
+        plan_options = {k: v for k, v in options.items() if k != "elementwise"}
+        shape = triton_backend.workspace_shape(x, w, layout, input_bias=True, **plan_options)
         workspace = torch.full(shape, nan)
-        triton_backend.forward(x, w, b, padding, layout, input_bias=ib, out=y, **options)
+        triton_backend.forward(x, w, b, padding, layout, input_bias=ib, out=y, **plan_options)
         _, dw, dbias, dib = triton_backend.backward(
             dy,
             x,
@@ -443,6 +458,24 @@ def test_triton_backend_rejects_wide_filters(monkeypatch):
     assert resolve_backend("auto", cuda, K) == "torch"
     assert resolve_backend("auto", cuda, 3) == "triton"
     assert resolve_backend("auto", torch.device("cpu"), 3) == "torch"
+
+
+def test_backward_defaults_and_elementwise_refusal(monkeypatch):
+    """The backward's own launch defaults: 1024-element tiles (fewer for wide filters), in
+    "bld" with K <= 4 chunks of 8 tiles (explicit options win, ``tiles=None`` keeps
+    launch_plan's rule); per-element sums refuse more than 4 taps."""
+    pytest.importorskip("triton")
+    from kernels.short_conv import triton as triton_backend
+
+    opts = triton_backend.backward_plan_options
+    assert opts("bld", 3, {}) == {"tile": 1024, "tiles": 8}
+    assert opts("bdl", 3, {}) == {"tile": 1024}
+    assert opts("bld", 8, {}) == {"tile": min(1024, triton_backend.default_tile(8))}
+    assert opts("bld", 3, {"tile": 4096, "tiles": None}) == {"tile": 4096, "tiles": None}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, w, _, dy = make_inputs(1, 3, 8, 5, "bld", torch.float32)
+    with pytest.raises(ValueError, match="elementwise sums cover up to 4 taps; got K=5"):
+        triton_backend.backward(dy, x, w, "causal", "bld", (True,) * 3 + (False,), elementwise=True)
 
 
 def test_launch_plan():
