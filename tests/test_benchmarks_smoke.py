@@ -214,9 +214,9 @@ def test_sparse_benchmark_reports_the_columns_the_kernels_keep() -> None:
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the refusal without a GPU")
 def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
-    from benchmarks import fftconv_sparse, host_overhead
+    from benchmarks import fftconv_sparse, host_overhead, spectrum_layout
 
-    for module in (fftconv_sparse, host_overhead):
+    for module in (fftconv_sparse, host_overhead, spectrum_layout):
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             module.main(["--out", str(tmp_path / "x.json")])
 

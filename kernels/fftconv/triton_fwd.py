@@ -200,6 +200,10 @@ def select_columns(t: Tensor, n: int, keep_bins: int | None, *, N1: int | None =
 
 
 _layout_kernel = True  # spectrum_layout's default (use_layout_kernel): the Triton kernel
+# spectrum_layout_kernel's tile (bins j x columns a2) and warps
+LAYOUT_BLOCK_J = 64
+LAYOUT_BLOCK_A = 32
+LAYOUT_WARPS = 4
 
 
 @contextlib.contextmanager
@@ -221,19 +225,36 @@ def layout_kernel_enabled() -> bool:
 
 
 def launch_layout(
-    kf: Tensor, n0: int, M1: int, M2: int, low: int, high: int, conj: bool = False
+    kf: Tensor,
+    n0: int,
+    M1: int,
+    M2: int,
+    low: int,
+    high: int,
+    conj: bool = False,
+    *,
+    block_j: int | None = None,
+    block_a: int | None = None,
+    num_warps: int | None = None,
 ) -> Tensor:
     """``spectrum_layout_kernel`` on kf ``[H, n//2+1]`` complex64, ``n = n0 M1 M2``: returns
-    ``[H, n0, 2, M1, low + high]`` fp32, the columns ``a2 < low`` and ``a2 >= M2 - high``."""
+    ``[H, n0, 2, M1, low + high]`` fp32, the columns ``a2 < low`` and ``a2 >= M2 - high``.
+    ``block_j``, ``block_a``, ``num_warps``: the tile (``BJ`` x ``BA``, powers of two, BA <=
+    M2) and warps per program, for tuning (``benchmarks/spectrum_layout.py``); by default
+    ``LAYOUT_BLOCK_J`` x ``LAYOUT_BLOCK_A`` on ``LAYOUT_WARPS``, clipped to the shape."""
     H = kf.shape[0]
     out = torch.empty(H, n0, 2, M1, low + high, device=kf.device, dtype=torch.float32)
-    ba = min(M2, 32)
-    bj = min(64, triton.next_power_of_2(n0 * M1))
+    ba = min(M2, block_a or LAYOUT_BLOCK_A)
+    bj = min(block_j or LAYOUT_BLOCK_J, triton.next_power_of_2(n0 * M1))
+    for name, value in (("block_j", bj), ("block_a", ba)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two; got {value}")
     grid = (triton.cdiv(n0 * M1, bj) * (M2 // ba) * H,)
     with device_guard(kf):
         spectrum_layout_kernel[grid](
             torch.view_as_real(kf.contiguous()), out, n0,
             M1=M1, M2=M2, LOW=low, HIGH=high, BA=ba, BJ=bj, CONJ=conj,
+            num_warps=num_warps or LAYOUT_WARPS,
         )  # fmt: skip
     return out
 
