@@ -37,6 +37,15 @@ def median_ms(
     return do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
+def graph_median_ms(fn: Callable[[], object], rep: int = 100) -> float:
+    """``fn`` captured in a CUDA graph and replayed (``triton.testing.do_bench_cudagraph``,
+    median): the device's time alone, none of the host's launch work between kernels. Call
+    ``fn`` once before (lazy tables, cuFFT plans)."""
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=rep, return_mode="median")
+
+
 def time_forward_backward(
     call: Callable, names, inputs: tuple, ok: dict, forward: bool = True
 ) -> dict:

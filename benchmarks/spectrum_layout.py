@@ -5,8 +5,10 @@ order, once per fftconv call) per launch variant, against the bytes it must move
 
 Per FFT size (the short path's n = 512 .. 8192, N0 = 1, and one long-path shape): each
 variant's output is checked against the torch ops' layout (the same values bit for bit),
-then timed (``do_bench`` median); the floor is reading the rfft (8 bytes a bin) and writing
-the layout (8 bytes an entry of the full spectrum) at the measured copy bandwidth. At L = 1K
+then timed replayed as a CUDA graph (median: the device's time; with ``do_bench`` a kernel
+this short measures the host's launch latency, 7-50 us apart run to run); the floor is
+reading the rfft (8 bytes a bin) and writing the layout (8 bytes an entry of the full
+spectrum) at the measured copy bandwidth. At L = 1K
 on the fftconv benchmark's shape (H = 1024) the layout took 41 us of a 520 us forward.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import gpu_run_meta, measure_copy_bandwidth, median_ms
+from benchmarks.common import gpu_run_meta, graph_median_ms, measure_copy_bandwidth
 from kernels.fftconv import triton_fwd
 
 SHORT_SIZES = (512, 1024, 2048, 4096, 8192)
@@ -52,17 +54,22 @@ def run_shape(H: int, n0: int, M1: int, M2: int, copy_bps: float) -> dict:
     bytes_moved = H * (n // 2 + 1) * 8 + H * n * 8
     row = {"H": H, "n": n, "n0": n0, "M1": M1, "M2": M2, "bytes": bytes_moved}
     row["floor_us"] = bytes_moved / copy_bps * 1e6
-    row["default_us"] = median_ms(lambda: triton_fwd.launch_layout(kf, n0, M1, M2, M2, 0)) * 1e3
+
+    def layout(**opts):
+        return triton_fwd.launch_layout(kf, n0, M1, M2, M2, 0, **opts)
+
+    row["default_us"] = graph_median_ms(layout) * 1e3
     for name, opts in VARIANTS.items():
         if opts["block_a"] > M2:
             continue
-        out = triton_fwd.launch_layout(kf, n0, M1, M2, M2, 0, **opts)
+        out = layout(**opts)
         if not torch.equal(out, ref):
             row[f"us_{name}"] = None
             row[f"wrong_{name}"] = True
             continue
         row[f"us_{name}"] = (
-            median_ms(lambda o=opts: triton_fwd.launch_layout(kf, n0, M1, M2, M2, 0, **o)) * 1e3
+            graph_median_ms(lambda o=opts: triton_fwd.launch_layout(kf, n0, M1, M2, M2, 0, **o))
+            * 1e3
         )
     timed = {k: v for k, v in row.items() if k.startswith("us_") and v}
     best = min(timed, key=timed.get)
