@@ -207,6 +207,45 @@ def _short_conv_fwd_kernel(
 
 
 @triton.jit
+def _bwd_dx(
+    dy,
+    dy_ptr,
+    w_ptr,
+    dx_ptr,
+    start,
+    offs_d,
+    offs_t,
+    mask_d,
+    d0,
+    t0,
+    D,
+    L,
+    K: tl.constexpr,
+    PAD: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    BLD: tl.constexpr,
+    WIDE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The tile's ``dx[t] = sum_j w[j] * dy[t + PAD - j]`` (tap PAD reuses the unshifted tile
+    ``dy``), stored when ``NEED_DX``; returned zero past L (what d(input_bias) sums)."""
+    dx = tl.zeros_like(dy)
+    for j in tl.static_range(K):
+        if j == PAD:
+            dy_j = dy
+        else:
+            dy_j = _load_shifted(
+                dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, PAD - j, BLD, WIDE, ACC
+            )
+        dx += _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC), BLD) * dy_j
+    mask = _tile_mask(mask_d, t0 + offs_t < L, BLD)
+    if NEED_DX:
+        offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
+        tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    return tl.where(mask, dx, 0.0)
+
+
+@triton.jit
 def _bwd_tile(
     dy_ptr,
     x_ptr,
@@ -238,24 +277,13 @@ def _bwd_tile(
     d(input_bias) (rows < K, K and K + 1)."""
     dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
     if NEED_DX or NEED_DINPUT_BIAS:
-        # dx[t] = sum_j w[j] * dy[t + PAD - j]; tap PAD reuses the unshifted tile
-        dx = tl.zeros_like(dy)
-        for j in tl.static_range(K):
-            if j == PAD:
-                dy_j = dy
-            else:
-                dy_j = _load_shifted(
-                    dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, PAD - j, BLD, WIDE, ACC
-                )
-            dx += _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC), BLD) * dy_j
-        mask = _tile_mask(mask_d, t0 + offs_t < L, BLD)
-        if NEED_DX:
-            offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
-            tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dx = _bwd_dx(
+            dy, dy_ptr, w_ptr, dx_ptr, start, offs_d, offs_t, mask_d, d0, t0, D, L,
+            K, PAD, NEED_DX, BLD, WIDE, ACC,
+        )  # fmt: skip
         if NEED_DINPUT_BIAS:
-            # d(input_bias) = sum over the sequence of dx (not over the tile's part past L)
-            dib = _sum_over_time(tl.where(mask, dx, 0.0), BLD)
-            sums += tl.where(offs_k[:, None] == K + 1, dib[None, :], 0.0)
+            # d(input_bias) = sum over the sequence of dx (zero past L: _bwd_dx)
+            sums += tl.where(offs_k[:, None] == K + 1, _sum_over_time(dx, BLD)[None, :], 0.0)
     if NEED_DW:
         # dw[j] = sum_t dy[t] * x[t - PAD + j]
         for j in tl.static_range(K):
@@ -319,21 +347,12 @@ def _bwd_tile_elementwise(
     tile-shaped accumulators, reduced over time once per program."""
     dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
     if NEED_DX or NEED_DINPUT_BIAS:
-        dx = tl.zeros_like(dy)
-        for j in tl.static_range(K):
-            if j == PAD:
-                dy_j = dy
-            else:
-                dy_j = _load_shifted(
-                    dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, PAD - j, BLD, WIDE, ACC
-                )
-            dx += _per_channel(_load_tap(w_ptr, d0, offs_d, mask_d, j, K, ACC), BLD) * dy_j
-        mask = _tile_mask(mask_d, t0 + offs_t < L, BLD)
-        if NEED_DX:
-            offs = _tile_offsets(offs_d, offs_t, D, L, BLD, WIDE)
-            tl.store(dx_ptr + start + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dx = _bwd_dx(
+            dy, dy_ptr, w_ptr, dx_ptr, start, offs_d, offs_t, mask_d, d0, t0, D, L,
+            K, PAD, NEED_DX, BLD, WIDE, ACC,
+        )  # fmt: skip
         if NEED_DINPUT_BIAS:
-            acc_ib += tl.where(mask, dx, 0.0)
+            acc_ib += dx
     if NEED_DW:
         for j in tl.static_range(K):
             x_j = _load_shifted(
