@@ -5,9 +5,11 @@ TRITON_INTERPRET=1). The design is in README.md next to this file.
   ``y = bias + sum_j w[:, j] * x[t - P + j]`` accumulated in fp32 (fp64 for fp64 inputs).
 - ``_short_conv_bwd_kernel``: one program per (batch, channel block, time chunk); per tile of
   the chunk it writes ``dx`` and adds the tile's ``dw``/``dbias`` to per-program sums held in
-  registers, written once at the end to a ``[programs, K + 1, D]`` fp32 workspace that the host
-  reduces with one ``sum``: deterministic (no atomics); on large tensors each program covers
-  ``CHUNK`` time steps, so the workspace is (K + 1) / CHUNK of a tensor's elements.
+  registers (per tile, or per element with ``ELEMENTWISE`` and reduced once), written at the
+  end to a ``[programs, K + 1, D]`` fp32 workspace that the host reduces with one ``sum``:
+  deterministic (no atomics). The chunk is ``TILES`` tiles: 8 in "bld" by default, else as
+  many as make ``CHUNK`` time steps where that leaves enough programs, so the workspace stays
+  a few % of a tensor's elements.
 
 Both index a tile as ``[BLOCK_T, BLOCK_D]`` for layout "bld" (channels contiguous) and
 ``[BLOCK_D, BLOCK_T]`` for "bdl" (time contiguous), so the contiguous axis is the tile's last:
