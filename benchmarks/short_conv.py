@@ -48,25 +48,27 @@ KERNEL_VARIANTS = {
     "t4096-w8": (4096, 8),
     "t8192-w8": (8192, 8),
 }
+
+
+def _bwd(tile: int, warps: int, tiles: int | None = None, elementwise: bool = False) -> dict:
+    """A backward launch with every knob explicit (``tiles=None``: launch_plan's own chunks)."""
+    return {"tile": tile, "num_warps": warps, "tiles": tiles, "elementwise": elementwise}
+
+
 # backward launch variants with an input bias (Hyena's call: all four gradients), name ->
 # launcher options: tile elements, warps, time tiles per program, per-element sums (K <= 4)
 BWD_VARIANTS = {
     "default": {},
-    "t2048-w4": {"tile": 2048, "num_warps": 4},
-    "t1024-w4": {"tile": 1024, "num_warps": 4},
-    "t1024-w2": {"tile": 1024, "num_warps": 2},
-    "t2048-w4-x4": {"tile": 2048, "num_warps": 4, "tiles": 4},
-    "t2048-w4-x4-ew": {"tile": 2048, "num_warps": 4, "tiles": 4, "elementwise": True},
-    "t1024-w4-x8-ew": {"tile": 1024, "num_warps": 4, "tiles": 8, "elementwise": True},
-    "t1024-w2-x8-ew": {"tile": 1024, "num_warps": 2, "tiles": 8, "elementwise": True},
-    "t2048-w8-x4-ew": {"tile": 2048, "num_warps": 8, "tiles": 4, "elementwise": True},
-    "t4096-w8-x2-ew": {"tile": 4096, "num_warps": 8, "tiles": 2, "elementwise": True},
+    "t2048-w4": _bwd(2048, 4),
+    "t1024-w4": _bwd(1024, 4),
+    "t1024-w2": _bwd(1024, 2),
+    "t2048-w4-x4": _bwd(2048, 4, 4),
+    "t2048-w4-x4-ew": _bwd(2048, 4, 4, True),
+    "t1024-w4-x8-ew": _bwd(1024, 4, 8, True),
+    "t1024-w2-x8-ew": _bwd(1024, 2, 8, True),
+    "t2048-w8-x4-ew": _bwd(2048, 8, 4, True),
+    "t4096-w8-x2-ew": _bwd(4096, 8, 2, True),
 }
-# every knob of a named variant explicit: per-tile sums and launch_plan's chunks unless given
-for _name, _opts in BWD_VARIANTS.items():
-    if _name != "default":
-        _opts.setdefault("tiles", None)
-        _opts.setdefault("elementwise", False)
 
 
 def conv1d_path(x, w, bias, layout: str):

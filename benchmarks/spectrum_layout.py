@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import gpu_run_meta, graph_median_ms, measure_copy_bandwidth
-from kernels.fftconv import triton_fwd
+from kernels.fftconv import triton_fwd, triton_long
 
 SHORT_SIZES = (512, 1024, 2048, 4096, 8192)
 LONG_SHAPE = (16, 64, 32)  # n0, M1, M2: a long-path layout (n = 32768)
@@ -38,12 +38,11 @@ def shapes() -> list[tuple[int, int, int]]:
 
 
 def reference(kf: torch.Tensor, n0: int, M1: int, M2: int) -> torch.Tensor:
-    """The layout by torch ops, [H, n0, 2, M1, M2]: bin k0 + n0 (a1 + M1 a2) of the full
-    spectrum at [h, k0, :, a1, a2]."""
-    H, n = kf.shape[0], n0 * M1 * M2
-    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
-    t = full.reshape(H, M2, M1, n0).permute(0, 3, 2, 1)  # [H, n0, M1, M2]
-    return torch.stack([t.real, t.imag], dim=2).float().contiguous()
+    """The layout by the torch ops (the long path's own, ``kernel=False``; with ``n0 = 1`` the
+    short path's), [H, n0, 2, M1, M2]."""
+    m = M1 * M2
+    split = triton_long.LongSplit(n0 * m, n0, m, n0, 1)
+    return triton_long.spectrum_layout(kf, split, kernel=False)
 
 
 def run_shape(H: int, n0: int, M1: int, M2: int, copy_bps: float) -> dict:

@@ -60,7 +60,7 @@ from benchmarks.common import fmt
 from kernels.fftconv.interface import resolve_backend
 from models.gpt import GPTLM
 from models.lm import HyenaLM
-from models.tasks import param_groups
+from models.tasks import COMPILE_MODES, GRAPH_MODES, param_groups
 
 LENGTHS = (2048, 4096, 8192, 16384, 32768)
 SMOKE_LENGTHS = (64, 128)
@@ -74,7 +74,6 @@ GRAD_CLIP = 1.0
 GIB = 2**30
 # loss paths: name -> linear_cross_entropy backend, or None for the logits + F.cross_entropy path
 LOSSES: dict[str, str | None] = {"fused": "auto", "fused-torch": "torch", "unfused": None}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # row states that carry timings: "wrong-gradients" is timed but kept out of ratios and targets
 TIMED = ("ok", "wrong-gradients")
 
@@ -166,7 +165,8 @@ def make_step(
     unfused logits path. ``compile`` (a ``torch.compile`` mode, or None for eager) compiles the
     model's trunk (``model.hidden``: embedding, blocks, final norm) for the fused loss, whose
     liger kernels stay eager (dynamo cannot trace them), or the model's whole forward for the
-    unfused path. Under ``"reduce-overhead"`` the compiled part replays as CUDA graphs (its
+    unfused path. In the modes that replay CUDA graphs (``models.tasks.GRAPH_MODES``:
+    ``"reduce-overhead"``, ``"max-autotune"``) the compiled part replays as CUDA graphs (its
     forward and its backward), so its host work per step is one graph launch each way."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}")
@@ -184,7 +184,7 @@ def make_step(
             model.hidden = torch.compile(model.hidden, mode=compile)
         loss_of = functools.partial(model.loss, reduction="mean", backend=backend)
 
-    graphs = compile == "reduce-overhead"
+    graphs = compile in GRAPH_MODES
 
     def forward_backward(inputs: Tensor, targets: Tensor) -> Tensor:
         if graphs:  # a new iteration: the graphs may reuse the last step's output memory

@@ -155,17 +155,21 @@ def _plain_eager(args: tuple) -> bool:
     return all(type(a) in _PLAIN for a in args if isinstance(a, torch.Tensor))
 
 
-def autograd_function(name: str, call, setup_context, backward) -> type[torch.autograd.Function]:
-    """A ``torch.autograd.Function`` that runs ``call`` (a custom op, or ``custom_op``'s caller;
-    its arguments passed positionally, tensors and static values alike) and differentiates it
-    with the same ``setup_context`` / ``backward`` pair as the op's ``register_autograd``.
+def autograd_function(
+    name: str, op, call, setup_context, backward
+) -> type[torch.autograd.Function]:
+    """Registers ``setup_context`` / ``backward`` as the custom op ``op``'s autograd formula and
+    returns a ``torch.autograd.Function`` named ``name`` that runs ``call`` (``custom_op``'s
+    caller of ``op``; its arguments passed positionally, tensors and static values alike) and
+    differentiates it with the same pair.
 
-    The public calls go through it: ``torch.library``'s own autograd wrapper costs the host
-    more per call (it refills every argument from the schema and builds a metadata record on
-    each forward; an fftconv forward + backward measured 684-1002 us of host time through it
-    against 540-555 through this, benchmarks/NOTES.md). The op keeps its registration, so a
-    direct call is differentiable too. ``torch.compile`` traces the Function as it traces the
-    registered formula: the same opaque ops, forward and backward."""
+    The public calls go through the Function: ``torch.library``'s own autograd wrapper costs
+    the host more per call (it refills every argument from the schema and builds a metadata
+    record on each forward; an fftconv forward + backward measured 684-1002 us of host time
+    through it against 540-555 through this, benchmarks/NOTES.md). With the registration, a
+    direct call of the op is differentiable too. ``torch.compile`` traces the Function as it
+    traces the registered formula: the same opaque ops, forward and backward."""
+    op.register_autograd(backward, setup_context=setup_context)
 
     def forward(ctx, *args):
         out = call(*args)

@@ -298,12 +298,10 @@ def _backward(ctx, dy):
     return d_u, d_k, None, d_pre, d_post, d_bias, *([None] * len(ctx.static))
 
 
-_fftconv_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# what the public call runs (``autograd_function``: less host time per call than the
-# registration's wrapper; the op stays differentiable on its own)
-_FFTConvFunction = autograd_function("_FFTConvFunction", _fftconv, _setup_context, _backward)
+# the op's autograd formula, and the Function the public call runs with it
+_FFTConvFunction = autograd_function(
+    "_FFTConvFunction", _fftconv_op, _fftconv, _setup_context, _backward
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,11 +244,11 @@ def launch_layout(
     ``LAYOUT_BLOCK_J`` x ``LAYOUT_BLOCK_A`` on ``LAYOUT_WARPS``, clipped to the shape."""
     H = kf.shape[0]
     out = torch.empty(H, n0, 2, M1, low + high, device=kf.device, dtype=torch.float32)
+    for name, value in (("block_j", block_j), ("block_a", block_a)):
+        if value is not None and (value < 1 or value & (value - 1)):
+            raise ValueError(f"{name} must be a power of two; got {value}")
     ba = min(M2, block_a or LAYOUT_BLOCK_A)
     bj = min(block_j or LAYOUT_BLOCK_J, triton.next_power_of_2(n0 * M1))
-    for name, value in (("block_j", bj), ("block_a", ba)):
-        if value < 1 or value & (value - 1):
-            raise ValueError(f"{name} must be a power of two; got {value}")
     grid = (triton.cdiv(n0 * M1, bj) * (M2 // ba) * H,)
     with device_guard(kf):
         spectrum_layout_kernel[grid](

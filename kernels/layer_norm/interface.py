@@ -245,11 +245,9 @@ def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
     return dx, d_res, grads[2] if need_w else None, grads[3] if need_b else None, None, None, None
 
 
-_add_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
-# what the public call runs (``autograd_function``: less host time per call than the
-# registration's wrapper; the op stays differentiable on its own)
+# the op's autograd formula, and the Function the public call runs with it
 _AddLayerNormFunction = autograd_function(
-    "_AddLayerNormFunction", _add_layer_norm, _setup_context, _backward
+    "_AddLayerNormFunction", _add_layer_norm_op, _add_layer_norm, _setup_context, _backward
 )
 
 

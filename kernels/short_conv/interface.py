@@ -173,10 +173,10 @@ def _backward(ctx, dy):
     return dx, dw, dbias, dib, *([None] * len(ctx.static))
 
 
-_short_conv_op.register_autograd(_backward, setup_context=_setup_context)
-# what the public call runs (``autograd_function``: less host time per call than the
-# registration's wrapper; the op stays differentiable on its own)
-_ShortConvFunction = autograd_function("_ShortConvFunction", _short_conv, _setup_context, _backward)
+# the op's autograd formula, and the Function the public call runs with it
+_ShortConvFunction = autograd_function(
+    "_ShortConvFunction", _short_conv_op, _short_conv, _setup_context, _backward
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -248,12 +248,24 @@ def _bwd_dx(
 
 
 @triton.jit
+def _add_row(sums, offs_k, row, v):
+    """``sums`` ([BLOCK_K, BLOCK_D]) with the [BLOCK_D] vector ``v`` added to row ``row``."""
+    return sums + tl.where(offs_k[:, None] == row, v[None, :], 0.0)
+
+
+@triton.jit
 def _bwd_tile(
     dy_ptr,
     x_ptr,
     w_ptr,
     dx_ptr,
     sums,
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc_bias,
+    acc_ib,
     ib,
     start,
     offs_d,
@@ -274,9 +286,13 @@ def _bwd_tile(
     BLD: tl.constexpr,
     WIDE: tl.constexpr,
     ACC: tl.constexpr,
+    ELEMENTWISE: tl.constexpr,
 ):
-    """One tile of the backward: writes its dx, returns ``sums`` plus its dw, dbias and
-    d(input_bias) (rows < K, K and K + 1)."""
+    """One tile of the backward: writes its dx and adds its dw, dbias and d(input_bias) to the
+    program's sums, either summed over the tile's time steps into ``sums`` (rows < K, K and
+    K + 1), or, with ``ELEMENTWISE`` (K <= 4), element by element into tile-shaped
+    accumulators (``acc0..acc3`` one per tap, ``acc_bias``, ``acc_ib``) that the kernel
+    reduces across its threads once, after its last tile."""
     dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
     if NEED_DX or NEED_DINPUT_BIAS:
         dx = _bwd_dx(
@@ -285,7 +301,10 @@ def _bwd_tile(
         )  # fmt: skip
         if NEED_DINPUT_BIAS:
             # d(input_bias) = sum over the sequence of dx (zero past L: _bwd_dx)
-            sums += tl.where(offs_k[:, None] == K + 1, _sum_over_time(dx, BLD)[None, :], 0.0)
+            if ELEMENTWISE:
+                acc_ib += dx
+            else:
+                sums = _add_row(sums, offs_k, K + 1, _sum_over_time(dx, BLD))
     if NEED_DW:
         # dw[j] = sum_t dy[t] * x[t - PAD + j]
         for j in tl.static_range(K):
@@ -305,75 +324,9 @@ def _bwd_tile(
                 ib,
                 HAS_INPUT_BIAS,
             )
-            dw_j = _sum_over_time(dy * x_j, BLD)  # [BLOCK_D]
-            sums += tl.where(offs_k[:, None] == j, dw_j[None, :], 0.0)
-    if NEED_DBIAS:
-        sums += tl.where(offs_k[:, None] == K, _sum_over_time(dy, BLD)[None, :], 0.0)
-    return sums
-
-
-@triton.jit
-def _bwd_tile_elementwise(
-    dy_ptr,
-    x_ptr,
-    w_ptr,
-    dx_ptr,
-    acc0,
-    acc1,
-    acc2,
-    acc3,
-    acc_bias,
-    acc_ib,
-    ib,
-    start,
-    offs_d,
-    offs_t,
-    mask_d,
-    d0,
-    t0,
-    D,
-    L,
-    K: tl.constexpr,
-    PAD: tl.constexpr,
-    NEED_DX: tl.constexpr,
-    NEED_DW: tl.constexpr,
-    NEED_DBIAS: tl.constexpr,
-    HAS_INPUT_BIAS: tl.constexpr,
-    NEED_DINPUT_BIAS: tl.constexpr,
-    BLD: tl.constexpr,
-    WIDE: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """``_bwd_tile`` for K <= 4 that sums nothing across threads: the products behind dw
-    (``acc0..acc3``, one per tap), dbias and d(input_bias) are added element by element to
-    tile-shaped accumulators, reduced over time once per program."""
-    dy = _load_shifted(dy_ptr, start, offs_d, offs_t, mask_d, t0, D, L, 0, BLD, WIDE, ACC)
-    if NEED_DX or NEED_DINPUT_BIAS:
-        dx = _bwd_dx(
-            dy, dy_ptr, w_ptr, dx_ptr, start, offs_d, offs_t, mask_d, d0, t0, D, L,
-            K, PAD, NEED_DX, BLD, WIDE, ACC,
-        )  # fmt: skip
-        if NEED_DINPUT_BIAS:
-            acc_ib += dx
-    if NEED_DW:
-        for j in tl.static_range(K):
-            x_j = _load_shifted(
-                x_ptr,
-                start,
-                offs_d,
-                offs_t,
-                mask_d,
-                t0,
-                D,
-                L,
-                j - PAD,
-                BLD,
-                WIDE,
-                ACC,
-                ib,
-                HAS_INPUT_BIAS,
-            )
-            if j == 0:
+            if not ELEMENTWISE:
+                sums = _add_row(sums, offs_k, j, _sum_over_time(dy * x_j, BLD))
+            elif j == 0:
                 acc0 += dy * x_j
             elif j == 1:
                 acc1 += dy * x_j
@@ -382,8 +335,11 @@ def _bwd_tile_elementwise(
             else:
                 acc3 += dy * x_j
     if NEED_DBIAS:
-        acc_bias += dy
-    return acc0, acc1, acc2, acc3, acc_bias, acc_ib
+        if ELEMENTWISE:
+            acc_bias += dy
+        else:
+            sums = _add_row(sums, offs_k, K, _sum_over_time(dy, BLD))
+    return sums, acc0, acc1, acc2, acc3, acc_bias, acc_ib
 
 
 @triton.jit
@@ -450,66 +406,40 @@ def _short_conv_bwd_kernel(
         t0 = (pid_c * TILES + i) * BLOCK_T
         if t0 < L:
             start = _tile_start(pid_b, d0, t0, D, L, BLD)
-            if ELEMENTWISE:
-                acc0, acc1, acc2, acc3, acc_bias, acc_ib = _bwd_tile_elementwise(
-                    dy_ptr,
-                    x_ptr,
-                    w_ptr,
-                    dx_ptr,
-                    acc0,
-                    acc1,
-                    acc2,
-                    acc3,
-                    acc_bias,
-                    acc_ib,
-                    ib,
-                    start,
-                    offs_d,
-                    offs_t,
-                    mask_d,
-                    d0,
-                    t0,
-                    D,
-                    L,
-                    K,
-                    PAD,
-                    NEED_DX,
-                    NEED_DW,
-                    NEED_DBIAS,
-                    HAS_INPUT_BIAS,
-                    NEED_DINPUT_BIAS,
-                    BLD,
-                    WIDE,
-                    ACC,
-                )
-            else:
-                sums = _bwd_tile(
-                    dy_ptr,
-                    x_ptr,
-                    w_ptr,
-                    dx_ptr,
-                    sums,
-                    ib,
-                    start,
-                    offs_d,
-                    offs_t,
-                    offs_k,
-                    mask_d,
-                    d0,
-                    t0,
-                    D,
-                    L,
-                    K,
-                    PAD,
-                    NEED_DX,
-                    NEED_DW,
-                    NEED_DBIAS,
-                    HAS_INPUT_BIAS,
-                    NEED_DINPUT_BIAS,
-                    BLD,
-                    WIDE,
-                    ACC,
-                )
+            sums, acc0, acc1, acc2, acc3, acc_bias, acc_ib = _bwd_tile(
+                dy_ptr,
+                x_ptr,
+                w_ptr,
+                dx_ptr,
+                sums,
+                acc0,
+                acc1,
+                acc2,
+                acc3,
+                acc_bias,
+                acc_ib,
+                ib,
+                start,
+                offs_d,
+                offs_t,
+                offs_k,
+                mask_d,
+                d0,
+                t0,
+                D,
+                L,
+                K,
+                PAD,
+                NEED_DX,
+                NEED_DW,
+                NEED_DBIAS,
+                HAS_INPUT_BIAS,
+                NEED_DINPUT_BIAS,
+                BLD,
+                WIDE,
+                ACC,
+                ELEMENTWISE,
+            )
 
     if ELEMENTWISE:
         if NEED_DW:
@@ -522,11 +452,11 @@ def _short_conv_bwd_kernel(
                     dw_j = _sum_over_time(acc2, BLD)
                 else:
                     dw_j = _sum_over_time(acc3, BLD)
-                sums += tl.where(offs_k[:, None] == j, dw_j[None, :], 0.0)
+                sums = _add_row(sums, offs_k, j, dw_j)
         if NEED_DBIAS:
-            sums += tl.where(offs_k[:, None] == K, _sum_over_time(acc_bias, BLD)[None, :], 0.0)
+            sums = _add_row(sums, offs_k, K, _sum_over_time(acc_bias, BLD))
         if NEED_DINPUT_BIAS:
-            sums += tl.where(offs_k[:, None] == K + 1, _sum_over_time(acc_ib, BLD)[None, :], 0.0)
+            sums = _add_row(sums, offs_k, K + 1, _sum_over_time(acc_ib, BLD))
 
     if NEED_DW or NEED_DBIAS or NEED_DINPUT_BIAS:
         row = (pid_b.to(tl.int64) * chunks + pid_c) * ROWS

@@ -35,8 +35,7 @@ def _backward(ctx, dy):
     return CALL(dy, ctx.scale), None
 
 
-OP.register_autograd(_backward, setup_context=_setup)
-DOUBLE = autograd_function("_Double", CALL, _setup, _backward)
+DOUBLE = autograd_function("_Double", OP, CALL, _setup, _backward)
 
 
 def op_dispatched(fn, *args) -> bool:
