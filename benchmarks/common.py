@@ -47,12 +47,15 @@ def graph_median_ms(fn: Callable[[], object], rep: int = 100) -> float:
 
 
 def time_forward_backward(
-    call: Callable, names, inputs: tuple, ok: dict, forward: bool = True
+    call: Callable, names, inputs: tuple, ok: dict, forward: bool = True, graph: bool = False
 ) -> dict:
     """Medians of ``call(name, *inputs)`` per name, forward (``fwd_ms_<name>``, unless
     ``forward`` is False) and forward + backward (``fwdbwd_ms_<name>``: ``.backward(dy)`` on
     copies of the tensors among ``inputs`` made leaves, dy random of the first input's shape);
-    None where ``ok[name]`` is false (a call that failed its correctness check gets no time)."""
+    None where ``ok[name]`` is false (a call that failed its correctness check gets no time).
+    ``graph``: forward + backward replayed as a CUDA graph too (``fwdbwd_graph_ms_<name>``,
+    ``torch.autograd.grad`` of every leaf: the device's time alone; a call that cannot be
+    captured leaves ``graph_error_<name>`` instead)."""
     row = {}
     if forward:
         for name in names:
@@ -68,6 +71,15 @@ def time_forward_backward(
             call(name, *leaves).backward(dy)
 
         row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=grads) if ok[name] else None
+        if graph and ok[name]:
+
+            def grad_step(name=name):
+                return torch.autograd.grad(call(name, *leaves), grads, dy)
+
+            try:
+                row[f"fwdbwd_graph_ms_{name}"] = graph_median_ms(grad_step)
+            except Exception as err:  # capture refused: data, not a crash of the run
+                row[f"graph_error_{name}"] = repr(err)[:300]
     return row
 
 

@@ -7,11 +7,11 @@ fp32 on the same inputs; a backend over tolerance gets no time), then
 ``triton.testing.do_bench`` medians (inputs built outside the timed region) of the public call
 ``fftconv(u, k, backend=...)`` forward and forward+backward, and of the bare fused kernel
 (spectrum already laid out) in a few launch variants; the filter spectrum's layout in one
-kernel pass against the torch ops it replaced, alone and in the public call; the forward of
-torch.fft and triton replayed as a CUDA graph too (device time alone). Reports ms,
-speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
-element, over 4.2e12 B/s), and the kernel's matrix-product TFLOP/s. Writes JSON (and a PNG
-when matplotlib is there).
+kernel pass against the torch ops it replaced, alone and in the public call; torch.fft and
+triton replayed as a CUDA graph too (device time alone), forward and forward+backward.
+Reports ms, speedup over torch, the multiple of the HBM floor (bytes that must move at 2
+bytes per element, over 4.2e12 B/s), and the kernel's matrix-product TFLOP/s. Writes JSON
+(and a PNG when matplotlib is there).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ KERNEL_VARIANTS = {
     "pair-s16-p3-w8": (True, 8, 16, 3, lambda n: 1024 <= n <= 2048),
     "pair-s16-p4": (True, None, 16, 4, lambda n: 1024 <= n <= 2048),
     "pair-s32-p3": (True, None, 32, 3, lambda n: 1024 <= n <= 2048),
+    # n = 2048: fewer warps (2 won at n = 512, and once at 1024), and 3 stages on 32 pairs
+    "pair-s32-p3-w2": (True, 2, 32, 3, lambda n: n == 2048),
+    "pair-s32-p2": (True, None, 32, 2, lambda n: n == 2048),
     # n = 8192: a third stage fits (225 KB of shared memory gated, 176 plain)
     "pair-s8-p3": (True, None, 8, 3, lambda n: n == 8192),
 }
@@ -112,7 +115,9 @@ def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
     inputs = (u, k, pre, post, bias)
     row.update(time_forward(inputs, use_compile))
     # forward + backward through the public call (the forward alone: time_forward)
-    row.update(time_forward_backward(public, ("torch", "triton"), inputs, row["ok"], False))
+    row.update(
+        time_forward_backward(public, ("torch", "triton"), inputs, row["ok"], False, graph=True)
+    )
     if fused:
         row.update(time_kernel(inputs, n))
         row.update(time_layout(inputs, n, ok=row["ok"]))
@@ -288,6 +293,14 @@ def print_table(rows: list[dict]) -> None:
             "fwd+bwd / fwd",
             lambda r: ratio(r.get("fwdbwd_ms_triton"), r.get("fwd_ms_triton"), ".1f"),
         ),
+        (
+            "graph fwd+bwd torch / triton",
+            lambda r: _pair(r, "fwdbwd_graph_ms_torch", "fwdbwd_graph_ms_triton"),
+        ),
+        (
+            "graph fwd+bwd / fwd",
+            lambda r: ratio(r.get("fwdbwd_graph_ms_triton"), r.get("fwd_graph_ms_triton"), ".1f"),
+        ),
         ("err", lambda r: fmt(r.get("err_triton"), ".1e")),
     ]
     print("| " + " | ".join(name for name, _ in cols) + " |")
@@ -296,7 +309,8 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(fn(r) for _, fn in cols) + " |")
     print(
         "ms: medians; speedup: torch.fft (fp32 compute) / triton; x floor: multiple of the HBM "
-        "floor; kernel: bare fused kernel, best variant; fwd+bwd / fwd: triton's"
+        "floor; kernel: bare fused kernel, best variant; fwd+bwd / fwd: triton's; graph: "
+        "replayed as a CUDA graph (the device's time alone)"
     )
 
 

@@ -40,6 +40,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ from benchmarks.common import (
     MATMUL_FLOPS_PER_S,
     fmt,
     gpu_run_meta,
+    graph_median_ms,
     median_ms,
     rel_err,
 )
@@ -86,6 +88,13 @@ def variants(n: int) -> dict[str, dict]:
         out["split-q-w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3, split="store_q")
     elif n == 2048:
         out["hoist-pipe-s8p3"] = C(64, 4, hoist=True, steps=8, stages=3)
+        out["hoist-pipe-s16p3"] = C(64, 4, hoist=True, steps=16, stages=3)
+        # kernel (a) as the forward runs (tables held, pipelined), (b) with its accumulator in
+        # memory (backward v5)
+        out["split-q-a-hold-s16p3"] = C(
+            64, 4, hoist=True, steps=16, stages=3, split="store_q",
+            b=C(64, 4, acc_in_memory=True),
+        )  # fmt: skip
         out["split-q-accmem"] = C(64, 4, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p3"] = C(64, 4, steps=8, stages=3, split="store_q")
         out["split-q-accmem-pipe-s8p3"] = C(
@@ -106,6 +115,20 @@ def variants(n: int) -> dict[str, dict]:
         out["n64-split-q-accmem-pipe-s8p3"] = C(
             64, 4, acc_in_memory=True, steps=8, stages=3, split="store_q"
         )
+        # backward v5: the split's two kernels configured apart (``Config.b``): (a) pipelined
+        # (its tables reloaded, or held), (b) as the default, or with its accumulator in
+        # registers, or on 8 warps
+        b_default = C(64, 4, acc_in_memory=True)
+        for name, a in (
+            ("a-s8p2", C(64, 4, steps=8, stages=2)),
+            ("a-s8p3", C(64, 4, steps=8, stages=3)),
+            ("a-s16p2", C(64, 4, steps=16, stages=2)),
+            ("a-hold-s8p2", C(64, 4, hoist=True, steps=8, stages=2)),
+        ):
+            out[f"n64-split-q-{name}"] = replace(a, split="store_q", b=b_default)
+        out["n64-split-q-b-w8"] = C(64, 4, split="store_q", b=C(64, 8, acc_in_memory=True))
+        out["n64-split-q-b-regs"] = C(64, 4, split="store_q", b=C(64, 4))
+        out["n64-split-q-a-s8p2-b-regs"] = C(64, 4, steps=8, stages=2, split="store_q", b=C(64, 4))
     else:
         out["split-q-accmem"] = C(128, 8, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p2"] = C(128, 8, steps=8, stages=2, split="store_q")
@@ -113,6 +136,14 @@ def variants(n: int) -> dict[str, dict]:
             128, 8, acc_in_memory=True, steps=8, stages=2, split="store_q"
         )
         out["split-recompute-accmem"] = C(128, 8, acc_in_memory=True, split="recompute")
+        # backward v5: kernel (a) pipelined (tables reloaded) or with its tables held
+        b_default = C(128, 8, acc_in_memory=True)
+        for name, a in (
+            ("a-s8p2", C(128, 8, steps=8, stages=2)),
+            ("a-s4p2", C(128, 8, steps=4, stages=2)),
+            ("a-hold-s8", C(128, 8, hoist=True, steps=8)),
+        ):
+            out[f"split-q-{name}"] = replace(a, split="store_q", b=b_default)
     return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 
@@ -203,10 +234,31 @@ def time_public(inputs, dy, ref, needs) -> dict:
         with torch.no_grad():
             row[f"fwd_ms_{name}"] = median_ms(forward) if ok else None
         row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=grads) if ok else None
+        if ok:
+            row.update(_graph_times(name, forward, grads, dy))
     fwd, fb = row["fwd_ms_triton"], row["fwdbwd_ms_triton"]
     row["ratio_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     row["meets_target"] = bool(fwd and fb and fb / fwd <= TARGET_RATIO)
+    fwd, fb = row.get("fwd_graph_ms_triton"), row.get("fwdbwd_graph_ms_triton")
+    row["ratio_graph_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     return row
+
+
+def _graph_times(name: str, forward, grads: list, dy) -> dict:
+    """Forward, and forward + backward (``torch.autograd.grad`` of every input), replayed as a
+    CUDA graph: the device's time alone, without the host's launch work, which at short L
+    is much of the eager call (``fwd_graph_ms_<name>``, ``fwdbwd_graph_ms_<name>``). A call
+    that cannot be captured is recorded (``graph_error_<name>``), not timed."""
+
+    def step():
+        return torch.autograd.grad(forward(), grads, dy)
+
+    try:
+        with torch.no_grad():
+            fwd = graph_median_ms(forward)
+        return {f"fwd_graph_ms_{name}": fwd, f"fwdbwd_graph_ms_{name}": graph_median_ms(step)}
+    except Exception as err:
+        return {f"graph_error_{name}": repr(err)[:300]}
 
 
 def sparse_variants(n: int) -> dict[str, triton_bwd.Config]:
@@ -455,8 +507,10 @@ def static_stats(
     row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
     row["columns"] = sum(triton_bwd.kept_columns(n, keep_bins, N1=config.n1))
     for part, flags in KERNELS[config.split].items():
-        warps = config.num_warps if part != "b" else config.dk_num_warps or config.num_warps
-        compiled, stats = compile_sm90(n, config, dtype, flags, warps, keep_bins)
+        part_config = config.kernel_b() if part == "b" else config
+        compiled, stats = compile_sm90(
+            n, part_config, dtype, flags, part_config.num_warps, keep_bins
+        )
         suffix = f"_{part}" if part else ""
         row |= {key + suffix: value for key, value in stats.items()}
         row["async_copies" + suffix] = compiled.asm["ttgir"].count("async_copy_global_to_local")
@@ -510,7 +564,7 @@ def print_static_table(rows: list[dict]) -> None:
 def print_table(rows: list[dict]) -> None:
     head = (
         f"{'shape (BxHxL) gate':<24}{'n':>6}{'fwd trit':>9}{'fb torch':>9}{'fb trit':>9}"
-        f"{'fb/fwd':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}"
+        f"{'fb/fwd':>7}{'graph':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}"
         f"{'sp fb':>8}{'sp bwd':>8}{'sp krn':>8}{'sp/dn':>6}  best variant"
     )
     print(head)
@@ -525,6 +579,7 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{shape:<24}{r['n']:>6}{fmt(r.get('fwd_ms_triton')):>9}{fmt(fbt):>9}{fmt(fbf):>9}"
             f"{fmt(r.get('ratio_fwdbwd_over_fwd_triton'), '.2f'):>7}"
+            f"{fmt(r.get('ratio_graph_fwdbwd_over_fwd_triton'), '.2f'):>7}"
             f"{fmt(fbt / fbf if fbt and fbf else None, '.2f'):>6}"
             f"{fmt(r.get('fused_bwd_ms')):>8}{fmt(kern):>8}"
             f"{fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
@@ -534,7 +589,8 @@ def print_table(rows: list[dict]) -> None:
         )
     print(
         f"ms: medians; fb: forward+backward (public call); fb/fwd: triton's ratio (target <= "
-        f"{TARGET_RATIO}); x: speedup over torch; bwd: fused backward alone; kern: bare kernel, "
+        f"{TARGET_RATIO}); graph: the same ratio of the calls replayed as CUDA graphs (device "
+        "time alone); x: speedup over torch; bwd: fused backward alone; kern: bare kernel, "
         "best variant; k/flr: multiple of the backward's HBM floor; sp: the filter cut to "
         f"freq_keep={SPARSE_KEEP} (fb, bwd, krn: as above, the kernel's default variant); "
         "sp/dn: its kernel over the dense default's"

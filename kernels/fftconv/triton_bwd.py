@@ -124,7 +124,7 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -613,7 +613,13 @@ class Config:
       filter gradient, for which (b) needs Q again: ``"recompute"`` transforms dz again in (b)
       (8 more dots per pair), ``"store_q"`` has (a) write Q per pair in the operand dtype
       (``4n`` bytes per pair written and read back) and (b) read it;
-    - ``dk_num_warps``: warps of kernel (b) of a split (default ``num_warps``).
+    - ``dk_num_warps``: warps of kernel (b) of a split (default ``num_warps``);
+    - ``b``: kernel (b)'s own launch options in a split (``hoist``, ``acc_in_memory``,
+      ``steps``, ``stages``, ``num_warps``; its ``n1`` must be this one's, its ``split`` and
+      ``b`` are ignored), where the two kernels want different ones: (a) has the forward's
+      shape (two transforms, no accumulator) and runs best as the forward does, tables held
+      and the pair loop pipelined; (b) carries the filter-gradient accumulator. Default: this
+      configuration with ``dk_num_warps``. ``acc_in_memory`` only ever concerns (b).
     """
 
     n1: int
@@ -624,6 +630,13 @@ class Config:
     stages: int = 1
     split: str = "fused"
     dk_num_warps: int | None = None
+    b: Config | None = None
+
+    def kernel_b(self) -> Config:
+        """The launch options of a split's kernel (b) (``b``, or these with ``dk_num_warps``)."""
+        if self.b is not None:
+            return self.b
+        return replace(self, num_warps=self.dk_num_warps or self.num_warps, dk_num_warps=None)
 
 
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = False) -> Config:
@@ -682,6 +695,15 @@ def _check_config(n: int, config: Config) -> None:
         raise ValueError(f"config.stages must be >= 1; got {config.stages}")
     if config.split not in SPLITS:
         raise ValueError(f"config.split must be one of {SPLITS}; got {config.split!r}")
+    if config.b is not None:
+        if config.b.n1 != config.n1:
+            raise ValueError(
+                f"config.b.n1 must be config.n1 ({config.n1}): the kernels of a split share "
+                f"the tile; got {config.b.n1}"
+            )
+        if config.b.dk_num_warps is not None or config.b.b is not None:
+            raise ValueError("config.b is kernel (b)'s own: its dk_num_warps and b must be None")
+        _check_config(n, config.b)
 
 
 def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -892,14 +914,19 @@ def launch(
     seqs = B * triton.cdiv(L, n // 2) if blocked else B
     n_pairs = triton.cdiv(seqs, 2)
     pairs_per_program = pairs_per_program or pairs_per_program_for(seqs, H, u.device)
-    steps, pairs_per_program = block_steps(min(pairs_per_program, n_pairs), config.steps)
+    config_b = config.kernel_b()
+    # the chunk in whole blocks of the longer block of the two kernels (powers of two: the
+    # shorter one divides it)
+    block, pairs_per_program = block_steps(
+        min(pairs_per_program, n_pairs), max(config.steps, config_b.steps)
+    )
     chunks = triton.cdiv(n_pairs, pairs_per_program)
     rows = N1 // 2 if blocked else min(N1, max(16, triton.next_power_of_2(triton.cdiv(L, N2))))
     dk_parts = u.new_empty((H, chunks, 2, N1, K2), dtype=torch.float32) if need_k else None
     dbias_parts = u.new_empty((H, chunks), dtype=torch.float32) if need_bias else None
 
     def run(
-        kernel_needs: tuple[bool, ...], num_warps: int, q: Tensor | None, store_q: bool
+        kernel_needs: tuple[bool, ...], kernel_config: Config, q: Tensor | None, store_q: bool
     ) -> None:
         k_u, k_k, k_pre, k_post, k_bias = kernel_needs
         _fftconv_bwd_kernel[(H * chunks,)](
@@ -934,15 +961,15 @@ def launch(
             NEED_DPREGATE=k_pre,
             NEED_DPOSTGATE=k_post,
             NEED_DBIAS=k_bias,
-            HOIST=config.hoist,
-            ACC_IN_MEMORY=config.acc_in_memory,
-            STEPS=steps,
-            STAGES=config.stages,
+            HOIST=kernel_config.hoist,
+            ACC_IN_MEMORY=kernel_config.acc_in_memory,
+            STEPS=min(kernel_config.steps, block),
+            STAGES=kernel_config.stages,
             STORE_Q=q is not None and store_q,
             LOAD_Q=q is not None and not store_q,
             BLOCKED=blocked,
             PRECISION=precision or dot_precision(u),
-            num_warps=num_warps,
+            num_warps=kernel_config.num_warps,
         )
 
     # z for the postgate: in a blocked plan it needs the previous block of v, which the backward
@@ -959,11 +986,10 @@ def launch(
             q = None
             if config.split == "store_q" and need_k:
                 q = u.new_empty((H, n_pairs, 2, N1, K2))
-            run((need_u, False, need_pre, False, need_bias), config.num_warps, q, True)
-            warps_b = config.dk_num_warps or config.num_warps
-            run((False, need_k, False, need_z, False), warps_b, q, False)
+            run((need_u, False, need_pre, False, need_bias), config, q, True)
+            run((False, need_k, False, need_z, False), config_b, q, False)
         elif any(kernel_needs):
-            run(kernel_needs, config.num_warps, None, False)
+            run(kernel_needs, config, None, False)
     # fixed summation order over the chunks: deterministic
     dk_spectrum = None
     if dk_parts is not None:

@@ -180,6 +180,15 @@ def _cfg(n1, warps, **options):
     return dict(n1=n1, num_warps=warps, **options)
 
 
+def _config(fields: dict):
+    """The ``triton_bwd.Config`` of ``_cfg`` fields (kernel (b)'s ``b`` a dict of its own)."""
+    from kernels.fftconv import triton_bwd
+
+    if isinstance(fields.get("b"), dict):
+        fields = {**fields, "b": triton_bwd.Config(**fields["b"])}
+    return triton_bwd.Config(**fields)
+
+
 _SPLIT_ACC_IN_MEMORY_PIPELINED = _cfg(32, 2, acc_in_memory=True, steps=4, stages=2, split="store_q")
 LAUNCHER_CASES = {
     "B5-H2-L300-n512-fp32-default": LaunchCase(5, 2, 300, 512),
@@ -209,6 +218,21 @@ LAUNCHER_CASES = {
     ),
     "B9-H2-L256-n512-fp16-store-q-acc-in-memory-steps4-stages2-tail": LaunchCase(
         9, 2, 256, 512, "fp16", _SPLIT_ACC_IN_MEMORY_PIPELINED, pairs_per_program=3
+    ),
+    # the split's kernels configured apart (Config.b): (a) in blocks of 4 pairs, (b) one pair
+    # at a time with its accumulator in memory (the chunk rounds to (a)'s blocks); and (b) in
+    # longer blocks than (a), its tables held, on other warps
+    "B9-H2-L256-n512-fp16-store-q-a-steps4-b-acc-in-memory-tail": LaunchCase(
+        9,
+        2,
+        256,
+        512,
+        "fp16",
+        _cfg(32, 2, steps=4, stages=2, split="store_q", b=_cfg(32, 2, acc_in_memory=True)),
+        3,
+    ),  # fmt: skip
+    "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
+        7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
     ),
     "B5-H2-L256-n512-fp32-recompute-acc-in-memory": LaunchCase(
         5, 2, 256, 512, config=_cfg(32, 2, acc_in_memory=True, split="recompute")
@@ -308,7 +332,7 @@ def _run_launcher_case(c: LaunchCase, device="cpu"):
         bias,
         c.n,
         needs,
-        config=triton_bwd.Config(**c.config) if c.config else None,
+        config=_config(c.config) if c.config else None,
         pairs_per_program=c.pairs_per_program,
         out=out,
         keep_bins=keep if c.freq_keep < 1 else None,
@@ -550,13 +574,20 @@ def test_launch_rejects_fp64_and_bad_config():
         pytest.param({"stages": 0}, r"config.stages must be >= 1; got 0", id="stages"),
         pytest.param({"split": "dk"}, r"config.split must be one of .*; got 'dk'", id="split"),
         pytest.param({"dk_num_warps": 3}, r"config.dk_num_warps must be .*; got 3", id="dk-warps"),
+        pytest.param(
+            {"b": _cfg(16, 2)}, r"config.b.n1 must be config.n1 \(32\).*got 16", id="b-n1"
+        ),
+        pytest.param({"b": _cfg(32, 2, steps=3)}, r"config.steps must be .*got 3", id="b-steps"),
+        pytest.param(
+            {"b": _cfg(32, 2, dk_num_warps=4)}, r"config.b is kernel \(b\)'s own", id="b-nested"
+        ),
     ],
 )
 def test_launch_rejects_bad_variant(options, match):
     from kernels.fftconv import triton_bwd
 
     with pytest.raises(ValueError, match=match):
-        triton_bwd.launch(*_launch_args(), config=triton_bwd.Config(32, 2, **options))
+        triton_bwd.launch(*_launch_args(), config=_config(_cfg(32, 2, **options)))
 
 
 @pytest.mark.parametrize(
