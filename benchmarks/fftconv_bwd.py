@@ -119,6 +119,7 @@ def variants(n: int) -> dict[str, dict]:
         # (its tables reloaded, or held), (b) as the default, or with its accumulator in
         # registers, or on 8 warps
         b_default = C(64, 4, acc_in_memory=True)
+        out["n64-split-q-accmem"] = C(64, 4, acc_in_memory=True, split="store_q")  # v4's default
         for name, a in (
             ("a-s8p2", C(64, 4, steps=8, stages=2)),
             ("a-s8p3", C(64, 4, steps=8, stages=3)),
@@ -129,6 +130,10 @@ def variants(n: int) -> dict[str, dict]:
         out["n64-split-q-b-w8"] = C(64, 4, split="store_q", b=C(64, 8, acc_in_memory=True))
         out["n64-split-q-b-regs"] = C(64, 4, split="store_q", b=C(64, 4))
         out["n64-split-q-a-s8p2-b-regs"] = C(64, 4, steps=8, stages=2, split="store_q", b=C(64, 4))
+        held = C(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=b_default)
+        out["n64-split-q-a-hold-s8p2-b-regs"] = replace(held, b=C(64, 4))
+        out["n64-split-q-a-hold-s16p2"] = replace(held, steps=16)
+        out["n64-split-q-a-hold-s8p3"] = replace(held, stages=3)
     else:
         out["split-q-accmem"] = C(128, 8, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p2"] = C(128, 8, steps=8, stages=2, split="store_q")

@@ -77,7 +77,8 @@ Design choices:
   keeps the real part and the first ``m`` samples, and applies the frequency cut-off (a
   symmetric low-pass, so it commutes with taking the real part). K is zero above the cut-off,
   so dv and z need no mask.
-- ``Config`` (per FFT size, ``config_for``): the Monarch split ``N1 x N2``, warps, ``hoist``
+- ``Config`` (per FFT size, ``config_for``; a split's kernel (b) may take its own, ``Config.b``):
+  the Monarch split ``N1 x N2``, warps, ``hoist``
   (DFT matrices, twiddles and filter spectrum loaded once before the loop and held, or
   loaded from L1/L2 at each use), ``acc_in_memory`` (``S`` read-modified-written in the
   program's slot every pair, with a barrier, instead of held in registers: 2 fewer fp32 tiles
@@ -85,9 +86,9 @@ Design choices:
   branch, and Triton then leaves that loop unpipelined), ``steps``/``stages``, ``split``. The
   defaults were picked by the spills of the sm_90 compile (``ptxas -v``, bf16, causal
   L = n/2; registers / spill-store bytes; ``python -m benchmarks.fftconv_bwd --static``), then
-  timed (benchmarks/NOTES.md, backward v1):
+  timed (benchmarks/NOTES.md, backward v1; these are v1's, ``config_for`` has today's):
 
-      n     default                         regs / spills
+      n     default (v1)                    regs / spills
       512   32x16, 2 warps, hoist           216 / 0
       1024  32x32, 2 warps, hoist           255 / 128
       2048  64x32, 4 warps, acc in memory   255 / 4
@@ -642,9 +643,13 @@ class Config:
 def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = False) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
     (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block, 3 stages
-    (2 at n = 1024), up to n = 2048; at 4096 the split with Q through memory and the
-    accumulator in memory on 64 x 64 tiles, the one variant without spills there (gated 3.18
-    against the fused kernel's 3.93 ms, backward v4); at 8192 the split on 128 x 64 tiles);
+    (2 at n = 1024), up to n = 2048; at 4096 the split with Q through memory on 64 x 64
+    tiles (gated 3.18 against the fused kernel's 3.93 ms, backward v4), its kernel (a) with the
+    tables held and 8 pairs per block pipelined 2 deep, its kernel (b) one pair at a time with
+    the accumulator in memory (1.59 / 2.81 ms plain / gated against 1.94 / 3.21 with both
+    kernels as (b), on an H100, backward v5); at 8192 the split on 128 x 64 tiles, both kernels
+    one pair at a time (a held pipeline needs more shared memory than an SM has, and the
+    reloaded ones lost));
     fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
     shared memory, and the pipelined loops need more shared memory than an SM has from
     n = 4096).
@@ -669,7 +674,13 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
         if n <= 2048:
             return Config(N1, 4, hoist=True, steps=8, stages=3)
         if n <= 4096:
-            return Config(64, 4, acc_in_memory=True, split="store_q")
+            # the split's kernel (a) as the forward runs (tables held, 8 pairs per block, 2
+            # stages), kernel (b) one pair at a time with its accumulator in memory
+            # (backward v5)
+            return Config(
+                64, 4, hoist=True, steps=8, stages=2, split="store_q",
+                b=Config(64, 4, acc_in_memory=True),
+            )  # fmt: skip
         return Config(128, 8, acc_in_memory=True, split="store_q")
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)
