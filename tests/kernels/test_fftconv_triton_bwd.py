@@ -237,13 +237,8 @@ LAUNCHER_CASES = {
     # n = 4096's default since backward v5: (a) tables held, 8 pairs x 2 stages; (b) one pair
     # at a time, its accumulator in memory (a half-empty pair, 3 pairs in a block of 8)
     "B5-H2-L2000-n4096-fp16-store-q-a-hold-steps8-b-acc-in-memory": LaunchCase(
-        5,
-        2,
-        2000,
-        4096,
-        "fp16",
-        _V5_N4096,
-    ),  # fmt: skip
+        5, 2, 2000, 4096, "fp16", _V5_N4096
+    ),
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
         7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
     ),
