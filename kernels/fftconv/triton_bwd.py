@@ -646,10 +646,10 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
     (2 at n = 1024), up to n = 2048; at 4096 the split with Q through memory on 64 x 64
     tiles (gated 3.18 against the fused kernel's 3.93 ms, backward v4), its kernel (a) with the
     tables held and 8 pairs per block pipelined 2 deep, its kernel (b) one pair at a time with
-    the accumulator in memory (1.59 / 2.81 ms plain / gated against 1.94 / 3.21 with both
-    kernels as (b), on an H100, backward v5); at 8192 the split on 128 x 64 tiles, both kernels
-    one pair at a time (a held pipeline needs more shared memory than an SM has, and the
-    reloaded ones lost));
+    the accumulator in registers (1.33 / 2.65 ms plain / gated against v4's 1.98 / 3.30, on an
+    H100, backward v5); at 8192 the split on 128 x 64 tiles, both kernels one pair at a time,
+    (b)'s accumulator in memory (a held pipeline needs more shared memory than an SM has, and
+    the reloaded ones lost));
     fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
     shared memory, and the pipelined loops need more shared memory than an SM has from
     n = 4096).
@@ -675,12 +675,9 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
             return Config(N1, 4, hoist=True, steps=8, stages=3)
         if n <= 4096:
             # the split's kernel (a) as the forward runs (tables held, 8 pairs per block, 2
-            # stages), kernel (b) one pair at a time with its accumulator in memory
+            # stages), kernel (b) one pair at a time with its accumulator in registers
             # (backward v5)
-            return Config(
-                64, 4, hoist=True, steps=8, stages=2, split="store_q",
-                b=Config(64, 4, acc_in_memory=True),
-            )  # fmt: skip
+            return Config(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=Config(64, 4))
         return Config(128, 8, acc_in_memory=True, split="store_q")
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)

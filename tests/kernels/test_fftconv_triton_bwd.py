@@ -189,9 +189,7 @@ def _config(fields: dict):
     return triton_bwd.Config(**fields)
 
 
-_V5_N4096 = _cfg(
-    64, 4, hoist=True, steps=8, stages=2, split="store_q", b=_cfg(64, 4, acc_in_memory=True)
-)
+_V5_N4096 = _cfg(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=_cfg(64, 4))
 _SPLIT_ACC_IN_MEMORY_PIPELINED = _cfg(32, 2, acc_in_memory=True, steps=4, stages=2, split="store_q")
 LAUNCHER_CASES = {
     "B5-H2-L300-n512-fp32-default": LaunchCase(5, 2, 300, 512),
@@ -235,8 +233,8 @@ LAUNCHER_CASES = {
         3,
     ),  # fmt: skip
     # n = 4096's default since backward v5: (a) tables held, 8 pairs x 2 stages; (b) one pair
-    # at a time, its accumulator in memory (a half-empty pair, 3 pairs in a block of 8)
-    "B5-H2-L2000-n4096-fp16-store-q-a-hold-steps8-b-acc-in-memory": LaunchCase(
+    # at a time, its accumulator in registers (a half-empty pair, 3 pairs in a block of 8)
+    "B5-H2-L2000-n4096-fp16-store-q-a-hold-steps8-b-acc-in-registers": LaunchCase(
         5, 2, 2000, 4096, "fp16", _V5_N4096
     ),
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
