@@ -72,14 +72,31 @@ def time_forward_backward(
 
         row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=grads) if ok[name] else None
         if graph and ok[name]:
+            row |= graph_forward_backward_ms(
+                name, lambda name=name: call(name, *leaves), grads, dy, forward_too=False
+            )
+    return row
 
-            def grad_step(name=name):
-                return torch.autograd.grad(call(name, *leaves), grads, dy)
 
-            try:
-                row[f"fwdbwd_graph_ms_{name}"] = graph_median_ms(grad_step)
-            except Exception as err:  # capture refused: data, not a crash of the run
-                row[f"graph_error_{name}"] = repr(err)[:300]
+def graph_forward_backward_ms(
+    name: str, forward: Callable[[], torch.Tensor], grads: list, dy, *, forward_too: bool = True
+) -> dict:
+    """``forward()`` (unless ``forward_too`` is False; under ``no_grad``) and forward + backward
+    (``torch.autograd.grad`` of ``grads`` with the cotangent ``dy``) replayed as CUDA graphs
+    (``graph_median_ms``): ``fwd_graph_ms_<name>``, ``fwdbwd_graph_ms_<name>``. A call that
+    cannot be captured leaves ``graph_error_<name>`` instead: data, not a crash of the run."""
+
+    def step():
+        return torch.autograd.grad(forward(), grads, dy)
+
+    row = {}
+    try:
+        if forward_too:
+            with torch.no_grad():
+                row[f"fwd_graph_ms_{name}"] = graph_median_ms(forward)
+        row[f"fwdbwd_graph_ms_{name}"] = graph_median_ms(step)
+    except Exception as err:
+        return {f"graph_error_{name}": repr(err)[:300]}
     return row
 
 

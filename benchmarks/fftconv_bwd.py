@@ -51,7 +51,7 @@ from benchmarks.common import (
     MATMUL_FLOPS_PER_S,
     fmt,
     gpu_run_meta,
-    graph_median_ms,
+    graph_forward_backward_ms,
     median_ms,
     rel_err,
 )
@@ -240,30 +240,13 @@ def time_public(inputs, dy, ref, needs) -> dict:
             row[f"fwd_ms_{name}"] = median_ms(forward) if ok else None
         row[f"fwdbwd_ms_{name}"] = median_ms(step, grad_to_none=grads) if ok else None
         if ok:
-            row.update(_graph_times(name, forward, grads, dy))
+            row.update(graph_forward_backward_ms(name, forward, grads, dy))
     fwd, fb = row["fwd_ms_triton"], row["fwdbwd_ms_triton"]
     row["ratio_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     row["meets_target"] = bool(fwd and fb and fb / fwd <= TARGET_RATIO)
     fwd, fb = row.get("fwd_graph_ms_triton"), row.get("fwdbwd_graph_ms_triton")
     row["ratio_graph_fwdbwd_over_fwd_triton"] = fb / fwd if fwd and fb else None
     return row
-
-
-def _graph_times(name: str, forward, grads: list, dy) -> dict:
-    """Forward, and forward + backward (``torch.autograd.grad`` of every input), replayed as a
-    CUDA graph: the device's time alone, without the host's launch work, which at short L
-    is much of the eager call (``fwd_graph_ms_<name>``, ``fwdbwd_graph_ms_<name>``). A call
-    that cannot be captured is recorded (``graph_error_<name>``), not timed."""
-
-    def step():
-        return torch.autograd.grad(forward(), grads, dy)
-
-    try:
-        with torch.no_grad():
-            fwd = graph_median_ms(forward)
-        return {f"fwd_graph_ms_{name}": fwd, f"fwdbwd_graph_ms_{name}": graph_median_ms(step)}
-    except Exception as err:
-        return {f"graph_error_{name}": repr(err)[:300]}
 
 
 def sparse_variants(n: int) -> dict[str, triton_bwd.Config]:

@@ -264,3 +264,22 @@ def test_compile_inplace_output_on_cpu(tmp_path) -> None:
     ref = torch.autograd.grad((v.transpose(1, 2) @ w.t() + b).sum(), leaves)
     for g, r in zip(got, ref, strict=True):
         assert torch.allclose(g, r)
+
+
+def test_graph_forward_backward_times_or_records_the_refusal() -> None:
+    """Forward and forward + backward as CUDA graphs: two positive times on a GPU; without one
+    the capture's refusal is recorded under ``graph_error_<name>``, not raised."""
+    from benchmarks.common import graph_forward_backward_ms
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(4, 1024, device=device, requires_grad=True)
+    row = graph_forward_backward_ms("sq", lambda: x * x, [x], torch.ones_like(x))
+    if device == "cuda":
+        assert set(row) == {"fwd_graph_ms_sq", "fwdbwd_graph_ms_sq"}
+        assert all(ms > 0 for ms in row.values())
+    else:
+        assert set(row) == {"graph_error_sq"} and "CUDA" in row["graph_error_sq"]
+    backward_only = graph_forward_backward_ms(
+        "sq", lambda: x * x, [x], torch.ones_like(x), forward_too=False
+    )
+    assert "fwd_graph_ms_sq" not in backward_only
