@@ -134,6 +134,8 @@ def variants(n: int) -> dict[str, dict]:
         out["n64-split-q-a-hold-s8p2-b-regs"] = replace(held, b=C(64, 4))
         out["n64-split-q-a-hold-s16p2"] = replace(held, steps=16)
         out["n64-split-q-a-hold-s8p3"] = replace(held, stages=3)
+        # the bias gradient in kernel (b): two fewer input tiles in (a)'s pipeline
+        out["n64-split-q-a-hold-s8p2-b-regs-dbias-b"] = replace(held, b=C(64, 4), dbias_in_b=True)
     else:
         out["split-q-accmem"] = C(128, 8, acc_in_memory=True, split="store_q")
         out["split-q-pipe-s8p2"] = C(128, 8, steps=8, stages=2, split="store_q")
@@ -149,6 +151,11 @@ def variants(n: int) -> dict[str, dict]:
             ("a-hold-s8", C(128, 8, hoist=True, steps=8)),
         ):
             out[f"split-q-{name}"] = replace(a, split="store_q", b=b_default)
+        # the held pipeline fits the shared memory once the bias gradient moves to kernel (b)
+        # (196 KB against 228, bf16 gated, sm_90 compile)
+        out["split-q-a-hold-s8p2-dbias-b"] = C(
+            128, 8, hoist=True, steps=8, stages=2, split="store_q", b=b_default, dbias_in_b=True
+        )
     return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 
@@ -495,6 +502,8 @@ def static_stats(
     row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
     row["columns"] = sum(triton_bwd.kept_columns(n, keep_bins, N1=config.n1))
     for part, flags in KERNELS[config.split].items():
+        if config.dbias_in_b:  # NEED_DBIAS (flag 4) moves from kernel (a) to (b)
+            flags = (*flags[:4], part == "b", *flags[5:])
         part_config = config.kernel_b() if part == "b" else config
         compiled, stats = compile_sm90(
             n, part_config, dtype, flags, part_config.num_warps, keep_bins

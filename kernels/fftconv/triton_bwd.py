@@ -620,7 +620,11 @@ class Config:
       ``b`` are ignored), where the two kernels want different ones: (a) has the forward's
       shape (two transforms, no accumulator) and runs best as the forward does, tables held
       and the pair loop pipelined; (b) carries the filter-gradient accumulator. Default: this
-      configuration with ``dk_num_warps``. ``acc_in_memory`` only ever concerns (b).
+      configuration with ``dk_num_warps``. ``acc_in_memory`` only ever concerns (b);
+    - ``dbias_in_b``: a split sums the bias gradient in kernel (b), which reads v anyway, instead
+      of (a), whose pipelined loop then buffers fewer input tiles per stage (held tables and 2
+      stages at n = 8192 need 196 KB of shared memory then, 228 otherwise: more than an SM
+      has).
     """
 
     n1: int
@@ -632,6 +636,7 @@ class Config:
     split: str = "fused"
     dk_num_warps: int | None = None
     b: Config | None = None
+    dbias_in_b: bool = False
 
     def kernel_b(self) -> Config:
         """The launch options of a split's kernel (b) (``b``, or these with ``dk_num_warps``)."""
@@ -703,6 +708,11 @@ def _check_config(n: int, config: Config) -> None:
         raise ValueError(f"config.stages must be >= 1; got {config.stages}")
     if config.split not in SPLITS:
         raise ValueError(f"config.split must be one of {SPLITS}; got {config.split!r}")
+    if config.dbias_in_b and config.split == "fused":
+        raise ValueError(
+            "config.dbias_in_b moves the bias gradient between a split's kernels: "
+            "it needs split 'store_q' or 'recompute'; got 'fused'"
+        )
     if config.b is not None:
         if config.b.n1 != config.n1:
             raise ValueError(
@@ -994,8 +1004,11 @@ def launch(
             q = None
             if config.split == "store_q" and need_k:
                 q = u.new_empty((H, n_pairs, 2, N1, K2))
-            run((need_u, False, need_pre, False, need_bias), config, q, True)
-            run((False, need_k, False, need_z, False), config_b, q, False)
+            bias_b = need_bias and config.dbias_in_b
+            needs_a = (need_u, False, need_pre, False, need_bias and not bias_b)
+            if any(needs_a) or q is not None:  # (a) also writes the Q that (b) reads
+                run(needs_a, config, q, True)
+            run((False, need_k, False, need_z, bias_b), config_b, q, False)
         elif any(kernel_needs):
             run(kernel_needs, config, None, False)
     # fixed summation order over the chunks: deterministic

@@ -240,6 +240,22 @@ LAUNCHER_CASES = {
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
         7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
     ),
+    # the bias gradient in kernel (b) (Config.dbias_in_b): with every gradient; with only the
+    # filter's and the bias's, where (a) only writes Q (store_q) or does not run (recompute)
+    "B7-H2-L300-n512-fp16-store-q-dbias-in-b": LaunchCase(
+        7,
+        2,
+        300,
+        512,
+        "fp16",
+        _cfg(32, 2, split="store_q", dbias_in_b=True, b=_cfg(32, 2, acc_in_memory=True)),
+    ),  # fmt: skip
+    "B5-H2-L256-n512-fp32-store-q-dbias-in-b-needs-k-bias": LaunchCase(
+        5, 2, 256, 512, config=_cfg(32, 2, split="store_q", dbias_in_b=True), wants=("k", "bias")
+    ),
+    "B5-H2-L256-n512-fp32-recompute-dbias-in-b-needs-k-bias": LaunchCase(
+        5, 2, 256, 512, config=_cfg(32, 2, split="recompute", dbias_in_b=True), wants=("k", "bias")
+    ),
     "B5-H2-L256-n512-fp32-recompute-acc-in-memory": LaunchCase(
         5, 2, 256, 512, config=_cfg(32, 2, acc_in_memory=True, split="recompute")
     ),
@@ -586,6 +602,9 @@ def test_launch_rejects_fp64_and_bad_config():
         pytest.param({"b": _cfg(32, 2, steps=3)}, r"config.steps must be .*got 3", id="b-steps"),
         pytest.param(
             {"b": _cfg(32, 2, dk_num_warps=4)}, r"config.b is kernel \(b\)'s own", id="b-nested"
+        ),
+        pytest.param(
+            {"dbias_in_b": True}, r"config.dbias_in_b .* needs split .*got 'fused'", id="dbias-b"
         ),
     ],
 )
