@@ -708,11 +708,12 @@ def _check_config(n: int, config: Config) -> None:
         raise ValueError(f"config.stages must be >= 1; got {config.stages}")
     if config.split not in SPLITS:
         raise ValueError(f"config.split must be one of {SPLITS}; got {config.split!r}")
-    if config.dbias_in_b and config.split == "fused":
-        raise ValueError(
-            "config.dbias_in_b moves the bias gradient between a split's kernels: "
-            "it needs split 'store_q' or 'recompute'; got 'fused'"
-        )
+    for name, what in (("dbias_in_b", "moves the bias gradient"), ("b", "configures kernel (b)")):
+        if getattr(config, name) not in (None, False) and config.split == "fused":
+            raise ValueError(
+                f"config.{name} {what} of a split: it needs split 'store_q' or 'recompute'; "
+                "got 'fused'"
+            )
     if config.b is not None:
         if config.b.n1 != config.n1:
             raise ValueError(

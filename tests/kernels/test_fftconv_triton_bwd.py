@@ -597,15 +597,24 @@ def test_launch_rejects_fp64_and_bad_config():
         pytest.param({"split": "dk"}, r"config.split must be one of .*; got 'dk'", id="split"),
         pytest.param({"dk_num_warps": 3}, r"config.dk_num_warps must be .*; got 3", id="dk-warps"),
         pytest.param(
-            {"b": _cfg(16, 2)}, r"config.b.n1 must be config.n1 \(32\).*got 16", id="b-n1"
+            {"b": _cfg(16, 2), "split": "store_q"},
+            r"config.b.n1 must be config.n1 \(32\).*got 16",
+            id="b-n1",
         ),
-        pytest.param({"b": _cfg(32, 2, steps=3)}, r"config.steps must be .*got 3", id="b-steps"),
         pytest.param(
-            {"b": _cfg(32, 2, dk_num_warps=4)}, r"config.b is kernel \(b\)'s own", id="b-nested"
+            {"b": _cfg(32, 2, steps=3), "split": "store_q"},
+            r"config.steps must be .*got 3",
+            id="b-steps",
+        ),
+        pytest.param(
+            {"b": _cfg(32, 2, dk_num_warps=4), "split": "store_q"},
+            r"config.b is kernel \(b\)'s own",
+            id="b-nested",
         ),
         pytest.param(
             {"dbias_in_b": True}, r"config.dbias_in_b .* needs split .*got 'fused'", id="dbias-b"
         ),
+        pytest.param({"b": _cfg(32, 2)}, r"config.b .* needs split .*got 'fused'", id="b-fused"),
     ],
 )
 def test_launch_rejects_bad_variant(options, match):
