@@ -12,9 +12,10 @@ medians (inputs built outside the timed region) of
 - the public call per backend: forward alone, and forward + backward (``.backward(dy)``);
 - the fused backward alone (``triton_bwd.fftconv_bwd``: spectrum layout, kernel, filter
   gradient's inverse FFT) and the bare kernel (``triton_bwd.launch``) per launch variant
-  (``variants``: the default and up to eight ``triton_bwd.Config`` alternatives per FFT size:
-  pipelined blocks of pairs, the split into two kernels, the accumulator in memory). The
-  variants of a row are compiled first, in parallel threads;
+  (``variants``: the default and the ``triton_bwd.Config`` alternatives per FFT size:
+  pipelined blocks of pairs, the split into two kernels configured together or apart, the
+  accumulator in memory; ``--variants`` picks some). The variants of a row are compiled
+  first, in parallel threads;
 - the same filter made frequency-sparse (``freq_keep=SPARSE_KEEP``, 75% of the bins zero;
   ``--no-sparse`` leaves it out), checked against torch.fft with the same cut-off: the public
   call (forward, forward + backward), the fused backward alone and the bare kernel in its
@@ -70,11 +71,16 @@ NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
 def variants(n: int) -> dict[str, dict]:
-    """Launch options worth timing at FFT size n: the default first, then at most eight
-    alternatives, picked by the spills of the sm_90 compile (``--static``; benchmarks/NOTES.md,
-    backward v2): the pair loop in blocks of 8 pairs, software-pipelined 2 or 3 stages deep
+    """Launch options worth timing at FFT size n: the default first, then the alternatives,
+    picked by the spills of the sm_90 compile (``--static``; benchmarks/NOTES.md, backward v2,
+    v4, v5): the pair loop in blocks of 8 pairs, software-pipelined 2 or 3 stages deep
     (``pipe-s8p3``), and the split into two kernels with Q handed over through memory
-    (``split-q``), with the filter-gradient accumulator of kernel (b) in memory (``accmem``)."""
+    (``split-q``), with the filter-gradient accumulator of kernel (b) in memory (``accmem``);
+    from backward v5 the split's kernels configured apart (``Config.b``: ``a-hold-s8p2`` is
+    kernel (a) with its tables held and 8 pairs pipelined 2 deep, ``b-regs`` kernel (b) with
+    its accumulator in registers) and the bias gradient moved to (b) (``dbias-b``). Every
+    variant compiles gated in fp16/bf16 on sm_90 (``test_gpu_benchmark_variants_poisoned``
+    runs them all)."""
     C = triton_bwd.Config
     out = {"default": {}}
     if n <= 512:
