@@ -434,19 +434,16 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
     return row
 
 
-# the kernels a configuration launches (gated, every gradient wanted): name -> (NEED_DU, NEED_DK,
-# NEED_DPREGATE, NEED_DPOSTGATE, NEED_DBIAS, STORE_Q, LOAD_Q)
-KERNELS = {
-    "fused": {"": (True, True, True, True, True, False, False)},
-    "recompute": {
-        "a": (True, False, True, False, True, False, False),
-        "b": (False, True, False, True, False, False, False),
-    },
-    "store_q": {
-        "a": (True, False, True, False, True, True, False),
-        "b": (False, True, False, True, False, False, True),
-    },
-}
+def kernel_flags(config) -> dict[str, tuple[bool, ...]]:
+    """The kernels a configuration launches (gated, every gradient wanted), as
+    ``triton_bwd.launch`` assigns the gradients (``split_needs``): part ("" fused, "a", "b")
+    -> (NEED_DU, NEED_DK, NEED_DPREGATE, NEED_DPOSTGATE, NEED_DBIAS, STORE_Q, LOAD_Q)."""
+    every = (True,) * 5
+    if config.split == "fused":
+        return {"": (*every, False, False)}
+    needs_a, needs_b = triton_bwd.split_needs(config, every)
+    store_q = config.split == "store_q"
+    return {"a": (*needs_a, store_q, False), "b": (*needs_b, False, store_q)}
 
 
 def compile_sm90(
@@ -507,9 +504,7 @@ def static_stats(
     asynchronous copies."""
     row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
     row["columns"] = sum(triton_bwd.kept_columns(n, keep_bins, N1=config.n1))
-    for part, flags in KERNELS[config.split].items():
-        if config.dbias_in_b:  # NEED_DBIAS (flag 4) moves from kernel (a) to (b)
-            flags = (*flags[:4], part == "b", *flags[5:])
+    for part, flags in kernel_flags(config).items():
         part_config = config.kernel_b() if part == "b" else config
         compiled, stats = compile_sm90(
             n, part_config, dtype, flags, part_config.num_warps, keep_bins

@@ -165,6 +165,7 @@ __all__ = [
     "prepare",
     "select_columns",
     "spectrum_layout",
+    "split_needs",
     "supports",
 ]
 
@@ -801,6 +802,19 @@ def _splits(config: Config, needs: tuple[bool, ...]) -> bool:
     return config.split != "fused" and (need_u or need_pre or need_bias) and (need_k or need_post)
 
 
+def split_needs(
+    config: Config, needs: tuple[bool, ...]
+) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """The gradients (u, k, pregate, postgate, bias) each kernel of a split computes: (a) those
+    that follow from dv, (b) the filter's and the postgate's; the bias's in (a), or in (b)
+    with ``config.dbias_in_b``."""
+    need_u, need_k, need_pre, need_post, need_bias = needs
+    bias_b = need_bias and config.dbias_in_b
+    return (need_u, False, need_pre, False, need_bias and not bias_b), (
+        False, need_k, False, need_post, bias_b,
+    )  # fmt: skip
+
+
 def dot_flops(
     B: int,
     H: int,
@@ -1005,11 +1019,10 @@ def launch(
             q = None
             if config.split == "store_q" and need_k:
                 q = u.new_empty((H, n_pairs, 2, N1, K2))
-            bias_b = need_bias and config.dbias_in_b
-            needs_a = (need_u, False, need_pre, False, need_bias and not bias_b)
+            needs_a, needs_b = split_needs(config, kernel_needs)
             if any(needs_a) or q is not None:  # (a) also writes the Q that (b) reads
                 run(needs_a, config, q, True)
-            run((False, need_k, False, need_z, bias_b), config_b, q, False)
+            run(needs_b, config_b, q, False)
         elif any(kernel_needs):
             run(kernel_needs, config, None, False)
     # fixed summation order over the chunks: deterministic
