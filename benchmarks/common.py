@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
-HBM_BYTES_PER_S = 4.2e12  # copy bandwidth measured on this H200 (shared/device/README.md)
-MATMUL_FLOPS_PER_S = 757e12  # bf16 dense matmul measured there
+# the two ceilings as measured on the H200 behind the README's first tables (shared/device);
+# the floors of a run use those of its own card (``copy_bandwidth``, ``matmul_rate``)
+HBM_BYTES_PER_S = 4.2e12
+MATMUL_FLOPS_PER_S = 757e12
 
 
 def gpu_run_meta(module: str, argv: list[str] | None) -> dict:
@@ -112,6 +115,20 @@ def measure_matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     return 2 * 8192**3 / (median_ms(lambda: a @ b) * 1e-3)
+
+
+@functools.cache
+def copy_bandwidth() -> float:
+    """The memory floor's rate on this process's GPU: ``measure_copy_bandwidth``, measured once
+    (an H100 copies at ~3.0 TB/s, an H200 at ~4.2: a floor at the H200's rate would put every
+    H100 time ~1.4x further from its floor than it is)."""
+    return measure_copy_bandwidth()
+
+
+@functools.cache
+def matmul_rate() -> float:
+    """The flop floor's rate on this process's GPU: ``measure_matmul_rate``, measured once."""
+    return measure_matmul_rate()
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -24,8 +24,8 @@ medians (inputs built outside the timed region) of
 
 Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
 2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
-element over 4.2e12 B/s) and the kernel's matrix-product TFLOP/s. Writes JSON after every row
-(each variant's configuration, errors, ms and TFLOP/s).
+element over the copy bandwidth measured in the run) and the kernel's matrix-product TFLOP/s.
+Writes JSON after every row (each variant's configuration, errors, ms and TFLOP/s).
 
 ``--static`` instead compiles every launch variant for sm_90 (bf16 and fp32, gated, all five
 gradients, causal L = n/2; the default also with the sparse filter's column count) and
@@ -47,16 +47,16 @@ from pathlib import Path
 import torch
 import triton
 
+from benchmarks.common import compile_sm90 as common_compile_sm90
 from benchmarks.common import (
-    HBM_BYTES_PER_S,
-    MATMUL_FLOPS_PER_S,
+    copy_bandwidth,
     fmt,
     gpu_run_meta,
     graph_forward_backward_ms,
+    matmul_rate,
     median_ms,
     rel_err,
 )
-from benchmarks.common import compile_sm90 as common_compile_sm90
 from kernels import fftconv
 from kernels.fftconv import core, reference, triton_bwd
 from kernels.fftconv.plan import keep_bins_for, make_plan
@@ -169,7 +169,7 @@ def floor_ms(gated: bool, backward: bool) -> float:
     """Bytes that must move at 2 bytes per element: forward u, y (+ pregate, postgate);
     backward dy, u, du (+ pregate, postgate, dpregate, dpostgate)."""
     tensors = (7 if gated else 3) if backward else (4 if gated else 2)
-    return tensors * 2 * TOTAL / HBM_BYTES_PER_S * 1e3
+    return tensors * 2 * TOTAL / copy_bandwidth() * 1e3
 
 
 def make_case(L: int, gated: bool, device: str = "cuda", dtype=torch.bfloat16):
@@ -430,7 +430,7 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
         best = min(times, key=times.get)
         row["kernel_best"], row["kernel_ms_best"] = best, times[best]
     row["dot_flops"] = triton_bwd.dot_flops(B, H_, L, n, needs_z)
-    row["flop_floor_ms"] = row["dot_flops"] / MATMUL_FLOPS_PER_S * 1e3
+    row["flop_floor_ms"] = row["dot_flops"] / matmul_rate() * 1e3
     return row
 
 
@@ -620,8 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         **gpu_run_meta("benchmarks.fftconv_bwd", argv),
         "total_elements": TOTAL,
-        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
-        "matmul_flops_per_s": MATMUL_FLOPS_PER_S,
+        "hbm_floor_bytes_per_s": copy_bandwidth(),
+        "matmul_flops_per_s": matmul_rate(),
         "target_ratio_fwdbwd_over_fwd": TARGET_RATIO,
         "sparse_freq_keep": None if args.no_sparse else SPARSE_KEEP,
         "default_configs": {

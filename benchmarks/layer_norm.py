@@ -45,11 +45,10 @@ import torch.nn.functional as F
 import triton
 
 from benchmarks.common import (
-    HBM_BYTES_PER_S,
     best_variants,
+    copy_bandwidth,
     fmt,
     gpu_run_meta,
-    measure_copy_bandwidth,
     median_ms,
     ratio,
 )
@@ -103,7 +102,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def floor_ms(elements: int, bytes_per_element: int) -> float:
-    return bytes_per_element * elements / HBM_BYTES_PER_S * 1e3
+    return bytes_per_element * elements / copy_bandwidth() * 1e3
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -452,8 +451,8 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {
         **gpu_run_meta("benchmarks.layer_norm", argv),
-        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
-        "copy_bytes_per_s_measured": measure_copy_bandwidth(),
+        "hbm_floor_bytes_per_s": copy_bandwidth(),
+        "copy_bytes_per_s_measured": copy_bandwidth(),
         "defaults": {
             "fwd_tile": triton_backend.FWD_TILE,
             "fwd_elements_per_thread": triton_backend.FWD_ELEMENTS_PER_THREAD,

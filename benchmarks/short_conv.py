@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
-    HBM_BYTES_PER_S,
     best_variants,
+    copy_bandwidth,
     fmt,
     gpu_run_meta,
-    measure_copy_bandwidth,
     median_ms,
     ratio,
     rel_err,
@@ -91,7 +90,7 @@ def paths(layout: str) -> dict:
 
 
 def floor_ms(elements: int, tensors: int) -> float:
-    return tensors * 2 * elements / HBM_BYTES_PER_S * 1e3
+    return tensors * 2 * elements / copy_bandwidth() * 1e3
 
 
 def make_inputs(B, D, L, K, layout, seed=0):
@@ -250,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         **gpu_run_meta("benchmarks.short_conv", argv),
         "total_elements": TOTAL,
-        "hbm_floor_bytes_per_s": HBM_BYTES_PER_S,
-        "copy_bytes_per_s_measured": measure_copy_bandwidth(),
+        "hbm_floor_bytes_per_s": copy_bandwidth(),
+        "copy_bytes_per_s_measured": copy_bandwidth(),
         "defaults": {
             "tile": triton_backend.TILE,
             "num_warps": triton_backend.NUM_WARPS,

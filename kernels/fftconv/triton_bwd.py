@@ -653,9 +653,10 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
     tiles (gated 3.18 against the fused kernel's 3.93 ms, backward v4), its kernel (a) with the
     tables held and 8 pairs per block pipelined 2 deep, its kernel (b) one pair at a time with
     the accumulator in registers (1.33 / 2.65 ms plain / gated against v4's 1.98 / 3.30, on an
-    H100, backward v5); at 8192 the split on 128 x 64 tiles, both kernels one pair at a time,
-    (b)'s accumulator in memory (a held pipeline needs more shared memory than an SM has, and
-    the reloaded ones lost));
+    H100, backward v5); at 8192 the split on 128 x 64 tiles, (b) one pair at a time with its
+    accumulator in memory, (a) with its tables held and 8 pairs pipelined 2 deep once the bias
+    gradient moved to (b) (``dbias_in_b``: the held pipeline needs 196 KB of shared memory
+    instead of 228; 2.44 / 5.26 ms plain / gated against 2.76 / 5.48 on an H100, backward v6));
     fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
     shared memory, and the pipelined loops need more shared memory than an SM has from
     n = 4096).
@@ -684,7 +685,13 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
             # stages), kernel (b) one pair at a time with its accumulator in registers
             # (backward v5)
             return Config(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=Config(64, 4))
-        return Config(128, 8, acc_in_memory=True, split="store_q")
+        # kernel (a) with its tables held and 8 pairs pipelined 2 deep, the bias gradient
+        # summed in kernel (b) (which frees the shared memory the pipeline needs), (b) one pair
+        # at a time with its accumulator in memory (backward v6)
+        return Config(
+            128, 8, hoist=True, steps=8, stages=2, split="store_q",
+            b=Config(128, 8, acc_in_memory=True), dbias_in_b=True,
+        )  # fmt: skip
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)
     if n <= 2048:

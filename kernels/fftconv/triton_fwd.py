@@ -90,6 +90,12 @@ MAX_STEPS_AT = {2048: 32}
 # at 255 registers), and 16 pairs per program (4 programs per SM at H = 1024, L = 4K) measured
 # 0.827 against 8 pairs' 0.874 ms plain, 1.394 against 1.404 gated (NOTES, v10)
 PROGRAMS_PER_SM_AT = {8192: 4}
+# dense fp16/bf16 plans on 2 warps instead of 4 (NOTES, v12): at n = 2048 (32 pairs per program,
+# 3 stages) 0.424 against 0.498 ms plain and 0.706 against 0.778 gated at L = 1024 on an H100,
+# though the sm_90 compile spills 140 B where 4 warps spill none. n = 1024 compiles on 2 warps
+# without spills (210 registers) but is not timed yet (variant ``pair-s16-p3-w2``). fp32 and
+# blocked plans keep 4 (fp32 spills 1.2 -> 3.1 KB at n = 2048).
+TWO_WARPS_AT = (2048,)
 PROGRAMS_PER_SM = 8
 
 
@@ -568,10 +574,13 @@ def dot_precision(u: Tensor) -> str:
     return "tf32x3" if u.is_cuda else "ieee"
 
 
-def num_warps_for(n: int) -> int:
+def num_warps_for(n: int, dtype: torch.dtype | None = None, blocked: bool = False) -> int:
     """Measured on the H200 (benchmarks/NOTES.md): 2 warps for the small tiles, 8 where 4
-    spill (n = 8192)."""
+    spill (n = 8192). Dense fp16/bf16 plans of ``TWO_WARPS_AT`` (``dtype`` given, not
+    ``blocked``) run on 2 warps too (v12)."""
     if n <= 512:
+        return 2
+    if dtype in (torch.float16, torch.bfloat16) and not blocked and n in TWO_WARPS_AT:
         return 2
     return 8 if n >= 8192 else 4
 
@@ -752,7 +761,7 @@ def launch(
             HAS_BIAS=bias is not None,
             PRECISION=precision or dot_precision(u),
             BLOCKED=blocked,
-            num_warps=num_warps or num_warps_for(n),
+            num_warps=num_warps or num_warps_for(n, u.dtype, blocked),
         )
     return y
 

@@ -290,6 +290,26 @@ def test_interpreter_blocked_public_call(interpreted):
         assert err < TOL[torch.float16], (name, err)
 
 
+def test_num_warps_two_only_for_dense_16bit_plans():
+    """2 warps at the sizes measured faster on 2 (``TWO_WARPS_AT``) for dense fp16/bf16 plans
+    only: fp32 (twice the registers per table) and blocked plans keep the 4 they were tuned on,
+    and a caller that names no dtype (the long path's own kernels) gets the size's old default."""
+    from kernels.fftconv import triton_fwd
+
+    assert triton_fwd.TWO_WARPS_AT, "no size runs on 2 warps"
+    for n in triton_fwd.TWO_WARPS_AT:
+        assert n > 512, "sizes up to 512 run on 2 warps anyway"
+        for dtype in (torch.float16, torch.bfloat16):
+            assert triton_fwd.num_warps_for(n, dtype) == 2, (n, dtype)
+            assert triton_fwd.num_warps_for(n, dtype, blocked=True) == 4, (n, dtype)
+        assert triton_fwd.num_warps_for(n, torch.float32) == 4, n
+        assert triton_fwd.num_warps_for(n) == 4, n
+    assert triton_fwd.num_warps_for(1024, torch.bfloat16) == 4
+    assert triton_fwd.num_warps_for(4096, torch.bfloat16) == 4
+    assert triton_fwd.num_warps_for(8192, torch.bfloat16) == 8
+    assert triton_fwd.num_warps_for(512, torch.float32) == 2
+
+
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
 def test_fft64_reference_matches_direct(mode):
     u, k, pre, post, bias = (
