@@ -96,6 +96,8 @@ PROGRAMS_PER_SM_AT = {8192: 4}
 # without spills (210 registers) but is not timed yet (variant ``pair-s16-p3-w2``). fp32 and
 # blocked plans keep 4 (fp32 spills 1.2 -> 3.1 KB at n = 2048).
 TWO_WARPS_AT = (2048,)
+# where a dense plan's skip term bias * v takes v from (``launch``'s ``skip_input``)
+SKIP_INPUTS = {"held": 0, "reload": 1}
 PROGRAMS_PER_SM = 8
 
 
@@ -415,12 +417,16 @@ def _fftconv_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCKED: tl.constexpr,
+    SKIP_INPUT: tl.constexpr = 0,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
     # or pairs of one channel) per program, the tables and the filter loaded once for all.
     # A channel's sequences: its B rows, or with BLOCKED its B * NB blocks of S = n/2 outputs,
     # q = b * NB + j (block j of row b; a pair may span two rows).
+    # SKIP_INPUT (dense plans with a bias): where the skip term bias * v takes v from: 0 the
+    # fp32 input tile held from its load to the output (two [ROWS, N2] fp32 tiles live across
+    # every product of a pair), 1 loaded again at the output (as BLOCKED does).
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -543,8 +549,9 @@ def _fftconv_fwd_kernel(
         if HAS_POSTGATE:
             z_v *= _load_row(postgate_ptr, row_v, out_v, mask_out_v)
         if HAS_BIAS:
-            if BLOCKED:  # v at the output positions, loaded again (this window just read
-                # them): they are the window tile's second half, and a register tile has no slices
+            if BLOCKED or SKIP_INPUT == 1:  # v at the output positions, loaded again (this
+                # step just read them; BLOCKED: the window tile's second half, and a register
+                # tile has no slices)
                 z_v += bias * _load_input(u_ptr, pregate_ptr, row_v, out_v, mask_out_v, HAS_PREGATE)
             else:
                 z_v += bias * v
@@ -553,7 +560,7 @@ def _fftconv_fwd_kernel(
             if HAS_POSTGATE:
                 z_w *= _load_row(postgate_ptr, row_w, out_w, mask_out_w)
             if HAS_BIAS:
-                if BLOCKED:
+                if BLOCKED or SKIP_INPUT == 1:
                     z_w += bias * _load_input(
                         u_ptr, pregate_ptr, row_w, out_w, mask_out_w, HAS_PREGATE
                     )
@@ -674,6 +681,7 @@ def launch(
     stages: int | None = None,
     num_warps: int | None = None,
     precision: str | None = None,
+    skip_input: str = "held",
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``).
@@ -685,8 +693,14 @@ def launch(
     software-pipelining depth of that loop (loads of the next step issued during this one; 1:
     none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no
     shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
+    ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
+    ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
+    loaded again at the output positions (a second read, from L2, of what the step has just
+    read; no registers held across the products, more shared memory for the pipeline).
     """
     B, H, L = u.shape
+    if skip_input not in SKIP_INPUTS:
+        raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
     if blocked:
         _check_blocked(u, n, keep_bins)
     elif not supports(n, False, u.dtype) or L > n:
@@ -761,6 +775,7 @@ def launch(
             HAS_BIAS=bias is not None,
             PRECISION=precision or dot_precision(u),
             BLOCKED=blocked,
+            SKIP_INPUT=SKIP_INPUTS[skip_input],
             num_warps=num_warps or num_warps_for(n, u.dtype, blocked),
         )
     return y

@@ -68,7 +68,7 @@ FORWARD_CASES = {
     "B2-H3-L200-circular-fp32-folded": (2, 3, 200, 200, "circular", "fp32", True, 1.0, True),
     "B1-H1-L1-K1-causal-fp16-fallback": (1, 1, 1, 1, "causal", "fp16", True, 1.0, False),
 }
-LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisoned output
+LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps[, skip_input]): NaN-poisoned
     "B3-H2-L300-n512-fp32-pair": (3, 2, 300, 512, "fp32", True, True, 1),
     "B3-H2-L300-n512-fp32-single": (3, 2, 300, 512, "fp32", True, False, 1),
     "B1-H3-L256-n256-fp16-pair": (1, 3, 256, 256, "fp16", False, True, 1),
@@ -78,6 +78,10 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps): NaN-poisone
     "B7-H3-L200-n256-fp32-pair-steps2": (7, 3, 200, 256, "fp32", True, True, 2),
     "B7-H2-L129-n256-fp16-pair-steps4": (7, 2, 129, 256, "fp16", True, True, 4),
     "B5-H2-L100-n256-fp32-single-steps3": (5, 2, 100, 256, "fp32", True, False, 3),
+    # the skip term's input loaded again at the output (launch's skip_input="reload")
+    "B3-H2-L1027-n2048-fp16-pair-reload": (3, 2, 1027, 2048, "fp16", True, True, 1, "reload"),
+    "B3-H2-L300-n512-fp32-single-reload": (3, 2, 300, 512, "fp32", True, False, 1, "reload"),
+    "B7-H2-L129-n256-fp16-pair-steps4-reload": (7, 2, 129, 256, "fp16", True, True, 4, "reload"),
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
@@ -120,13 +124,15 @@ def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
     return {"y": rel_err(y, ref)}, y.dtype == DTYPES[dtype]
 
 
-def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps):
+def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps, skip_input="held"):
     from kernels.fftconv import triton_fwd
 
     u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
     kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
     out = torch.full_like(u, float("nan"))
-    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps)
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps, skip_input=skip_input
+    )
     full = torch.fft.irfft(torch.fft.rfft(k.double(), n=n), n=n)  # the same filter, float64
     v = u.double() * pre.double() if gated else u.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(full, n=n), n=n)[..., :L]
@@ -290,6 +296,17 @@ def test_interpreter_blocked_public_call(interpreted):
         assert err < TOL[torch.float16], (name, err)
 
 
+def test_skip_input_refuses_unknown_values():
+    from kernels.fftconv import triton_fwd
+
+    u = torch.randn(2, 3, 100)
+    spectrum = torch.zeros(3, 2, 32, 16)
+    with pytest.raises(
+        ValueError, match=r"skip_input must be one of \('held', 'reload'\); got 'x'"
+    ):
+        triton_fwd.launch(u, spectrum, None, None, None, 512, skip_input="x")
+
+
 def test_num_warps_two_only_for_dense_16bit_plans():
     """2 warps at the sizes measured faster on 2 (``TWO_WARPS_AT``) for dense fp16/bf16 plans
     only: fp32 (twice the registers per table) and blocked plans keep the 4 they were tuned on,
@@ -427,6 +444,35 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
     v = u.double() * pre.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
     ref = z * post.double() + bias.double()[:, None] * v
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gates", ["pre", "pre-post"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("n", "L"),
+    [
+        p
+        for p in LAUNCH_SIZES
+        if p.id
+        in ("n2048-L1027-rows64", "n4096-L2051-rows64", "n8192-L1500-rows32", "n8192-L5000-rows128")
+    ],
+)
+def test_gpu_launcher_skip_input_reload(n, L, dtype, gates):
+    """The skip term's input loaded again at the output (``skip_input="reload"``): every output
+    written and right, with the pipelined defaults (B = 7: a half-empty last pair)."""
+    from kernels.fftconv import triton_fwd
+
+    u, k, pre, post, bias = make_inputs(7, 5, L, n, dtype, True, seed=11, device="cuda")
+    post = post if gates == "pre-post" else None
+    kf = torch.fft.rfft(k, n=n)
+    out = torch.full_like(u, float("nan"))
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, skip_input="reload")
+    v = u.double() * pre.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
+    ref = (z * post.double() if post is not None else z) + bias.double()[:, None] * v
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
 
