@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import compile_sm90 as common_compile_sm90
 from benchmarks.common import (
     copy_bandwidth,
     fmt,
@@ -359,12 +360,116 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------
+# --static: registers, spills and shared memory of sm_90 compiles, without a GPU
+
+STATIC_SMS = 132  # the H100's and the H200's SMs: the steps a launch picks there by default
+SHARED_PER_BLOCK = 232448  # bytes of shared memory one block may take on sm_90 (227 KB)
+
+
+def static_stats(n: int, dtype: torch.dtype, gated: bool, blocked: bool = False, **options):
+    """The forward kernel compiled for sm_90 as ``triton_fwd.launch`` compiles it for this
+    benchmark's shapes (causal L = n/2, H = 1024, B * H * L = 2^27 on ``STATIC_SMS`` SMs; a
+    blocked plan: the same B blocks), gated with pre- and postgate and bias: registers, spills,
+    shared memory, and the loads the software pipeliner made asynchronous copies. ``options``:
+    ``launch``'s (pair, steps, stages, num_warps, skip_input)."""
+    L = n // 2
+    B = TOTAL // (H * L)
+    precision = "tf32x3" if dtype == torch.float32 else "tf32"
+    meta, _ = triton_fwd.kernel_meta(
+        n, B, H, L, dtype, gates=(gated,) * 3, blocked=blocked, precision=precision,
+        sms=STATIC_SMS, **options,
+    )  # fmt: skip
+    warps = meta.pop("num_warps")
+    kernel = triton_fwd._fftconv_fwd_kernel
+    operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
+    pointer_types = {
+        name: "*fp32" if name in ("bias_ptr", "kf_ptr", "twiddle_ptr") else operand
+        for name in kernel.arg_names
+        if name.endswith("_ptr")
+    }
+    compiled, stats = common_compile_sm90(kernel, meta, pointer_types, warps)
+    return {
+        "n": n,
+        "dtype": str(dtype).removeprefix("torch."),
+        "gated": gated,
+        "blocked": blocked,
+        "num_warps": warps,
+        **{key.lower(): meta[key] for key in ("PAIR", "STEPS", "STAGES", "ROWS", "SKIP_INPUT")},
+        **stats,
+        "async_copies": compiled.asm["ttgir"].count("async_copy_global_to_local"),
+    }
+
+
+def run_static(lengths: list[int], out: Path) -> None:
+    """One row per (n, dtype, gating, variant): the default launch and every bare-kernel
+    variant of the timed run, bf16 and fp32, dense; the default blocked plan too."""
+    rows = []
+    for L in lengths:
+        n = make_plan("causal", L, L).fft_size
+        if not triton_fwd.supports(n, False, torch.bfloat16):
+            continue
+        for dtype in (torch.bfloat16, torch.float32):
+            for gated in (False, True):
+                configs = {
+                    name: {"pair": pair, "num_warps": warps, "steps": steps, "stages": stages}
+                    | options
+                    for name, pair, warps, steps, stages, options in kernel_variants(n, gated)
+                    if dtype != torch.float32 or name == "default"
+                }
+                configs = {
+                    name: {k: v for k, v in c.items() if v is not None}
+                    for name, c in configs.items()
+                }
+                for name, options in configs.items():
+                    rows.append(_static_row(name, n, dtype, gated, False, options))
+                if n >= triton_fwd.MIN_BLOCKED_FFT:
+                    rows.append(_static_row("blocked", n, dtype, gated, True, {}))
+                out.write_text(json.dumps({"rows": rows}, indent=1))
+    print_static_table(rows)
+
+
+def _static_row(name: str, n: int, dtype, gated: bool, blocked: bool, options: dict) -> dict:
+    try:
+        row = {"variant": name, **static_stats(n, dtype, gated, blocked, **options)}
+    except Exception as err:  # out of shared memory, say: data too
+        row = {"variant": name, "n": n, "dtype": str(dtype), "gated": gated, "error": repr(err)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def print_static_table(rows: list[dict]) -> None:
+    print(
+        f"{'n':>5} {'dtype':<9} {'gate':<6} {'variant':<16} warps steps stages regs spill", end=""
+    )
+    print(" smemKB async")
+    for r in rows:
+        gate = "gated" if r["gated"] else "plain"
+        head = f"{r['n']:>5} {r['dtype']:<9} {gate:<6} {r['variant']:<16}"
+        if "error" in r:
+            print(f"{head} {r['error'][:70]}")
+            continue
+        fits = "" if r["shared_bytes"] <= SHARED_PER_BLOCK else "  (over an SM's shared memory)"
+        print(
+            f"{head} {r['num_warps']:>5} {r['steps']:>5} {r['stages']:>6} {r['registers']:>4} "
+            f"{r['spill_store_bytes']:>5} {r['shared_bytes'] / 1024:>6.0f} {r['async_copies']:>5}"
+            f"{fits}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
+    )
     args = parser.parse_args(argv)
+    if args.static:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run_static(args.lengths, args.out)
+        return
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv needs a CUDA device")
 

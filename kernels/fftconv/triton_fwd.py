@@ -592,14 +592,34 @@ def num_warps_for(n: int, dtype: torch.dtype | None = None, blocked: bool = Fals
     return 8 if n >= 8192 else 4
 
 
-def steps_for(n: int, H: int, per_channel: int, device: torch.device, blocked: bool = False) -> int:
+def default_stages(n: int, dtype: torch.dtype, blocked: bool = False) -> int:
+    """Software-pipelining depth of the step loop, measured on the H200 (benchmarks/NOTES.md,
+    v6): fp16/bf16 3 up to n = 2048, then 2; fp32 1 (its tables leave no shared memory for a
+    second stage); blocked at n = 8192 1 (the window's full-height input tiles: a second stage
+    of a gated pair asked for 268 KB of shared memory, > 227 KB on an H200, with 8 steps)."""
+    if dtype == torch.float32 or (blocked and n >= 8192):
+        return 1
+    return 3 if n <= 2048 else 2
+
+
+def steps_for(
+    n: int,
+    H: int,
+    per_channel: int,
+    device: torch.device | None,
+    blocked: bool = False,
+    sms: int | None = None,
+) -> int:
     """Steps per program: as many as keep at least ``PROGRAMS_PER_SM`` programs per SM (the
     tables and filter are then loaded once for several sequences), at most ``MAX_STEPS`` (for
-    a dense plan at a size of ``MAX_STEPS_AT`` or ``PROGRAMS_PER_SM_AT``, those values)."""
-    if device.type != "cuda":
-        return 1
+    a dense plan at a size of ``MAX_STEPS_AT`` or ``PROGRAMS_PER_SM_AT``, those values).
+    ``sms``: the SM count to plan for instead of ``device``'s (a compile without a GPU)."""
+    if sms is None:
+        if device is None or device.type != "cuda":
+            return 1
+        sms = sm_count(device)
     per_sm = PROGRAMS_PER_SM if blocked else PROGRAMS_PER_SM_AT.get(n, PROGRAMS_PER_SM)
-    target = per_sm * sm_count(device)
+    target = per_sm * sms
     most = MAX_STEPS if blocked else MAX_STEPS_AT.get(n, MAX_STEPS)
     steps = 1
     while steps < most and H * triton.cdiv(per_channel, 2 * steps) >= target:
@@ -699,8 +719,7 @@ def launch(
     read; no registers held across the products, more shared memory for the pipeline).
     """
     B, H, L = u.shape
-    if skip_input not in SKIP_INPUTS:
-        raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
+    _check_skip_input(skip_input)
     if blocked:
         _check_blocked(u, n, keep_bins)
     elif not supports(n, False, u.dtype) or L > n:
@@ -729,28 +748,15 @@ def launch(
     ):
         raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
     y = torch.empty_like(u) if out is None else out
-    sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel
-    pair = sequences >= 2 if pair is None else pair
-    per_channel = triton.cdiv(sequences, 2 if pair else 1)
-    steps = steps_for(n, H, per_channel, u.device, blocked) if steps is None else steps
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    # fp32 at n = 8192: the held fp32 tables need more shared memory than an SM has (295-490 KB
-    # > 227 KB on an H200), so one step per program (tables reloaded per sequence); blocked,
-    # already at n = 4096 (256 KB paired: the N1/2-row last stage holds its own tables)
-    held_tables_fit = n < (4096 if blocked else 8192)
-    steps = 1 if u.dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
-    if stages is None:  # measured on the H200 (benchmarks/NOTES.md, v6)
-        stages = 1 if u.dtype == torch.float32 else (3 if n <= 2048 else 2)
-        if blocked and n >= 8192:
-            # the window's full-height input tiles: a second stage of a gated pair asked for
-            # 268 KB of shared memory (> 227 KB on an H200) with 8 steps per program
-            stages = 1
-    if stages < 1:
-        raise ValueError(f"stages must be >= 1; got {stages}")
-    grid = (H * triton.cdiv(per_channel, steps),)
+    meta, programs = kernel_meta(
+        n, B, H, L, u.dtype,
+        gates=(pregate is not None, postgate is not None, bias is not None),
+        blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
+        num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
+        device=u.device,
+    )  # fmt: skip
     with device_guard(u):
-        _fftconv_fwd_kernel[grid](
+        _fftconv_fwd_kernel[(H * programs,)](
             u,
             pregate if pregate is not None else u,
             postgate if postgate is not None else u,
@@ -763,22 +769,74 @@ def launch(
             B,
             H,
             L,
-            N1=N1,
-            N2=N2,
-            K2=K2,
-            ROWS=N1 if blocked else tile_rows(L, n),
-            PAIR=pair,
-            STEPS=steps,
-            STAGES=stages,
-            HAS_PREGATE=pregate is not None,
-            HAS_POSTGATE=postgate is not None,
-            HAS_BIAS=bias is not None,
-            PRECISION=precision or dot_precision(u),
-            BLOCKED=blocked,
-            SKIP_INPUT=SKIP_INPUTS[skip_input],
-            num_warps=num_warps or num_warps_for(n, u.dtype, blocked),
+            **meta,
         )
     return y
+
+
+def _check_skip_input(skip_input: str) -> None:
+    if skip_input not in SKIP_INPUTS:
+        raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
+
+
+def kernel_meta(
+    n: int,
+    B: int,
+    H: int,
+    L: int,
+    dtype: torch.dtype,
+    *,
+    gates: tuple[bool, bool, bool],
+    blocked: bool = False,
+    keep_bins: int | None = None,
+    pair: bool | None = None,
+    steps: int | None = None,
+    stages: int | None = None,
+    num_warps: int | None = None,
+    precision: str = "tf32",
+    skip_input: str = "held",
+    device: torch.device | None = None,
+    sms: int | None = None,
+) -> tuple[dict, int]:
+    """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
+    size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
+    in place of each None (``steps`` planned for ``device``'s SMs, or ``sms`` of them): the
+    kernel's compile-time arguments with ``num_warps``, and the programs per channel. One
+    place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``."""
+    _check_skip_input(skip_input)
+    sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel
+    pair = sequences >= 2 if pair is None else pair
+    per_channel = triton.cdiv(sequences, 2 if pair else 1)
+    steps = steps_for(n, H, per_channel, device, blocked, sms) if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    # fp32 at n = 8192: the held fp32 tables need more shared memory than an SM has (295-490 KB
+    # > 227 KB on an H200), so one step per program (tables reloaded per sequence); blocked,
+    # already at n = 4096 (256 KB paired: the N1/2-row last stage holds its own tables)
+    held_tables_fit = n < (4096 if blocked else 8192)
+    steps = 1 if dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
+    stages = default_stages(n, dtype, blocked) if stages is None else stages
+    if stages < 1:
+        raise ValueError(f"stages must be >= 1; got {stages}")
+    N1, N2 = split(n)
+    low, high = kept_columns(n, keep_bins)
+    meta = dict(
+        N1=N1,
+        N2=N2,
+        K2=low + high,
+        ROWS=N1 if blocked else tile_rows(L, n),
+        PAIR=pair,
+        STEPS=steps,
+        STAGES=stages,
+        HAS_PREGATE=gates[0],
+        HAS_POSTGATE=gates[1],
+        HAS_BIAS=gates[2],
+        PRECISION=precision,
+        BLOCKED=blocked,
+        SKIP_INPUT=SKIP_INPUTS[skip_input],
+        num_warps=num_warps or num_warps_for(n, dtype, blocked),
+    )
+    return meta, triton.cdiv(per_channel, steps)
 
 
 def dot_flops(

@@ -296,6 +296,43 @@ def test_interpreter_blocked_public_call(interpreted):
         assert err < TOL[torch.float16], (name, err)
 
 
+@pytest.mark.parametrize(
+    ("n", "dtype", "blocked"),
+    [
+        pytest.param(8192, torch.bfloat16, False, id="n8192-bf16"),
+        pytest.param(8192, torch.bfloat16, True, id="n8192-bf16-blocked"),
+        pytest.param(8192, torch.float32, False, id="n8192-fp32"),
+        pytest.param(4096, torch.float32, True, id="n4096-fp32-blocked"),
+        pytest.param(4096, torch.bfloat16, False, id="n4096-bf16"),
+    ],
+)
+def test_forward_defaults_fit_sm90_shared_memory(n, dtype, blocked):
+    """The default launch at the sizes where shared memory is tight (gated: the most tiles in
+    flight), compiled for sm_90 as the launcher compiles it (``benchmarks.fftconv --static``),
+    fits one block's shared memory; and the check sees an overflow (fp32 tables held for
+    several steps at n = 8192 take 484 KB, which is why the launcher runs one step there)."""
+    pytest.importorskip("triton")
+    from benchmarks.common import compile_sm90
+    from benchmarks.fftconv import SHARED_PER_BLOCK, static_stats
+    from kernels.fftconv import triton_fwd
+
+    try:
+        stats = static_stats(n, dtype, True, blocked)
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    assert 0 < stats["shared_bytes"] <= SHARED_PER_BLOCK, stats
+    if (n, dtype, blocked) == (8192, torch.float32, False):
+        assert stats["steps"] == 1
+        meta, _ = triton_fwd.kernel_meta(
+            n, 32, 1024, n // 2, dtype, gates=(True,) * 3, precision="tf32x3", sms=132
+        )
+        warps = meta.pop("num_warps")
+        kernel = triton_fwd._fftconv_fwd_kernel
+        pointers = {name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}
+        _, held = compile_sm90(kernel, meta | {"STEPS": 8}, pointers, warps)
+        assert held["shared_bytes"] > SHARED_PER_BLOCK, held
+
+
 def test_skip_input_refuses_unknown_values():
     from kernels.fftconv import triton_fwd
 
