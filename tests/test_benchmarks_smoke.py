@@ -212,6 +212,33 @@ def test_sparse_benchmark_reports_the_columns_the_kernels_keep() -> None:
     assert dense["kept"] == dense["columns"] == 64
 
 
+def test_fftconv_static_compiles_every_variant_without_a_gpu(tmp_path, capsys) -> None:
+    """``benchmarks.fftconv --static`` at L = 128 (n = 256): the default and every bare-kernel
+    variant of that size, bf16 and fp32 (the default only), plain and gated, compiled for sm_90
+    with the launcher's choices; a row each in the JSON and the table."""
+    pytest.importorskip("triton")
+    from benchmarks import fftconv as bench
+
+    out = tmp_path / "static.json"
+    try:
+        bench.main(["--static", "--lengths", "128", "--out", str(out)])
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    rows = json.loads(out.read_text())["rows"]
+    assert not [r for r in rows if "error" in r], rows
+    names = {name for name, *_ in bench.kernel_variants(256, True)}
+    got = {(r["variant"], r["dtype"], r["gated"]) for r in rows}
+    assert got == {(name, "bfloat16", gated) for name in names for gated in (False, True)} | {
+        ("default", "float32", False), ("default", "float32", True)
+    }  # fmt: skip
+    default = next(r for r in rows if r["variant"] == "default" and r["dtype"] == "bfloat16")
+    # the launcher's own choices at n = 256 on 132 SMs: 2 warps, 16 pairs, 3 stages
+    assert (default["num_warps"], default["steps"], default["stages"]) == (2, 16, 3)
+    assert all(0 < r["registers"] <= 255 and r["shared_bytes"] > 0 for r in rows)
+    table = capsys.readouterr().out
+    assert "smemKB" in table and table.count("  256 ") == len(rows)
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the refusal without a GPU")
 def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
     from benchmarks import fftconv_sparse, host_overhead, spectrum_layout
