@@ -174,7 +174,7 @@ def autograd_function(
     def forward(ctx, *args):
         out = call(*args)
         setup_context(ctx, args, out)
-        return out
+        return tuple(out) if isinstance(out, list) else out  # a Function returns a tuple
 
     return type(
         name,

@@ -199,6 +199,50 @@ def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep
     return torch.empty_like(u)
 
 
+def _fftconv_z_impl(
+    u: Tensor,
+    kc: Tensor,
+    kf: Tensor | None,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    mode: str,
+    filter_len: int,
+    fft_size: int,
+    fold: bool,
+    keep_bins: int,
+    blocked: bool,
+    backend: str,
+) -> list[Tensor]:
+    """``[y, z]``: the forward and z, the convolution before the postgate and the skip term,
+    kept for the postgate's gradient (only for plans whose backend keeps one: ``_keeps_z``)."""
+    plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins, blocked)
+    with torch.autocast(u.device.type, enabled=False):
+        y, z = core.forward_with_z(
+            u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend)
+        )
+    if z is None:
+        raise RuntimeError(f"backend {backend!r} kept no z for {plan}: _keeps_z is wrong")
+    return [y.contiguous(), z.contiguous()]
+
+
+_fftconv_z_op, _fftconv_z = custom_op("longconv::fftconv_z", _fftconv_z_impl, mutates_args=())
+
+
+@_fftconv_z_op.register_fake
+def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep_bins, blocked,
+      backend):  # fmt: skip
+    return [torch.empty_like(u), torch.empty_like(u)]
+
+
+@torch.compiler.assume_constant_result  # a function of the call's static arguments alone
+def _keeps_z(backend: str, plan: ConvPlan, dtype: torch.dtype) -> bool:
+    """Whether the forward on ``backend`` keeps z for ``plan`` (the backend's ``keeps_z``; one
+    without a fused kernel runs the primitives, which always have it)."""
+    keeps = getattr(_backend_module(backend), "keeps_z", None)
+    return True if keeps is None else keeps(plan, dtype)
+
+
 def _fftconv_backward_impl(
     dy: Tensor,
     u: Tensor,
@@ -215,12 +259,14 @@ def _fftconv_backward_impl(
     blocked: bool,
     backend: str,
     needs: list[bool],
+    z: Tensor | None = None,
 ) -> list[Tensor]:
     plan = ConvPlan(mode, u.shape[-1], filter_len, fft_size, fold, keep_bins, blocked)
     with torch.autocast(u.device.type, enabled=False):
         grads = core.backward(
-            dy, u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend), tuple(needs)
-        )
+            dy, u, kc, kf, pregate, postgate, bias, plan, _backend_module(backend), tuple(needs),
+            z,
+        )  # fmt: skip
     # custom ops return tensors only: an unneeded gradient travels as an empty tensor
     return [g.contiguous() if g is not None else dy.new_empty(0) for g in grads]
 
@@ -247,6 +293,7 @@ def _(
     blocked,
     backend,
     needs,
+    z=None,
 ):
     like = (u, kc, pregate, postgate, bias)
     return [
@@ -301,6 +348,37 @@ def _backward(ctx, dy):
 # the op's autograd formula, and the Function the public call runs with it
 _FFTConvFunction = autograd_function(
     "_FFTConvFunction", _fftconv_op, _fftconv, _setup_context, _backward
+)
+
+
+def _setup_context_z(ctx, inputs, output):
+    u, kc, kf, pregate, postgate, bias, *static = inputs
+    z = output[1]
+    ctx.save_for_backward(u, kc, kf, pregate, postgate, bias, z)
+    ctx.mark_non_differentiable(z)
+    ctx.static = static
+
+
+def _backward_z(ctx, *grads):
+    dy = grads[0][0] if isinstance(grads[0], (list, tuple)) else grads[0]  # the op: one list
+    u, kc, kf, pregate, postgate, bias, z = ctx.saved_tensors
+    n = ctx.needs_input_grad
+    needs = [n[0], n[1], n[3] and pregate is not None, n[4], n[5] and bias is not None]
+    d_u, d_k, d_pre, d_post, d_bias = _fftconv_backward(
+        dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs, z
+    )
+    grads = [
+        g if need else None
+        for g, need in zip((d_u, d_k, d_pre, d_post, d_bias), needs, strict=True)
+    ]
+    d_u, d_k, d_pre, d_post, d_bias = grads
+    return d_u, d_k, None, d_pre, d_post, d_bias, *([None] * len(ctx.static))
+
+
+# the same with z kept by the forward, for a postgate that wants a gradient: its backward
+# takes dpostgate = dy * z instead of transforming v again
+_FFTConvZFunction = autograd_function(
+    "_FFTConvZFunction", _fftconv_z_op, _fftconv_z, _setup_context_z, _backward_z
 )
 
 
@@ -372,6 +450,11 @@ def fftconv(
     Returns:
         ``[B, H, L]`` in ``u.dtype``, accumulated in fp32. Under ``torch.autocast`` fp32 inputs
         and gates are first cast to the autocast dtype, like a convolution layer's.
+
+    Memory: autograd saves u, the gates and the filter; with a postgate that wants a gradient
+    also z, the convolution before it (one more tensor of u's size), so that the backward
+    takes the postgate's gradient as ``dy * z`` instead of transforming the input again
+    (except on the triton backend's long path, n > 8192 and folded plans, which keeps none).
     """
     u = _check_u(u)
     B, H, L = u.shape
@@ -413,7 +496,7 @@ def fftconv(
         name = resolve_backend(backend, u.device)
         kc, kf = circular_filter(k, plan), None
 
-    return _FFTConvFunction.apply(
+    args = (
         u.contiguous(),
         kc.contiguous(),
         kf,
@@ -428,6 +511,16 @@ def fftconv(
         plan.blocked,
         name,
     )
+    # a postgate that wants a gradient: keep z (the convolution before it) for dy * z, one
+    # more saved tensor of u's size instead of a transform of v in the backward
+    if (
+        postgate is not None
+        and postgate.requires_grad
+        and torch.is_grad_enabled()
+        and _keeps_z(name, plan, u.dtype)
+    ):
+        return _FFTConvZFunction.apply(*args)[0]
+    return _FFTConvFunction.apply(*args)
 
 
 class FFTConv(nn.Module):

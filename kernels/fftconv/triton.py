@@ -68,6 +68,44 @@ def fused_forward(
     return triton_long.long_forward(u, kf, pregate, postgate, bias, plan)
 
 
+def keeps_z(plan: ConvPlan, dtype: torch.dtype) -> bool:
+    """Whether ``core.forward_with_z`` returns a z for the plan on this backend: every plan
+    but those of the long path (n > 8192 and folded plans, ``triton_long``), whose kernels
+    keep none; the in-register kernels write it (``fused_forward_z``), the primitives have it."""
+    if dtype == torch.float64 or plan.blocked:
+        return True
+    n = plan.fft_size
+    return triton_fwd.supports(n, plan.fold, dtype) or not triton_long.supports(plan, dtype)
+
+
+def fused_forward_z(
+    u: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    bias: Tensor | None,
+    plan: ConvPlan,
+) -> tuple[Tensor, Tensor] | None:
+    """``(y, z)``: the forward of ``fused_forward`` that also writes z, the convolution before
+    the postgate and the skip term (in u's dtype), for a backward that wants the postgate's
+    gradient; or None where the in-register kernel does not run the plan (the long path keeps
+    no z: its backward transforms v again)."""
+    if kf.dtype != torch.complex64:
+        return None
+    n = plan.fft_size
+    if plan.blocked:
+        if not triton_fwd.supports(n, False, u.dtype):
+            return None
+        z = torch.empty_like(u)
+        y = triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, n, blocked=True, z_out=z)
+        return y, z
+    if not triton_fwd.supports(n, plan.fold, u.dtype):
+        return None
+    z = torch.empty_like(u)
+    y = triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, n, keep_bins=plan.keep_bins, z_out=z)
+    return y, z
+
+
 def fused_backward(
     dy: Tensor,
     u: Tensor,

@@ -11,6 +11,9 @@ The forward (``triton_fwd.py``) computes, per row, ``v = u * pregate``,
     du = dv * pregate                        dpregate = dv * u
     dbias[h] = sum_{b,t} dy * v              dkc = irfft(sum_b rfft(dz) * conj(rfft(v)))[:m]
 
+(The public call keeps z from the forward when the postgate wants a gradient, ``core.backward``
+takes ``dy * z`` from it, and these kernels are then not asked for dpostgate.)
+
 With the unitary two-stage Monarch transform of ``triton_fwd`` (``Fwd(x) = FFT(x) / sqrt(n)``
 in the permuted layout ``[k1, k2]``, ``Inv`` its inverse, both on ``[N1, N2]`` tiles), and two
 sequences ``b, b+1`` of a channel packed as one complex signal (``PAIR`` mode of the forward):

@@ -402,6 +402,7 @@ def _fftconv_fwd_kernel(
     dft2_ptr,  # [2, N2, K2] operand dtype: the columns of F_N2 that meet nonzero filter bins
     twiddle_ptr,  # [2, N1, N2] fp32
     y_ptr,  # [B, H, L]
+    z_ptr,  # [B, H, L]: the convolution before the postgate and bias (unused unless STORE_Z)
     B,
     H,
     L,
@@ -418,6 +419,7 @@ def _fftconv_fwd_kernel(
     PRECISION: tl.constexpr,
     BLOCKED: tl.constexpr,
     SKIP_INPUT: tl.constexpr = 0,
+    STORE_Z: tl.constexpr = False,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
@@ -427,6 +429,8 @@ def _fftconv_fwd_kernel(
     # SKIP_INPUT (dense plans with a bias): where the skip term bias * v takes v from: 0 the
     # fp32 input tile held from its load to the output (two [ROWS, N2] fp32 tiles live across
     # every product of a pair), 1 loaded again at the output (as BLOCKED does).
+    # STORE_Z: z (the convolution before the postgate and the skip term) written too, for a
+    # backward that wants the postgate's gradient dy * z without transforming v again.
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -546,6 +550,8 @@ def _fftconv_fwd_kernel(
             # (benchmarks/NOTES.md, v3)
             z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
 
+        if STORE_Z:
+            tl.store(z_ptr + row_v + out_v, z_v.to(z_ptr.dtype.element_ty), mask=mask_out_v)
         if HAS_POSTGATE:
             z_v *= _load_row(postgate_ptr, row_v, out_v, mask_out_v)
         if HAS_BIAS:
@@ -557,6 +563,8 @@ def _fftconv_fwd_kernel(
                 z_v += bias * v
         tl.store(y_ptr + row_v + out_v, z_v.to(y_ptr.dtype.element_ty), mask=mask_out_v)
         if PAIR:
+            if STORE_Z:
+                tl.store(z_ptr + row_w + out_w, z_w.to(z_ptr.dtype.element_ty), mask=mask_out_w)
             if HAS_POSTGATE:
                 z_w *= _load_row(postgate_ptr, row_w, out_w, mask_out_w)
             if HAS_BIAS:
@@ -702,6 +710,7 @@ def launch(
     num_warps: int | None = None,
     precision: str | None = None,
     skip_input: str = "held",
+    z_out: Tensor | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``).
@@ -717,6 +726,8 @@ def launch(
     ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
     loaded again at the output positions (a second read, from L2, of what the step has just
     read; no registers held across the products, more shared memory for the pipeline).
+    ``z_out``: also written with z, the convolution before the postgate and the skip term (what
+    the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
     """
     B, H, L = u.shape
     _check_skip_input(skip_input)
@@ -747,13 +758,20 @@ def launch(
         out.shape != u.shape or out.dtype != u.dtype or not out.is_contiguous()
     ):
         raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
+    if z_out is not None and (
+        z_out.shape != u.shape or z_out.dtype != u.dtype or not z_out.is_contiguous()
+    ):
+        raise ValueError(
+            f"z_out must be contiguous {u.dtype} of shape {tuple(u.shape)}; got {z_out.dtype} "
+            f"{tuple(z_out.shape)}"
+        )
     y = torch.empty_like(u) if out is None else out
     meta, programs = kernel_meta(
         n, B, H, L, u.dtype,
         gates=(pregate is not None, postgate is not None, bias is not None),
         blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
         num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
-        device=u.device,
+        store_z=z_out is not None, device=u.device,
     )  # fmt: skip
     with device_guard(u):
         _fftconv_fwd_kernel[(H * programs,)](
@@ -766,6 +784,7 @@ def launch(
             dft2,
             twiddle,
             y,
+            z_out if z_out is not None else y,
             B,
             H,
             L,
@@ -795,6 +814,7 @@ def kernel_meta(
     num_warps: int | None = None,
     precision: str = "tf32",
     skip_input: str = "held",
+    store_z: bool = False,
     device: torch.device | None = None,
     sms: int | None = None,
 ) -> tuple[dict, int]:
@@ -834,6 +854,7 @@ def kernel_meta(
         PRECISION=precision,
         BLOCKED=blocked,
         SKIP_INPUT=SKIP_INPUTS[skip_input],
+        STORE_Z=store_z,
         num_warps=num_warps or num_warps_for(n, dtype, blocked),
     )
     return meta, triton.cdiv(per_channel, steps)

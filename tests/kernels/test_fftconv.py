@@ -378,6 +378,100 @@ def test_op_called_directly_has_the_public_calls_gradients():
         assert rel_err(got_public, ref) < 1e-5
 
 
+def test_kept_z_op_called_directly_has_the_public_calls_gradients():
+    """A postgate that wants a gradient runs ``longconv::fftconv_z`` (the forward keeps z for
+    dpostgate = dy * z); the op called directly differentiates through its own registration
+    (its output a list [y, z], z without gradient) as the public call does."""
+    from kernels.fftconv.interface import circular_filter
+
+    u, k, pre, post, bias = make_inputs(2, 3, 70, 30, torch.float32, True, seed=43)
+    plan = make_plan("causal", 70, 30)
+    dy = torch.randn(2, 3, 70, generator=torch.Generator().manual_seed(44))
+    static = ("causal", plan.filter_len, plan.fft_size, plan.fold, plan.keep_bins, False, "torch")
+
+    def grads(direct):
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        lu, lk, lpre, lpost, lbias = leaves
+        if direct:
+            kc = circular_filter(lk, plan)
+            y, z = torch.ops.longconv.fftconv_z(lu, kc, None, lpre, lpost, lbias, *static)
+            assert not z.requires_grad and z.shape == y.shape
+        else:
+            y = fftconv(lu, lk, pregate=lpre, postgate=lpost, bias=lbias, backend="torch")
+        y.backward(dy)
+        return [y.detach()] + [x.grad for x in leaves]
+
+    public, direct = grads(False), grads(True)
+    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+    want = conv_torch64(*refs)
+    want.backward(dy.double())
+    for got_public, got_direct, ref in zip(
+        public, direct, [want.detach()] + [x.grad for x in refs], strict=True
+    ):
+        assert rel_err(got_public, got_direct) < 1e-6
+        assert rel_err(got_public, ref) < 1e-5
+
+
+def test_postgate_gradient_takes_the_kept_z(monkeypatch):
+    """z is kept exactly when the postgate wants a gradient (and autograd records): the backward
+    then gets it, and nothing else changes; eager, aot_eager and inductor agree."""
+    from kernels.fftconv import core
+
+    seen = {"forward_with_z": 0, "backward_z": 0}
+    forward_with_z, backward = core.forward_with_z, core.backward
+
+    def spy_forward(*args):
+        seen["forward_with_z"] += 1
+        return forward_with_z(*args)
+
+    def spy_backward(*args):
+        seen["backward_z"] += len(args) > 10 and args[10] is not None
+        return backward(*args)
+
+    monkeypatch.setattr(core, "forward_with_z", spy_forward)
+    monkeypatch.setattr(core, "backward", spy_backward)
+    u, k, pre, post, bias = make_inputs(2, 3, 60, 25, torch.float32, True, seed=45)
+    k.requires_grad_()
+
+    def f(u, k, pre, post, bias):
+        return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="torch").sin()
+
+    f(u, k, pre, post, bias).sum().backward()  # the postgate wants no gradient
+    with torch.no_grad():
+        f(u, k, pre, post.clone().requires_grad_(), bias)
+    assert seen == {"forward_with_z": 0, "backward_z": 0}
+
+    def grads(run):
+        leaves = [x.detach().clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        y = run(*leaves)
+        y.sum().backward()
+        return [y.detach()] + [x.grad for x in leaves]
+
+    eager = grads(f)
+    assert seen == {"forward_with_z": 1, "backward_z": 1}
+    for backend in ("aot_eager", "inductor"):
+        torch._dynamo.reset()
+        compiled = grads(torch.compile(f, fullgraph=True, backend=backend))
+        for got, want in zip(compiled, eager, strict=True):
+            assert rel_err(got, want) < 1e-5, backend
+    assert seen["forward_with_z"] >= 3 and seen["backward_z"] >= 3
+
+
+def test_triton_keeps_z_except_on_the_long_path():
+    """The in-register kernels (dense and blocked) and the primitives keep z; the long path's
+    kernels (n > 8192, folded plans) do not, so those calls keep the plain Function."""
+    from kernels.fftconv import triton as triton_backend
+
+    bf16 = torch.bfloat16
+    assert triton_backend.keeps_z(make_plan("causal", 1000, 1000), bf16)  # n = 2048
+    assert triton_backend.keeps_z(make_plan("causal", 4096, 4096), bf16)  # n = 8192
+    assert triton_backend.keeps_z(make_plan("causal", 9000, 100, blocked=True), bf16)
+    assert triton_backend.keeps_z(make_plan("causal", 50, 50), bf16)  # n < 256: primitives
+    assert triton_backend.keeps_z(make_plan("causal", 9000, 9000), torch.float64)
+    assert not triton_backend.keeps_z(make_plan("causal", 9000, 9000), bf16)  # n = 32768
+    assert not triton_backend.keeps_z(make_plan("circular", 1000, 1000), bf16)  # folded
+
+
 def test_torch_compile_inductor_with_spectrum():
     u, k, _, _, bias = make_inputs(2, 3, 50, 20, torch.float32, True)
 

@@ -89,6 +89,13 @@ BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 # the public call, forward and backward
 BLOCKED_CASE = "B3-H2-L2500-K100-causal-fp16-blocked"
 COMPILE_CASE = "compile-fullgraph-fp32"
+# id -> (B, H, L, Lk, dtype, blocked): the public call with a postgate that wants a gradient,
+# forward and backward: the forward kernel keeps z, the backward takes dpostgate = dy * z
+Z_CASES = {
+    "z-B3-H2-L300-K300-causal-fp32": (3, 2, 300, 300, "fp32", False),
+    "z-B2-H3-L200-K150-causal-fp16": (2, 3, 200, 150, "fp16", False),
+    "z-B3-H2-L700-K100-causal-fp16-blocked": (3, 2, 700, 100, "fp16", True),
+}
 # id -> (H, n, keep_bins, N1): spectrum_layout's kernel against its torch ops, bit for bit
 LAYOUT_CASES = {
     "layout-H3-n256": (3, 256, None, None),
@@ -188,6 +195,41 @@ def _run_blocked_case():
     return errs, make_plan("causal", 2500, 100).blocked
 
 
+def _run_z_case(B, H, L, Lk, dtype, blocked):
+    from kernels import fftconv
+    from kernels.fftconv import triton as triton_backend
+    from kernels.fftconv import triton_bwd
+
+    kept = count_calls(triton_backend, "fused_forward_z")
+    kernel_needs = []
+    bwd = triton_bwd.fftconv_bwd
+
+    def recording(*args, **kwargs):
+        kernel_needs.append(list(args[9]))  # (u, k, pregate, postgate, bias) wanted
+        return bwd(*args, **kwargs)
+
+    triton_bwd.fftconv_bwd = recording
+    try:
+        u, k, pre, post, bias = make_inputs(B, H, L, Lk, DTYPES[dtype], True, seed=12)
+        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
+        refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
+        dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(13)).to(u.dtype)
+        y = fftconv(
+            *leaves[:2], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
+            backend="triton", blocked=blocked,
+        )  # fmt: skip
+        y.backward(dy)
+        want = conv_torch64(*refs)
+        want.backward(dy.double())
+    finally:
+        triton_bwd.fftconv_bwd = bwd
+    names = ("u", "k", "pregate", "postgate", "bias")
+    errs = {"y": rel_err(y, want)}
+    errs |= {name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)}
+    # z kept by the forward kernel, and the backward kernel not asked for the postgate's gradient
+    return errs, bool(kept) and kernel_needs == [[True, True, True, False, True]]
+
+
 def _run_compile_case():
     """torch.compile(fullgraph=True) around the triton backend: one graph, the eager result."""
     from kernels import fftconv
@@ -230,6 +272,7 @@ def _interpreter_main() -> None:
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
     jobs += [(COMPILE_CASE, _run_compile_case, ()), (BLOCKED_CASE, _run_blocked_case, ())]
     jobs += [(cid, _run_layout_case, args) for cid, args in LAYOUT_CASES.items()]
+    jobs += [(cid, _run_z_case, args) for cid, args in Z_CASES.items()]
     for cid, run, args in jobs:
         calls.clear()
         bwd_calls.clear()
@@ -250,6 +293,19 @@ def test_interpreter_forward(interpreted, case):
     assert res["ok"], "output dtype differs from u's"
     assert res["fused"] == fused, "fused path taken" if res["fused"] else "fused path skipped"
     assert res["errs"]["y"] < TOL[DTYPES[dtype]], res["errs"]
+
+
+@pytest.mark.parametrize("case", list(Z_CASES))
+def test_interpreter_postgate_gradient_from_kept_z(interpreted, case):
+    """A postgate that wants a gradient: the forward kernel writes z too (dense and blocked
+    plans), the backward kernel is not asked for the postgate's gradient (dy * z instead), and
+    the output and all five gradients match float64."""
+    dtype = Z_CASES[case][4]
+    res = interpreted[case]
+    assert res["ok"], "z not kept by the forward kernel, or the backward kernel recomputed it"
+    assert res["fused"] and res["bwd_fused"]
+    for name, err in res["errs"].items():
+        assert err < TOL[DTYPES[dtype]], (name, err)
 
 
 @pytest.mark.parametrize("case", list(LAUNCHER_CASES))
