@@ -7,11 +7,6 @@ from collections.abc import Callable
 
 import torch
 
-# the two ceilings as measured on the H200 behind the README's first tables (shared/device);
-# the floors of a run use those of its own card (``copy_bandwidth``, ``matmul_rate``)
-HBM_BYTES_PER_S = 4.2e12
-MATMUL_FLOPS_PER_S = 757e12
-
 
 def gpu_run_meta(module: str, argv: list[str] | None) -> dict:
     """What every GPU benchmark's JSON starts with: the GPU, the versions, the time (UTC) and

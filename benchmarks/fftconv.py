@@ -411,18 +411,11 @@ def run_static(lengths: list[int], out: Path) -> None:
             continue
         for dtype in (torch.bfloat16, torch.float32):
             for gated in (False, True):
-                configs = {
-                    name: {"pair": pair, "num_warps": warps, "steps": steps, "stages": stages}
-                    | options
-                    for name, pair, warps, steps, stages, options in kernel_variants(n, gated)
-                    if dtype != torch.float32 or name == "default"
-                }
-                configs = {
-                    name: {k: v for k, v in c.items() if v is not None}
-                    for name, c in configs.items()
-                }
-                for name, options in configs.items():
-                    rows.append(_static_row(name, n, dtype, gated, False, options))
+                for name, pair, warps, steps, stages, options in kernel_variants(n, gated):
+                    if dtype == torch.float32 and name != "default":
+                        continue
+                    launch = dict(pair=pair, num_warps=warps, steps=steps, stages=stages)
+                    rows.append(_static_row(name, n, dtype, gated, False, launch | options))
                 if n >= triton_fwd.MIN_BLOCKED_FFT:
                     rows.append(_static_row("blocked", n, dtype, gated, True, {}))
                 out.write_text(json.dumps({"rows": rows}, indent=1))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import gpu_run_meta, graph_median_ms, measure_copy_bandwidth
+from benchmarks.common import copy_bandwidth, gpu_run_meta, graph_median_ms
 from kernels.fftconv import triton_fwd, triton_long
 
 SHORT_SIZES = (512, 1024, 2048, 4096, 8192)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.spectrum_layout needs a CUDA GPU")
-    copy_bps = measure_copy_bandwidth()
+    copy_bps = copy_bandwidth()
     doc = {**gpu_run_meta("benchmarks.spectrum_layout", argv), "copy_bytes_per_s": copy_bps}
     doc["defaults"] = {
         "block_j": triton_fwd.LAYOUT_BLOCK_J,

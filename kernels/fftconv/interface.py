@@ -319,13 +319,20 @@ def _(kc, fft_size, keep_bins, backend):
 
 
 def _setup_context(ctx, inputs, output):
+    """Saves the inputs, and z where the forward kept one (``longconv::fftconv_z``'s output
+    ``[y, z]``; z takes no gradient)."""
     u, kc, kf, pregate, postgate, bias, *static = inputs
-    ctx.save_for_backward(u, kc, kf, pregate, postgate, bias)
+    kept = output[1:] if isinstance(output, (list, tuple)) else ()
+    ctx.save_for_backward(u, kc, kf, pregate, postgate, bias, *kept)
+    if kept:
+        ctx.mark_non_differentiable(*kept)
     ctx.static = static
 
 
-def _backward(ctx, dy):
-    u, kc, kf, pregate, postgate, bias = ctx.saved_tensors
+def _backward(ctx, dy, *_):
+    if isinstance(dy, (list, tuple)):  # the z op's registered formula: one list of gradients
+        dy = dy[0]
+    u, kc, kf, pregate, postgate, bias, *kept = ctx.saved_tensors
     n = ctx.needs_input_grad
     needs = [
         n[0],
@@ -335,7 +342,7 @@ def _backward(ctx, dy):
         n[5] and bias is not None,
     ]
     d_u, d_k, d_pre, d_post, d_bias = _fftconv_backward(
-        dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs
+        dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs, *kept
     )
     grads = [
         g if need else None
@@ -349,36 +356,10 @@ def _backward(ctx, dy):
 _FFTConvFunction = autograd_function(
     "_FFTConvFunction", _fftconv_op, _fftconv, _setup_context, _backward
 )
-
-
-def _setup_context_z(ctx, inputs, output):
-    u, kc, kf, pregate, postgate, bias, *static = inputs
-    z = output[1]
-    ctx.save_for_backward(u, kc, kf, pregate, postgate, bias, z)
-    ctx.mark_non_differentiable(z)
-    ctx.static = static
-
-
-def _backward_z(ctx, *grads):
-    dy = grads[0][0] if isinstance(grads[0], (list, tuple)) else grads[0]  # the op: one list
-    u, kc, kf, pregate, postgate, bias, z = ctx.saved_tensors
-    n = ctx.needs_input_grad
-    needs = [n[0], n[1], n[3] and pregate is not None, n[4], n[5] and bias is not None]
-    d_u, d_k, d_pre, d_post, d_bias = _fftconv_backward(
-        dy.contiguous(), u, kc, kf, pregate, postgate, bias, *ctx.static, needs, z
-    )
-    grads = [
-        g if need else None
-        for g, need in zip((d_u, d_k, d_pre, d_post, d_bias), needs, strict=True)
-    ]
-    d_u, d_k, d_pre, d_post, d_bias = grads
-    return d_u, d_k, None, d_pre, d_post, d_bias, *([None] * len(ctx.static))
-
-
 # the same with z kept by the forward, for a postgate that wants a gradient: its backward
 # takes dpostgate = dy * z instead of transforming v again
 _FFTConvZFunction = autograd_function(
-    "_FFTConvZFunction", _fftconv_z_op, _fftconv_z, _setup_context_z, _backward_z
+    "_FFTConvZFunction", _fftconv_z_op, _fftconv_z, _setup_context, _backward
 )
 
 

@@ -44,6 +44,20 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
     triton_long.prepare(n, device, dtype)
 
 
+def _in_register(plan: ConvPlan, dtype: torch.dtype) -> bool:
+    """Whether the in-register forward kernel runs the plan (dense or blocked; a blocked plan
+    is causal, never folded)."""
+    return triton_fwd.supports(plan.fft_size, plan.fold, dtype)
+
+
+def _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=None) -> Tensor:
+    keep_bins = None if plan.blocked else plan.keep_bins
+    return triton_fwd.fftconv_fwd(
+        u, kf, pregate, postgate, bias, plan.fft_size,
+        keep_bins=keep_bins, blocked=plan.blocked, z_out=z_out,
+    )  # fmt: skip
+
+
 def fused_forward(
     u: Tensor,
     kf: Tensor,
@@ -57,14 +71,10 @@ def fused_forward(
     n > 8192 and every folded plan (``triton_long``)."""
     if kf.dtype != torch.complex64:
         return None
+    if _in_register(plan, u.dtype):
+        return _forward_in_register(u, kf, pregate, postgate, bias, plan)
     if plan.blocked:
-        if not triton_fwd.supports(plan.fft_size, False, u.dtype):
-            return None
-        return triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, plan.fft_size, blocked=True)
-    if triton_fwd.supports(plan.fft_size, plan.fold, u.dtype):
-        return triton_fwd.fftconv_fwd(
-            u, kf, pregate, postgate, bias, plan.fft_size, keep_bins=plan.keep_bins
-        )
+        return None
     return triton_long.long_forward(u, kf, pregate, postgate, bias, plan)
 
 
@@ -72,10 +82,9 @@ def keeps_z(plan: ConvPlan, dtype: torch.dtype) -> bool:
     """Whether ``core.forward_with_z`` returns a z for the plan on this backend: every plan
     but those of the long path (n > 8192 and folded plans, ``triton_long``), whose kernels
     keep none; the in-register kernels write it (``fused_forward_z``), the primitives have it."""
-    if dtype == torch.float64 or plan.blocked:
+    if dtype == torch.float64 or plan.blocked or _in_register(plan, dtype):
         return True
-    n = plan.fft_size
-    return triton_fwd.supports(n, plan.fold, dtype) or not triton_long.supports(plan, dtype)
+    return not triton_long.supports(plan, dtype)
 
 
 def fused_forward_z(
@@ -90,20 +99,10 @@ def fused_forward_z(
     the postgate and the skip term (in u's dtype), for a backward that wants the postgate's
     gradient; or None where the in-register kernel does not run the plan (the long path keeps
     no z: its backward transforms v again)."""
-    if kf.dtype != torch.complex64:
-        return None
-    n = plan.fft_size
-    if plan.blocked:
-        if not triton_fwd.supports(n, False, u.dtype):
-            return None
-        z = torch.empty_like(u)
-        y = triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, n, blocked=True, z_out=z)
-        return y, z
-    if not triton_fwd.supports(n, plan.fold, u.dtype):
+    if kf.dtype != torch.complex64 or not _in_register(plan, u.dtype):
         return None
     z = torch.empty_like(u)
-    y = triton_fwd.fftconv_fwd(u, kf, pregate, postgate, bias, n, keep_bins=plan.keep_bins, z_out=z)
-    return y, z
+    return _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=z), z
 
 
 def fused_backward(

@@ -730,7 +730,6 @@ def launch(
     the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
     """
     B, H, L = u.shape
-    _check_skip_input(skip_input)
     if blocked:
         _check_blocked(u, n, keep_bins)
     elif not supports(n, False, u.dtype) or L > n:
@@ -738,9 +737,14 @@ def launch(
             f"the fused forward covers n in [{MIN_FFT}, {MAX_FFT}], L <= n, "
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
         )
-    N1, N2 = split(n)
-    low, high = kept_columns(n, keep_bins)
-    K2 = low + high
+    meta, programs = kernel_meta(
+        n, B, H, L, u.dtype,
+        gates=(pregate is not None, postgate is not None, bias is not None),
+        blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
+        num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
+        store_z=z_out is not None, device=u.device,
+    )  # fmt: skip
+    N1, N2, K2 = meta["N1"], meta["N2"], meta["K2"]
     if spectrum.shape != (H, 2, N1, K2) or spectrum.dtype != torch.float32:
         raise ValueError(
             f"spectrum must be fp32 of shape {(H, 2, N1, K2)} (keep_bins={keep_bins}); got "
@@ -754,25 +758,15 @@ def launch(
     pregate = pregate.contiguous() if pregate is not None else None
     postgate = postgate.contiguous() if postgate is not None else None
     bias = bias.contiguous() if bias is not None else None
-    if out is not None and (
-        out.shape != u.shape or out.dtype != u.dtype or not out.is_contiguous()
-    ):
-        raise ValueError(f"out must be contiguous {u.dtype} of shape {tuple(u.shape)}")
-    if z_out is not None and (
-        z_out.shape != u.shape or z_out.dtype != u.dtype or not z_out.is_contiguous()
-    ):
-        raise ValueError(
-            f"z_out must be contiguous {u.dtype} of shape {tuple(u.shape)}; got {z_out.dtype} "
-            f"{tuple(z_out.shape)}"
-        )
+    for name, given in (("out", out), ("z_out", z_out)):
+        if given is not None and (
+            given.shape != u.shape or given.dtype != u.dtype or not given.is_contiguous()
+        ):
+            raise ValueError(
+                f"{name} must be contiguous {u.dtype} of shape {tuple(u.shape)}; got "
+                f"{given.dtype} {tuple(given.shape)}"
+            )
     y = torch.empty_like(u) if out is None else out
-    meta, programs = kernel_meta(
-        n, B, H, L, u.dtype,
-        gates=(pregate is not None, postgate is not None, bias is not None),
-        blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
-        num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
-        store_z=z_out is not None, device=u.device,
-    )  # fmt: skip
     with device_guard(u):
         _fftconv_fwd_kernel[(H * programs,)](
             u,
@@ -791,11 +785,6 @@ def launch(
             **meta,
         )
     return y
-
-
-def _check_skip_input(skip_input: str) -> None:
-    if skip_input not in SKIP_INPUTS:
-        raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
 
 
 def kernel_meta(
@@ -823,7 +812,8 @@ def kernel_meta(
     in place of each None (``steps`` planned for ``device``'s SMs, or ``sms`` of them): the
     kernel's compile-time arguments with ``num_warps``, and the programs per channel. One
     place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``."""
-    _check_skip_input(skip_input)
+    if skip_input not in SKIP_INPUTS:
+        raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
     sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel
     pair = sequences >= 2 if pair is None else pair
     per_channel = triton.cdiv(sequences, 2 if pair else 1)

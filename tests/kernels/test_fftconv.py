@@ -345,15 +345,18 @@ def test_torch_compile_fullgraph(backend):
     assert rel_err(gc, ge) < 1e-6
 
 
-def test_op_called_directly_has_the_public_calls_gradients():
+@pytest.mark.parametrize(("op", "seed"), [("fftconv", 41), ("fftconv_z", 43)])
+def test_op_called_directly_has_the_public_calls_gradients(op, seed):
     """The public call differentiates through ``_FFTConvFunction`` (less host time per call);
     the custom op keeps its own autograd registration, so calling it directly gives the same
-    gradients, and both match float64."""
+    gradients, and both match float64. ``fftconv_z`` is the op a postgate that wants a gradient
+    runs (the forward keeps z for dpostgate = dy * z): its output a list [y, z], z without
+    gradient."""
     from kernels.fftconv.interface import circular_filter
 
-    u, k, pre, post, bias = make_inputs(2, 3, 70, 30, torch.float32, True, seed=41)
+    u, k, pre, post, bias = make_inputs(2, 3, 70, 30, torch.float32, True, seed=seed)
     plan = make_plan("causal", 70, 30)
-    dy = torch.randn(2, 3, 70, generator=torch.Generator().manual_seed(42))
+    dy = torch.randn(2, 3, 70, generator=torch.Generator().manual_seed(seed + 1))
     static = ("causal", plan.filter_len, plan.fft_size, plan.fold, plan.keep_bins, False, "torch")
 
     def grads(direct):
@@ -361,41 +364,10 @@ def test_op_called_directly_has_the_public_calls_gradients():
         lu, lk, lpre, lpost, lbias = leaves
         if direct:
             kc = circular_filter(lk, plan)
-            y = torch.ops.longconv.fftconv(lu, kc, None, lpre, lpost, lbias, *static)
-        else:
-            y = fftconv(lu, lk, pregate=lpre, postgate=lpost, bias=lbias, backend="torch")
-        y.backward(dy)
-        return [y.detach()] + [x.grad for x in leaves]
-
-    public, direct = grads(False), grads(True)
-    refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
-    want = conv_torch64(*refs)
-    want.backward(dy.double())
-    for got_public, got_direct, ref in zip(
-        public, direct, [want.detach()] + [x.grad for x in refs], strict=True
-    ):
-        assert rel_err(got_public, got_direct) < 1e-6
-        assert rel_err(got_public, ref) < 1e-5
-
-
-def test_kept_z_op_called_directly_has_the_public_calls_gradients():
-    """A postgate that wants a gradient runs ``longconv::fftconv_z`` (the forward keeps z for
-    dpostgate = dy * z); the op called directly differentiates through its own registration
-    (its output a list [y, z], z without gradient) as the public call does."""
-    from kernels.fftconv.interface import circular_filter
-
-    u, k, pre, post, bias = make_inputs(2, 3, 70, 30, torch.float32, True, seed=43)
-    plan = make_plan("causal", 70, 30)
-    dy = torch.randn(2, 3, 70, generator=torch.Generator().manual_seed(44))
-    static = ("causal", plan.filter_len, plan.fft_size, plan.fold, plan.keep_bins, False, "torch")
-
-    def grads(direct):
-        leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
-        lu, lk, lpre, lpost, lbias = leaves
-        if direct:
-            kc = circular_filter(lk, plan)
-            y, z = torch.ops.longconv.fftconv_z(lu, kc, None, lpre, lpost, lbias, *static)
-            assert not z.requires_grad and z.shape == y.shape
+            y = getattr(torch.ops.longconv, op)(lu, kc, None, lpre, lpost, lbias, *static)
+            if op == "fftconv_z":
+                y, z = y
+                assert not z.requires_grad and z.shape == y.shape
         else:
             y = fftconv(lu, lk, pregate=lpre, postgate=lpost, bias=lbias, backend="torch")
         y.backward(dy)
