@@ -37,11 +37,12 @@ the variants were chosen by, available on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ from benchmarks.common import (
     rel_err,
 )
 from kernels import fftconv
-from kernels.fftconv import core, reference, triton_bwd
+from kernels.fftconv import core, interface, reference, triton_bwd, triton_fwd
 from kernels.fftconv.plan import keep_bins_for, make_plan
 
 TOTAL = 2**27  # B * H * L
@@ -92,6 +93,8 @@ def variants(n: int) -> dict[str, dict]:
         out["pipe-s8p2"] = C(32, 2, hoist=True, steps=8, stages=2)
         out["w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3)
         out["split-q-w4-pipe-s8p3"] = C(32, 4, hoist=True, steps=8, stages=3, split="store_q")
+        # 4 warps, 2 stages: no spills in the sm_90 compile (bf16 gated, z from the forward)
+        out["w4-pipe-s8p2"] = C(32, 4, hoist=True, steps=8, stages=2)
     elif n == 2048:
         out["hoist-pipe-s8p3"] = C(64, 4, hoist=True, steps=8, stages=3)
         out["hoist-pipe-s16p3"] = C(64, 4, hoist=True, steps=16, stages=3)
@@ -162,6 +165,11 @@ def variants(n: int) -> dict[str, dict]:
         out["split-q-a-hold-s8p2-dbias-b"] = C(
             128, 8, hoist=True, steps=8, stages=2, split="store_q", b=b_default, dbias_in_b=True
         )
+        # kernel (b) with its accumulator in registers: with z from the forward (b) transforms
+        # only v, and spills 192 B so (bf16 gated, sm_90)
+        out["split-q-a-hold-s8p2-b-regs"] = C(
+            128, 8, hoist=True, steps=8, stages=2, split="store_q", b=C(128, 8), dbias_in_b=True
+        )
     return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 
@@ -199,6 +207,7 @@ def bench_length(
     with_variants: bool,
     only: tuple[str, ...] = (),
     sparse: bool = True,
+    z_twins: bool = False,
     **case_options,
 ) -> dict:
     inputs, dy = make_case(L, gated, **case_options)
@@ -217,11 +226,23 @@ def bench_length(
     row.update(time_public(inputs, dy, ref, needs))
     if row["fused"]:
         kf = torch.fft.rfft(k, n=n)
-        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only))
+        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only, z_twins))
     del ref
     if sparse:
         row.update(time_sparse(inputs, dy, needs))
     return row
+
+
+@contextlib.contextmanager
+def keeping_no_z():
+    """The public call as it was before the forward kept z for the postgate's gradient: every
+    plan's forward keeps none (``interface._keeps_z`` answers False)."""
+    saved = interface._keeps_z
+    interface._keeps_z = lambda *args: False
+    try:
+        yield
+    finally:
+        interface._keeps_z = saved
 
 
 def time_public(inputs, dy, ref, needs) -> dict:
@@ -229,14 +250,20 @@ def time_public(inputs, dy, ref, needs) -> dict:
     leaves = [x.clone().requires_grad_() if x is not None else None for x in inputs]
     grads = [x for x in leaves if x is not None]
     row = {}
-    for name in ("torch", "triton"):
+    # gated: the triton backend also without the kept z (the postgate's gradient from a
+    # transform of v in the backward, the route before the forward kept z): "triton_recompute"
+    names = ("torch", "triton") + (("triton_recompute",) if inputs[3] is not None else ())
+    for name in names:
+        backend = name.removesuffix("_recompute")
+        keeping = contextlib.nullcontext if name == backend else keeping_no_z
 
-        def forward(name=name):
+        def forward(backend=backend, keeping=keeping):
             u, k, pre, post, bias = leaves
-            return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=name)
+            with keeping():
+                return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=backend)
 
-        def step(name=name):
-            forward(name).backward(dy)
+        def step(forward=forward):
+            forward().backward(dy)
 
         for x in grads:
             x.grad = None
@@ -373,22 +400,33 @@ def _attempt(run) -> None:
         pass
 
 
-def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
+def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=(), z_twins=False) -> dict:
     """``fftconv_bwd`` (the hook's whole work) and the bare kernel per launch variant (those
-    named in ``only``, or all), each checked on NaN-poisoned outputs first."""
+    named in ``only``, or all), each checked on NaN-poisoned outputs first. Gated, also with
+    the forward's z handed over (the public call's route when the postgate wants a gradient:
+    dpostgate = dy * z, no transform of v for it): ``fused_bwd_ms_z`` and the bare kernel's
+    ``default+z`` (every variant's ``<name>+z`` with ``z_twins``)."""
     u, k, pre, post, bias = inputs
     B, H_, L = u.shape
     row = {}
 
-    def whole():
-        return triton_bwd.fftconv_bwd(dy, u, k, kf, pre, post, bias, n, n // 2 + 1, needs)
+    def whole(z=None):
+        return triton_bwd.fftconv_bwd(dy, u, k, kf, pre, post, bias, n, n // 2 + 1, needs, z=z)
 
-    got = whole()
-    errs = {nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None}
-    row["fused_bwd_err"] = errs
-    ok = all(e < TOL_BF16 for e in errs.values())
-    row["fused_bwd_ms"] = median_ms(whole) if ok else None
-    del got
+    z = None
+    routes = [("", None)]
+    if post is not None:  # z as the forward kernel keeps it (no postgate, no skip term)
+        z = triton_fwd.fftconv_fwd(u, kf, pre, None, None, n)
+        routes.append(("_z", z))
+    for suffix, given in routes:
+        got = whole(given)
+        errs = {
+            nm: rel_err(g, r) for nm, g, r in zip(NAMES, got, ref, strict=True) if g is not None
+        }
+        row[f"fused_bwd_err{suffix}"] = errs
+        ok = all(e < TOL_BF16 for e in errs.values())
+        row[f"fused_bwd_ms{suffix}"] = median_ms(lambda given=given: whole(given)) if ok else None
+        del got
 
     outs = tuple(torch.empty_like(u) for _ in range(3))
     out = (outs[0], outs[1] if pre is not None else None, outs[2] if post is not None else None)
@@ -398,6 +436,9 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
         for name, options in variants(n).items()
         if name == "default" or (with_variants and (not only or name in only))
     }
+    if z is not None:
+        twins = chosen if z_twins else {"default": chosen["default"]}
+        chosen |= {f"{name}+z": {**options, "z": z} for name, options in twins.items()}
 
     def launcher(options):
         def run():
@@ -419,7 +460,8 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=()) -> dict:
         if ms is None:
             continue
         recompute = config.split == "recompute"
-        flops = triton_bwd.dot_flops(B, H_, L, n, needs_z, n1=config.n1, recompute_q=recompute)
+        transforms_z = needs_z and "z" not in options
+        flops = triton_bwd.dot_flops(B, H_, L, n, transforms_z, n1=config.n1, recompute_q=recompute)
         row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
     times = {
         name.removeprefix("kernel_ms_"): ms
@@ -453,11 +495,13 @@ def compile_sm90(
     flags: tuple[bool, ...],
     num_warps: int,
     keep_bins: int | None = None,
+    z_in: bool = True,
 ):
     """The kernel compiled for sm_90 (gated, causal L = n/2, 16-byte-aligned pointers and L as
     the runtime specialises them, ``config.steps`` pairs per block; ``keep_bins``: a
-    frequency-sparse filter's kept columns only): the compiled kernel and ``ptxas -v``'s
-    registers and spills (``benchmarks.common.compile_sm90``)."""
+    frequency-sparse filter's kept columns only; ``z_in``: a kernel that computes dpostgate
+    takes z from the forward, as in the public call, else transforms v for it): the compiled
+    kernel and ``ptxas -v``'s registers and spills (``benchmarks.common.compile_sm90``)."""
     kernel = triton_bwd._fftconv_bwd_kernel
     N1, N2 = config.n1, n // config.n1
     rows = min(N1, max(16, triton.next_power_of_2(triton.cdiv(n // 2, N2))))
@@ -482,6 +526,7 @@ def compile_sm90(
         STAGES=config.stages,
         STORE_Q=store_q,
         LOAD_Q=load_q,
+        Z_IN=z_in and need_post,
         PRECISION="tf32x3" if dtype == torch.float32 else "tf32",
     )
     operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
@@ -495,19 +540,24 @@ def compile_sm90(
 
 
 def static_stats(
-    n: int, config, dtype: torch.dtype = torch.bfloat16, keep_bins: int | None = None
+    n: int,
+    config,
+    dtype: torch.dtype = torch.bfloat16,
+    keep_bins: int | None = None,
+    z_in: bool = True,
 ) -> dict:
     """Registers, spills and shared memory of the kernel(s) of ``config`` compiled for sm_90
-    (gated, every gradient, causal L = n/2, ``keep_bins``: a frequency-sparse filter); a split
+    (gated, every gradient, causal L = n/2, ``keep_bins``: a frequency-sparse filter, ``z_in``:
+    z from the forward, as ``compile_sm90``); a split
     reports its kernels (a) and (b) with the suffixes ``_a``/``_b``, and
     ``async_copies``/``_a``/``_b`` counts the loads the software pipeliner turned into
     asynchronous copies."""
-    row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **vars(config)}
+    row = {"n": n, "dtype": str(dtype).removeprefix("torch."), **asdict(config)}
     row["columns"] = sum(triton_bwd.kept_columns(n, keep_bins, N1=config.n1))
     for part, flags in kernel_flags(config).items():
         part_config = config.kernel_b() if part == "b" else config
         compiled, stats = compile_sm90(
-            n, part_config, dtype, flags, part_config.num_warps, keep_bins
+            n, part_config, dtype, flags, part_config.num_warps, keep_bins, z_in
         )
         suffix = f"_{part}" if part else ""
         row |= {key + suffix: value for key, value in stats.items()}
@@ -524,15 +574,17 @@ def run_static(lengths: list[int], out: Path) -> None:
         keep = keep_bins_for(n, SPARSE_KEEP)
         for dtype in (torch.bfloat16, torch.float32):
             default = triton_bwd.config_for(n, dtype)
-            configs = {"default": (default, None)}
+            # z from the forward (the public call's route), and the default transforming v
+            # for z (a forward that kept none)
+            configs = {"default": (default, None, True), "default-no-z": (default, None, False)}
             if sum(triton_bwd.kept_columns(n, keep, N1=default.n1)) < n // default.n1:
-                configs["default-sparse"] = (default, keep)
+                configs["default-sparse"] = (default, keep, True)
             for name, options in variants(n).items():
                 if "config" in options:
-                    configs[name] = (options["config"], None)
-            for name, (config, keep_bins) in configs.items():
+                    configs[name] = (options["config"], None, True)
+            for name, (config, keep_bins, z_in) in configs.items():
                 try:
-                    row = {"variant": name, **static_stats(n, config, dtype, keep_bins)}
+                    row = {"variant": name, **static_stats(n, config, dtype, keep_bins, z_in)}
                 except Exception as err:  # out of shared memory, say: data too
                     row = {"variant": name, "n": n, "dtype": str(dtype), "error": repr(err)[:300]}
                 rows.append(row)
@@ -563,7 +615,7 @@ def print_table(rows: list[dict]) -> None:
     head = (
         f"{'shape (BxHxL) gate':<24}{'n':>6}{'fwd trit':>9}{'fb torch':>9}{'fb trit':>9}"
         f"{'fb/fwd':>7}{'graph':>7}{'x':>6}{'bwd':>8}{'kern':>8}{'k/flr':>7}{'TF/s':>6}"
-        f"{'sp fb':>8}{'sp bwd':>8}{'sp krn':>8}{'sp/dn':>6}  best variant"
+        f"{'sp fb':>8}{'sp bwd':>8}{'sp krn':>8}{'sp/dn':>6}{'no z':>8}{'graph':>7}  best variant"
     )
     print(head)
     print("-" * len(head))
@@ -583,7 +635,9 @@ def print_table(rows: list[dict]) -> None:
             f"{fmt(kern / r['floor_bwd_ms'] if kern else None, '.1f'):>7}"
             f"{fmt(tflops, '.0f'):>6}{fmt(r.get('sparse_fwdbwd_ms_triton')):>8}"
             f"{fmt(r.get('sparse_fused_bwd_ms')):>8}{fmt(sparse):>8}"
-            f"{fmt(sparse / dense if sparse and dense else None, '.2f'):>6}  {best or '-'}"
+            f"{fmt(sparse / dense if sparse and dense else None, '.2f'):>6}"
+            f"{fmt(r.get('fwdbwd_ms_triton_recompute')):>8}"
+            f"{fmt(r.get('fwdbwd_graph_ms_triton_recompute')):>7}  {best or '-'}"
         )
     print(
         f"ms: medians; fb: forward+backward (public call); fb/fwd: triton's ratio (target <= "
@@ -591,6 +645,8 @@ def print_table(rows: list[dict]) -> None:
         "time alone); x: speedup over torch; bwd: fused backward alone; kern: bare kernel, "
         "best variant; k/flr: multiple of the backward's HBM floor; sp: the filter cut to "
         f"freq_keep={SPARSE_KEEP} (fb, bwd, krn: as above, the kernel's default variant); "
+        "no z: gated forward+backward with z not kept (recomputed in the backward), eager and "
+        "graph; "
         "sp/dn: its kernel over the dense default's"
     )
 
@@ -602,6 +658,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-variants", action="store_true", help="time the default launch only")
     parser.add_argument(
         "--variants", nargs="*", default=(), help="time only these variants (and the default)"
+    )
+    parser.add_argument(
+        "--z-twins",
+        action="store_true",
+        help="gated: every timed variant also with the forward's z handed over (default+z only "
+        "without it)",
     )
     parser.add_argument(
         "--no-sparse", action="store_true", help=f"leave out the freq_keep={SPARSE_KEEP} timings"
@@ -634,8 +696,9 @@ def main(argv: list[str] | None = None) -> None:
     for L in args.lengths:
         for gated in (False, True):
             row = bench_length(
-                L, gated, not args.no_variants, tuple(args.variants), not args.no_sparse
-            )
+                L, gated, not args.no_variants, tuple(args.variants), not args.no_sparse,
+                args.z_twins,
+            )  # fmt: skip
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
             # written after every row: a run cut short still leaves its numbers

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import reference, triton_bwd, triton_fwd, triton_long
+from .core import postgate_grad
 from .plan import ConvPlan
 
 
@@ -115,20 +116,31 @@ def fused_backward(
     bias: Tensor | None,
     plan: ConvPlan,
     needs: tuple[bool, bool, bool, bool, bool],
+    z: Tensor | None = None,
 ) -> tuple[Tensor | None, ...] | None:
     """Gradients for (u, kc, pregate, postgate, bias) on the fused kernels, None where ``needs``
-    says not wanted; or None for a plan they do not cover (the primitives then run)."""
+    says not wanted; or None for a plan they do not cover (the primitives then run). ``z``:
+    the forward's (``fused_forward_z``), when it kept one: the kernel takes the postgate's
+    gradient ``dy * z`` from it instead of transforming v again."""
     if kf.dtype != torch.complex64:
         return None
     n = plan.fft_size
+    in_register = (
+        triton_bwd.supports(n, False, u.dtype)
+        if plan.blocked
+        else triton_bwd.supports(n, plan.fold, u.dtype)
+    )
+    if in_register:
+        return triton_bwd.fftconv_bwd(
+            dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs,
+            blocked=plan.blocked, z=z,
+        )  # fmt: skip
     if plan.blocked:
-        if not triton_bwd.supports(n, False, u.dtype):
-            return None
-        return triton_bwd.fftconv_bwd(
-            dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs, blocked=True
+        return None
+    if z is not None and needs[3]:  # the long path keeps no z (keeps_z); one given is used
+        d_post = postgate_grad(dy, z, postgate.dtype)
+        grads = triton_long.long_backward(
+            dy, u, kc, kf, pregate, postgate, bias, plan, (*needs[:3], False, needs[4])
         )
-    if triton_bwd.supports(n, plan.fold, u.dtype):
-        return triton_bwd.fftconv_bwd(
-            dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs
-        )
+        return (*grads[:3], d_post, grads[4])
     return triton_long.long_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)

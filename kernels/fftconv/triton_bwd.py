@@ -6,13 +6,13 @@ The forward (``triton_fwd.py``) computes, per row, ``v = u * pregate``,
 ``z = irfft(rfft(v, n) * kf)[:L]``, ``y = postgate * z + bias * v``. Its gradients
 (``core.py``, README section 2) for a non-fold plan:
 
-    dz = dy * postgate                       dpostgate = dy * z           (z recomputed)
+    dz = dy * postgate                       dpostgate = dy * z    (z kept or recomputed)
     dv = irfft(rfft(dz, n) * conj(kf))[:L] + bias * dy
     du = dv * pregate                        dpregate = dv * u
     dbias[h] = sum_{b,t} dy * v              dkc = irfft(sum_b rfft(dz) * conj(rfft(v)))[:m]
 
-(The public call keeps z from the forward when the postgate wants a gradient, ``core.backward``
-takes ``dy * z`` from it, and these kernels are then not asked for dpostgate.)
+(The public call keeps z from the forward when the postgate wants a gradient and hands it to
+these kernels (``launch``'s ``z``): dpostgate is then ``dy * z`` loaded, not recomputed.)
 
 With the unitary two-stage Monarch transform of ``triton_fwd`` (``Fwd(x) = FFT(x) / sqrt(n)``
 in the permuted layout ``[k1, k2]``, ``Inv`` its inverse, both on ``[N1, N2]`` tiles), and two
@@ -37,8 +37,9 @@ to n and the dz window ``w_j = dz[jS : jS + 2S]`` (this block and the next, zero
 
 so P and dv use the first N1/2 rows (the zero-row skip with ROWS = N1/2) and Q all N1 (a second
 first-stage table: F_N1 whole); dbias sums over the block's own positions. z for dpostgate
-needs the previous block of v, which this kernel does not transform: the launcher takes it
-from the blocked forward kernel (``triton_fwd``) and multiplies by dy on the host. The default
+needs the previous block of v, which this kernel does not transform: it comes from the
+forward (kept), or the launcher has the blocked forward kernel (``triton_fwd``) compute it, and
+the kernel multiplies it by dy. The default
 configurations compile for sm_90 as they are (every n, bf16/fp16/fp32); the dz window doubles
 the input buffers that pipelining adds per stage, so of the benchmark's other variants the
 pipelined splits at n = 4096 (3 stages) and 8192 (2 stages) ask for 240 and 256 KB of shared
@@ -53,7 +54,8 @@ Design choices:
   during this pair's products, as in the forward); the chunk is a whole number of blocks and
   the pairs past its end are masked out. Per pair, in this order, so that few tiles are live
   at once: load v (u * pregate), ``P = Fwd(v)`` (8 ``tl.dot``s), ``z = Inv(P * K)`` and
-  dpostgate (8 dots, only when the postgate wants a gradient), P kept in the operand dtype;
+  dpostgate (8 dots, only when the postgate wants a gradient and the forward kept no z), P
+  kept in the operand dtype;
   then load dz, ``Q = Fwd(dz)`` (8), ``S += Q * conj(P)``, ``dv = Inv(Q * conj(K))`` (8), du and
   dpregate. Inputs are loaded again where they are used (the repeat loads hit L1/L2) instead
   of being held across the transforms, and so are the tables that are not held (``hoist``):
@@ -334,6 +336,7 @@ def _fftconv_bwd_kernel(
     dk_ptr,  # [H, chunks, 2, N1, K2] fp32 partial spectra (unused unless NEED_DK)
     dbias_ptr,  # [H, chunks] fp32 partial sums (unused unless NEED_DBIAS)
     q_ptr,  # [H, pairs, 2, N1, K2] operand dtype: Q per pair (unused unless STORE/LOAD_Q)
+    z_ptr,  # [B, H, L] the forward's z (unused unless Z_IN)
     B,
     H,
     L,
@@ -356,6 +359,7 @@ def _fftconv_bwd_kernel(
     STAGES: tl.constexpr,
     STORE_Q: tl.constexpr,
     LOAD_Q: tl.constexpr,
+    Z_IN: tl.constexpr,
     BLOCKED: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -366,16 +370,18 @@ def _fftconv_bwd_kernel(
     # K2: the frequency columns the spectra are computed on (K2 < N2: a frequency-sparse
     # filter, whose spectrum K is zero outside them, so P * K, Q * conj(K) are too, and the
     # filter-gradient spectrum is low-passed on the host; K2 == N2: dense).
+    # Z_IN: z comes from memory (the forward kept it): dpostgate = dy * z, no transform for it.
     NEED_DV: tl.constexpr = NEED_DU or NEED_DPREGATE
     NEED_Q: tl.constexpr = NEED_DV or NEED_DK or STORE_Q  # the spectrum of dz
-    NEED_P: tl.constexpr = NEED_DK or NEED_DPOSTGATE  # the spectrum of v
+    TRANSFORM_Z: tl.constexpr = NEED_DPOSTGATE and not Z_IN  # z = Inv(P * K) here
+    NEED_P: tl.constexpr = NEED_DK or TRANSFORM_Z  # the spectrum of v
     GUARD: tl.constexpr = STAGES > 1  # table loads in the loop kept out of the pipeline
     # BLOCKED: every row cut into NB blocks of S = n/2 samples, one sequence per block (ROWS =
     # N1/2): v the block, dz the window of the block and the next (all N1 rows), dv the block
     S: tl.constexpr = ROWS * N2
     if BLOCKED:
         tl.static_assert(2 * ROWS == N1, "a blocked backward reads its blocks on N1/2 rows")
-        tl.static_assert(not NEED_DPOSTGATE, "a blocked backward's z comes from the forward")
+        tl.static_assert(not TRANSFORM_Z, "a blocked backward's z comes from the forward")
         NB = tl.cdiv(L, S)
         SEQS = B * NB  # sequences per channel, q = b * NB + j
     else:
@@ -520,7 +526,7 @@ def _fftconv_bwd_kernel(
                         dk_re, dk_im, q_re.to(tl.float32), q_im.to(tl.float32), p_re, p_im,
                         dk_slot_ptr, offs_spec, SPEC, live, ACC_IN_MEMORY, GUARD,
                     )  # fmt: skip
-                if NEED_DPOSTGATE:
+                if TRANSFORM_Z:
                     k_re, k_im = _table(K_at, live, p_re, HOIST, GUARD)
                     y_re = (p_re * k_re - p_im * k_im).to(op_dtype)
                     y_im = (p_re * k_im + p_im * k_re).to(op_dtype)
@@ -534,6 +540,13 @@ def _fftconv_bwd_kernel(
                 # held in the operand dtype until Q is ready (the tile that lives longest)
                 p_re = p_re.to(op_dtype)
                 p_im = p_im.to(op_dtype)
+
+            if NEED_DPOSTGATE and Z_IN:
+                dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                z_v, z_w = _load_pair(z_ptr, row_v, row_w, offs_t, mask_v, mask_w)
+                _store_pair(
+                    dpostgate_ptr, row_v, row_w, offs_t, mask_v, mask_w, dy_v * z_v, dy_w * z_w
+                )
 
             # 2. dz, its spectrum Q, the filter-gradient spectrum, dv = Inv(Q * conj(K))
             if NEED_Q and not LOAD_Q:
@@ -875,6 +888,7 @@ def launch(
     out: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
     blocked: bool = False,
     keep_bins: int | None = None,
+    z: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """The kernel (or the two kernels of a split ``config``): ``(d_u, dk_spectrum, d_pregate,
     d_postgate, d_bias)``, None where ``needs`` (for u, k, pregate, postgate, bias) is False.
@@ -889,7 +903,12 @@ def launch(
     rounded up to whole blocks of ``config.steps``). ``out``: ``(d_u, d_pregate, d_postgate)``
     tensors to write in place (None entries are allocated). ``blocked``: the blocked plan of a
     causal filter of at most ``n/2`` taps (module docstring), any L, ``n >= 512``, no
-    ``keep_bins`` cut-off; its d_postgate comes from the blocked forward kernel's z.
+    ``keep_bins`` cut-off. ``z``: the forward's convolution before the postgate, ``[B, H, L]``
+    (``triton_fwd.launch``'s ``z_out``), when it kept one: the kernel that computes d_postgate
+    then takes ``dy * z`` from it, with no transform of v for it (8 of the gated kernel's 32
+    products per pair). A blocked plan needs one for d_postgate (z needs the previous block of
+    v, which the backward does not transform): without it the blocked forward kernel computes
+    it first.
     """
     B, H, L = u.shape
     if keep_bins is not None and keep_bins < 1:
@@ -908,6 +927,11 @@ def launch(
         )
     if dy.shape != u.shape:
         raise ValueError(f"dy must have the shape of u {tuple(u.shape)}; got {tuple(dy.shape)}")
+    if z is not None and (z.shape != u.shape or z.dtype != u.dtype or z.device != u.device):
+        raise ValueError(
+            f"z must be {u.dtype} of u's shape {tuple(u.shape)} on {u.device}; got {z.dtype} "
+            f"{tuple(z.shape)} on {z.device}"
+        )
     if kf.shape != (H, n // 2 + 1) or kf.dtype != torch.complex64:
         raise ValueError(
             f"kf must be complex64 of shape ({H}, {n // 2 + 1}); got {kf.dtype} {tuple(kf.shape)}"
@@ -934,6 +958,7 @@ def launch(
         dft2 = select_columns(dft2, n, keep_bins, N1=N1).contiguous()  # [2, N2, K2]
     spectrum = spectrum_layout(kf, n, keep_bins, N1=N1)  # [H, 2, N1, K2]
     dy, u = dy.contiguous(), u.contiguous()
+    z = z.contiguous() if z is not None else None
     pregate = pregate.contiguous() if pregate is not None else None
     postgate = postgate.contiguous() if postgate is not None else None
     bias = bias.contiguous() if bias is not None else None
@@ -988,6 +1013,7 @@ def launch(
             dk_parts if k_k else spectrum,
             dbias_parts if k_bias else spectrum,
             q if q is not None else u,
+            z if z is not None and k_post else u,
             B,
             H,
             L,
@@ -1010,31 +1036,29 @@ def launch(
             STAGES=kernel_config.stages,
             STORE_Q=q is not None and store_q,
             LOAD_Q=q is not None and not store_q,
+            Z_IN=z is not None and k_post,
             BLOCKED=blocked,
             PRECISION=precision or dot_precision(u),
             num_warps=kernel_config.num_warps,
         )
 
     # z for the postgate: in a blocked plan it needs the previous block of v, which the backward
-    # does not transform, so the blocked forward kernel computes it (ungated) and dy * z is one
-    # elementwise product here
-    need_z = need_post and not blocked
-    kernel_needs = (need_u, need_k, need_pre, need_z, need_bias)
-    if blocked and need_post:
+    # does not transform, so without the forward's the blocked forward kernel computes it
+    # (ungated); the kernel then multiplies it by dy
+    if blocked and need_post and z is None:
         z = triton_fwd.fftconv_fwd(u, kf, pregate, None, None, n, blocked=True)
-        d_post.copy_(dy.to(torch.float32) * z.to(torch.float32))
     with device_guard(u):
-        if _splits(config, kernel_needs):
+        if _splits(config, needs):
             # (a) Q, dv and what follows from it; (b) P, z and the filter gradient
             q = None
             if config.split == "store_q" and need_k:
                 q = u.new_empty((H, n_pairs, 2, N1, K2))
-            needs_a, needs_b = split_needs(config, kernel_needs)
+            needs_a, needs_b = split_needs(config, needs)
             if any(needs_a) or q is not None:  # (a) also writes the Q that (b) reads
                 run(needs_a, config, q, True)
             run(needs_b, config_b, q, False)
-        elif any(kernel_needs):
-            run(kernel_needs, config, None, False)
+        elif any(needs):
+            run(needs, config, None, False)
     # fixed summation order over the chunks: deterministic
     dk_spectrum = None
     if dk_parts is not None:
@@ -1055,6 +1079,7 @@ def fftconv_bwd(
     keep_bins: int,
     needs: tuple[bool, bool, bool, bool, bool],
     blocked: bool = False,
+    z: Tensor | None = None,
     **launch_options,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of ``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u *
@@ -1067,7 +1092,8 @@ def fftconv_bwd(
     hold only zeros, ``launch``); bias ``[H]``. ``blocked``: the gradients of the
     causal convolution ``y = postgate * conv(u * pregate, kc)[:L] + bias * (u * pregate)`` by
     the blocked plan (module docstring): any L, ``m <= n/2``, ``n >= 512``, no frequency
-    cut-off (kf is ``rfft(kc, n)``). ``launch_options``: those of ``launch``.
+    cut-off (kf is ``rfft(kc, n)``). ``z``: the forward's z, when it kept one (``launch``).
+    ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
     max_taps = n // 2 if blocked else n  # a blocked plan: the filter fits in one block
@@ -1080,7 +1106,7 @@ def fftconv_bwd(
             f"a blocked plan keeps every frequency: keep_bins must be {n // 2 + 1}; got {keep_bins}"
         )
     d_u, dk_spectrum, d_pre, d_post, d_bias = launch(
-        dy, u, kf, pregate, postgate, bias, n, needs, blocked=blocked, keep_bins=keep_bins,
+        dy, u, kf, pregate, postgate, bias, n, needs, blocked=blocked, keep_bins=keep_bins, z=z,
         **launch_options,
     )  # fmt: skip
     d_k = None

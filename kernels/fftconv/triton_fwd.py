@@ -92,12 +92,16 @@ MAX_STEPS_AT = {2048: 32}
 PROGRAMS_PER_SM_AT = {8192: 4}
 # dense fp16/bf16 plans on 2 warps instead of 4 (NOTES, v12): at n = 2048 (32 pairs per program,
 # 3 stages) 0.424 against 0.498 ms plain and 0.706 against 0.778 gated at L = 1024 on an H100,
-# though the sm_90 compile spills 140 B where 4 warps spill none. n = 1024 compiles on 2 warps
-# without spills (210 registers) but is not timed yet (variant ``pair-s16-p3-w2``). fp32 and
-# blocked plans keep 4 (fp32 spills 1.2 -> 3.1 KB at n = 2048).
-TWO_WARPS_AT = (2048,)
-# where a dense plan's skip term bias * v takes v from (``launch``'s ``skip_input``)
+# though the sm_90 compile spills 140 B where 4 warps spill none; and (v13) at n = 1024 (16
+# pairs, 3 stages, no spills on 2 warps either) 0.381 against 0.453 ms plain and 0.554
+# against 0.652 gated at L = 512 on an H100. fp32 and blocked plans keep 4 (fp32 spills 1.2 ->
+# 3.1 KB at n = 2048).
+TWO_WARPS_AT = (1024, 2048)
+# where a dense plan's skip term bias * v takes v from (``launch``'s ``skip_input``), and the
+# sizes whose fp16/bf16 default loads it again (v13: bare kernel, gated, H100, 0.813 against
+# 0.869 ms at n = 4096 and 1.278 against 1.415 at 8192; 0.803 against 0.710 at 2048)
 SKIP_INPUTS = {"held": 0, "reload": 1}
+RELOAD_SKIP_AT = (4096, 8192)
 PROGRAMS_PER_SM = 8
 
 
@@ -592,12 +596,21 @@ def dot_precision(u: Tensor) -> str:
 def num_warps_for(n: int, dtype: torch.dtype | None = None, blocked: bool = False) -> int:
     """Measured on the H200 (benchmarks/NOTES.md): 2 warps for the small tiles, 8 where 4
     spill (n = 8192). Dense fp16/bf16 plans of ``TWO_WARPS_AT`` (``dtype`` given, not
-    ``blocked``) run on 2 warps too (v12)."""
+    ``blocked``) run on 2 warps too (v12, v13)."""
     if n <= 512:
         return 2
     if dtype in (torch.float16, torch.bfloat16) and not blocked and n in TWO_WARPS_AT:
         return 2
     return 8 if n >= 8192 else 4
+
+
+def skip_input_for(n: int, dtype: torch.dtype, blocked: bool = False) -> str:
+    """Where a dense plan's skip term takes v from by default (``launch``'s ``skip_input``):
+    loaded again for fp16/bf16 at the sizes of ``RELOAD_SKIP_AT``, where holding the input
+    tile across the products spills (v13), else held. (A blocked plan's kernel loads it again
+    whatever this says: its skip term is on the output block, not the transformed window.)"""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return "reload" if half and not blocked and n in RELOAD_SKIP_AT else "held"
 
 
 def default_stages(n: int, dtype: torch.dtype, blocked: bool = False) -> int:
@@ -709,7 +722,7 @@ def launch(
     stages: int | None = None,
     num_warps: int | None = None,
     precision: str | None = None,
-    skip_input: str = "held",
+    skip_input: str | None = None,
     z_out: Tensor | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
@@ -725,7 +738,8 @@ def launch(
     ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
     ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
     loaded again at the output positions (a second read, from L2, of what the step has just
-    read; no registers held across the products, more shared memory for the pipeline).
+    read; no registers held across the products, more shared memory for the pipeline);
+    default ``skip_input_for``.
     ``z_out``: also written with z, the convolution before the postgate and the skip term (what
     the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
     """
@@ -802,7 +816,7 @@ def kernel_meta(
     stages: int | None = None,
     num_warps: int | None = None,
     precision: str = "tf32",
-    skip_input: str = "held",
+    skip_input: str | None = None,
     store_z: bool = False,
     device: torch.device | None = None,
     sms: int | None = None,
@@ -812,6 +826,7 @@ def kernel_meta(
     in place of each None (``steps`` planned for ``device``'s SMs, or ``sms`` of them): the
     kernel's compile-time arguments with ``num_warps``, and the programs per channel. One
     place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``."""
+    skip_input = skip_input_for(n, dtype, blocked) if skip_input is None else skip_input
     if skip_input not in SKIP_INPUTS:
         raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
     sequences = B * triton.cdiv(L, n // 2) if blocked else B  # per channel

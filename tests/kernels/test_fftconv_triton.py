@@ -198,17 +198,35 @@ def _run_blocked_case():
 def _run_z_case(B, H, L, Lk, dtype, blocked):
     from kernels import fftconv
     from kernels.fftconv import triton as triton_backend
-    from kernels.fftconv import triton_bwd
+    from kernels.fftconv import triton_bwd, triton_fwd
 
     kept = count_calls(triton_backend, "fused_forward_z")
-    kernel_needs = []
-    bwd = triton_bwd.fftconv_bwd
+    bwd_calls = []  # (needs, whether z was handed over) per backward launcher call
+    kernel_flags = []  # (NEED_DPOSTGATE, Z_IN) per backward kernel launch
+    forward_launches = []
+    bwd, kernel, fwd_launch = (
+        triton_bwd.fftconv_bwd, triton_bwd._fftconv_bwd_kernel, triton_fwd.launch
+    )  # fmt: skip
 
     def recording(*args, **kwargs):
-        kernel_needs.append(list(args[9]))  # (u, k, pregate, postgate, bias) wanted
+        bwd_calls.append((list(args[9]), kwargs.get("z") is not None))
         return bwd(*args, **kwargs)
 
+    class Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                kernel_flags.append((kwargs["NEED_DPOSTGATE"], kwargs["Z_IN"]))
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    def recording_forward(*args, **kwargs):
+        forward_launches.append(kwargs.get("z_out") is not None)
+        return fwd_launch(*args, **kwargs)
+
     triton_bwd.fftconv_bwd = recording
+    triton_bwd._fftconv_bwd_kernel = Recorded()
+    triton_fwd.launch = recording_forward
     try:
         u, k, pre, post, bias = make_inputs(B, H, L, Lk, DTYPES[dtype], True, seed=12)
         leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
@@ -223,11 +241,21 @@ def _run_z_case(B, H, L, Lk, dtype, blocked):
         want.backward(dy.double())
     finally:
         triton_bwd.fftconv_bwd = bwd
+        triton_bwd._fftconv_bwd_kernel = kernel
+        triton_fwd.launch = fwd_launch
     names = ("u", "k", "pregate", "postgate", "bias")
     errs = {"y": rel_err(y, want)}
     errs |= {name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)}
-    # z kept by the forward kernel, and the backward kernel not asked for the postgate's gradient
-    return errs, bool(kept) and kernel_needs == [[True, True, True, False, True]]
+    # z kept by the forward kernel (its one launch, which wrote z) and handed to the backward,
+    # whose kernels computed the postgate's gradient from it: no launch transformed v for z
+    ok = (
+        bool(kept)
+        and forward_launches == [True]
+        and bwd_calls == [([True] * 5, True)]
+        and (True, True) in kernel_flags
+        and (True, False) not in kernel_flags
+    )
+    return errs, ok
 
 
 def _run_compile_case():
@@ -298,11 +326,12 @@ def test_interpreter_forward(interpreted, case):
 @pytest.mark.parametrize("case", list(Z_CASES))
 def test_interpreter_postgate_gradient_from_kept_z(interpreted, case):
     """A postgate that wants a gradient: the forward kernel writes z too (dense and blocked
-    plans), the backward kernel is not asked for the postgate's gradient (dy * z instead), and
-    the output and all five gradients match float64."""
+    plans), the backward kernel takes the postgate's gradient dy * z from it (no transform of v
+    for z, and no forward launch in the blocked backward), and the output and all five
+    gradients match float64."""
     dtype = Z_CASES[case][4]
     res = interpreted[case]
-    assert res["ok"], "z not kept by the forward kernel, or the backward kernel recomputed it"
+    assert res["ok"], "z not kept by the forward kernel, or the backward recomputed it"
     assert res["fused"] and res["bwd_fused"]
     for name, err in res["errs"].items():
         assert err < TOL[DTYPES[dtype]], (name, err)
@@ -353,27 +382,29 @@ def test_interpreter_blocked_public_call(interpreted):
 
 
 @pytest.mark.parametrize(
-    ("n", "dtype", "blocked"),
+    ("n", "dtype", "blocked", "store_z"),
     [
-        pytest.param(8192, torch.bfloat16, False, id="n8192-bf16"),
-        pytest.param(8192, torch.bfloat16, True, id="n8192-bf16-blocked"),
-        pytest.param(8192, torch.float32, False, id="n8192-fp32"),
-        pytest.param(4096, torch.float32, True, id="n4096-fp32-blocked"),
-        pytest.param(4096, torch.bfloat16, False, id="n4096-bf16"),
+        pytest.param(8192, torch.bfloat16, False, False, id="n8192-bf16"),
+        pytest.param(8192, torch.bfloat16, False, True, id="n8192-bf16-z"),
+        pytest.param(8192, torch.bfloat16, True, True, id="n8192-bf16-blocked-z"),
+        pytest.param(8192, torch.float32, False, False, id="n8192-fp32"),
+        pytest.param(4096, torch.float32, True, False, id="n4096-fp32-blocked"),
+        pytest.param(4096, torch.bfloat16, False, True, id="n4096-bf16-z"),
     ],
 )
-def test_forward_defaults_fit_sm90_shared_memory(n, dtype, blocked):
+def test_forward_defaults_fit_sm90_shared_memory(n, dtype, blocked, store_z):
     """The default launch at the sizes where shared memory is tight (gated: the most tiles in
-    flight), compiled for sm_90 as the launcher compiles it (``benchmarks.fftconv --static``),
-    fits one block's shared memory; and the check sees an overflow (fp32 tables held for
-    several steps at n = 8192 take 484 KB, which is why the launcher runs one step there)."""
+    flight; ``store_z``: also writing z, the forward of a postgate that wants a gradient),
+    compiled for sm_90 as the launcher compiles it (``benchmarks.fftconv --static``), fits one
+    block's shared memory; and the check sees an overflow (fp32 tables held for several steps
+    at n = 8192 take 484 KB, which is why the launcher runs one step there)."""
     pytest.importorskip("triton")
     from benchmarks.common import compile_sm90
     from benchmarks.fftconv import SHARED_PER_BLOCK, static_stats
     from kernels.fftconv import triton_fwd
 
     try:
-        stats = static_stats(n, dtype, True, blocked)
+        stats = static_stats(n, dtype, True, blocked, store_z=store_z)
     except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
         pytest.skip(f"no sm_90 compile on this machine: {err}")
     assert 0 < stats["shared_bytes"] <= SHARED_PER_BLOCK, stats
@@ -400,6 +431,24 @@ def test_skip_input_refuses_unknown_values():
         triton_fwd.launch(u, spectrum, None, None, None, 512, skip_input="x")
 
 
+def test_skip_input_reloaded_only_for_dense_16bit_plans_from_n4096():
+    """v13's default: the skip term's input loaded again for fp16/bf16 dense plans at n = 4096
+    and 8192 (held elsewhere, and in fp32); the launcher compiles what the policy says."""
+    from kernels.fftconv import triton_fwd
+
+    for n in (256, 1024, 2048, 4096, 8192):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            want = "reload" if n >= 4096 and dtype != torch.float32 else "held"
+            assert triton_fwd.skip_input_for(n, dtype) == want, (n, dtype)
+            meta, _ = triton_fwd.kernel_meta(n, 4, 2, n // 2, dtype, gates=(True, True, True))
+            assert meta["SKIP_INPUT"] == triton_fwd.SKIP_INPUTS[want], (n, dtype)
+        assert triton_fwd.skip_input_for(n, torch.bfloat16, blocked=True) == "held"
+    meta, _ = triton_fwd.kernel_meta(
+        8192, 4, 2, 4096, torch.bfloat16, gates=(True, True, True), skip_input="held"
+    )
+    assert meta["SKIP_INPUT"] == triton_fwd.SKIP_INPUTS["held"]
+
+
 def test_num_warps_two_only_for_dense_16bit_plans():
     """2 warps at the sizes measured faster on 2 (``TWO_WARPS_AT``) for dense fp16/bf16 plans
     only: fp32 (twice the registers per table) and blocked plans keep the 4 they were tuned on,
@@ -414,7 +463,7 @@ def test_num_warps_two_only_for_dense_16bit_plans():
             assert triton_fwd.num_warps_for(n, dtype, blocked=True) == 4, (n, dtype)
         assert triton_fwd.num_warps_for(n, torch.float32) == 4, n
         assert triton_fwd.num_warps_for(n) == 4, n
-    assert triton_fwd.num_warps_for(1024, torch.bfloat16) == 4
+    assert set(triton_fwd.TWO_WARPS_AT) == {1024, 2048}
     assert triton_fwd.num_warps_for(4096, torch.bfloat16) == 4
     assert triton_fwd.num_warps_for(8192, torch.bfloat16) == 8
     assert triton_fwd.num_warps_for(512, torch.float32) == 2
@@ -553,16 +602,18 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
         in ("n2048-L1027-rows64", "n4096-L2051-rows64", "n8192-L1500-rows32", "n8192-L5000-rows128")
     ],
 )
-def test_gpu_launcher_skip_input_reload(n, L, dtype, gates):
-    """The skip term's input loaded again at the output (``skip_input="reload"``): every output
-    written and right, with the pipelined defaults (B = 7: a half-empty last pair)."""
+@pytest.mark.parametrize("skip_input", ["reload", "held"])
+def test_gpu_launcher_skip_input(n, L, dtype, gates, skip_input):
+    """The skip term's input loaded again at the output (``skip_input="reload"``, the default
+    from n = 4096 on) or held in registers: every output written and right, with the pipelined
+    defaults (B = 7: a half-empty last pair)."""
     from kernels.fftconv import triton_fwd
 
     u, k, pre, post, bias = make_inputs(7, 5, L, n, dtype, True, seed=11, device="cuda")
     post = post if gates == "pre-post" else None
     kf = torch.fft.rfft(k, n=n)
     out = torch.full_like(u, float("nan"))
-    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, skip_input="reload")
+    triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, skip_input=skip_input)
     v = u.double() * pre.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
     ref = (z * post.double() if post is not None else z) + bias.double()[:, None] * v

@@ -573,6 +573,24 @@ def test_launch_rejects_bad_input(change, match):
         triton_bwd.launch(*args)
 
 
+@pytest.mark.parametrize(
+    ("z", "match"),
+    [
+        pytest.param(torch.zeros(3, 2, 299), r"z must be torch.float32 of u's shape", id="shape"),
+        pytest.param(
+            torch.zeros(3, 2, 300, dtype=torch.float16),
+            r"got torch.float16 \(3, 2, 300\)",
+            id="dtype",
+        ),
+    ],
+)
+def test_launch_rejects_bad_z(z, match):
+    from kernels.fftconv import triton_bwd
+
+    with pytest.raises(ValueError, match=match):
+        triton_bwd.launch(*_launch_args(), z=z)
+
+
 def test_launch_rejects_fp64_and_bad_config():
     from kernels.fftconv import triton_bwd
 
