@@ -138,9 +138,10 @@ def fused_backward(
     if plan.blocked:
         return None
     if z is not None and needs[3]:  # the long path keeps no z (keeps_z); one given is used
-        d_post = postgate_grad(dy, z, postgate.dtype)
         grads = triton_long.long_backward(
             dy, u, kc, kf, pregate, postgate, bias, plan, (*needs[:3], False, needs[4])
         )
-        return (*grads[:3], d_post, grads[4])
+        if grads is None:  # a plan no kernel covers (n < 256): the primitives, with this z
+            return None
+        return (*grads[:3], postgate_grad(dy, z, postgate.dtype), grads[4])
     return triton_long.long_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)

@@ -89,12 +89,15 @@ BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 # the public call, forward and backward
 BLOCKED_CASE = "B3-H2-L2500-K100-causal-fp16-blocked"
 COMPILE_CASE = "compile-fullgraph-fp32"
-# id -> (B, H, L, Lk, dtype, blocked): the public call with a postgate that wants a gradient,
-# forward and backward: the forward kernel keeps z, the backward takes dpostgate = dy * z
+# id -> (B, H, L, Lk, dtype, blocked, fused): the public call with a postgate that wants a
+# gradient, forward and backward: the forward kernel keeps z, the backward kernel takes
+# dpostgate = dy * z from it; below n = 256 (no kernel) the primitives keep z and the backward
+# multiplies on the host
 Z_CASES = {
-    "z-B3-H2-L300-K300-causal-fp32": (3, 2, 300, 300, "fp32", False),
-    "z-B2-H3-L200-K150-causal-fp16": (2, 3, 200, 150, "fp16", False),
-    "z-B3-H2-L700-K100-causal-fp16-blocked": (3, 2, 700, 100, "fp16", True),
+    "z-B3-H2-L300-K300-causal-fp32": (3, 2, 300, 300, "fp32", False, True),
+    "z-B2-H3-L200-K150-causal-fp16": (2, 3, 200, 150, "fp16", False, True),
+    "z-B3-H2-L700-K100-causal-fp16-blocked": (3, 2, 700, 100, "fp16", True, True),
+    "z-B2-H3-L50-K50-causal-fp32-primitives": (2, 3, 50, 50, "fp32", False, False),
 }
 # id -> (H, n, keep_bins, N1): spectrum_layout's kernel against its torch ops, bit for bit
 LAYOUT_CASES = {
@@ -195,12 +198,14 @@ def _run_blocked_case():
     return errs, make_plan("causal", 2500, 100).blocked
 
 
-def _run_z_case(B, H, L, Lk, dtype, blocked):
+def _run_z_case(B, H, L, Lk, dtype, blocked, fused):
     from kernels import fftconv
+    from kernels.fftconv import core, triton_bwd, triton_fwd
     from kernels.fftconv import triton as triton_backend
-    from kernels.fftconv import triton_bwd, triton_fwd
 
     kept = count_calls(triton_backend, "fused_forward_z")
+    host_product = core.postgate_grad
+    host_products = count_calls(core, "postgate_grad")
     bwd_calls = []  # (needs, whether z was handed over) per backward launcher call
     kernel_flags = []  # (NEED_DPOSTGATE, Z_IN) per backward kernel launch
     forward_launches = []
@@ -243,18 +248,25 @@ def _run_z_case(B, H, L, Lk, dtype, blocked):
         triton_bwd.fftconv_bwd = bwd
         triton_bwd._fftconv_bwd_kernel = kernel
         triton_fwd.launch = fwd_launch
+        core.postgate_grad = host_product
     names = ("u", "k", "pregate", "postgate", "bias")
     errs = {"y": rel_err(y, want)}
     errs |= {name: rel_err(a.grad, b.grad) for name, a, b in zip(names, leaves, refs, strict=True)}
     # z kept by the forward kernel (its one launch, which wrote z) and handed to the backward,
-    # whose kernels computed the postgate's gradient from it: no launch transformed v for z
-    ok = (
-        bool(kept)
-        and forward_launches == [True]
-        and bwd_calls == [([True] * 5, True)]
-        and (True, True) in kernel_flags
-        and (True, False) not in kernel_flags
-    )
+    # whose kernels computed the postgate's gradient from it: no launch transformed v for z,
+    # no product on the host; without kernels, z from the primitives times dy on the host
+    if fused:
+        ok = (
+            bool(kept)
+            and forward_launches == [True]
+            and bwd_calls == [([True] * 5, True)]
+            and (True, True) in kernel_flags
+            and (True, False) not in kernel_flags
+            and not host_products
+        )
+    else:
+        ok = bool(kept) and not (forward_launches or bwd_calls or kernel_flags)
+        ok = ok and host_products == ["postgate_grad"]
     return errs, ok
 
 
@@ -327,12 +339,13 @@ def test_interpreter_forward(interpreted, case):
 def test_interpreter_postgate_gradient_from_kept_z(interpreted, case):
     """A postgate that wants a gradient: the forward kernel writes z too (dense and blocked
     plans), the backward kernel takes the postgate's gradient dy * z from it (no transform of v
-    for z, and no forward launch in the blocked backward), and the output and all five
-    gradients match float64."""
-    dtype = Z_CASES[case][4]
+    for z, and no forward launch in the blocked backward); below n = 256 the primitives keep z
+    and the backward multiplies on the host; the output and all five gradients match
+    float64."""
+    dtype, _, fused = Z_CASES[case][4:]
     res = interpreted[case]
-    assert res["ok"], "z not kept by the forward kernel, or the backward recomputed it"
-    assert res["fused"] and res["bwd_fused"]
+    assert res["ok"], "z not kept by the forward, or the backward recomputed it"
+    assert res["fused"] == fused and res["bwd_fused"] == fused
     for name, err in res["errs"].items():
         assert err < TOL[DTYPES[dtype]], (name, err)
 
