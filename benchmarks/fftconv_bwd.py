@@ -165,11 +165,12 @@ def variants(n: int) -> dict[str, dict]:
         out["split-q-a-hold-s8p2-dbias-b"] = C(
             128, 8, hoist=True, steps=8, stages=2, split="store_q", b=b_default, dbias_in_b=True
         )
-        # kernel (b) with its accumulator in registers: with z from the forward (b) transforms
-        # only v, and spills 192 B so (bf16 gated, sm_90)
-        out["split-q-a-hold-s8p2-b-regs"] = C(
-            128, 8, hoist=True, steps=8, stages=2, split="store_q", b=C(128, 8), dbias_in_b=True
-        )
+        # kernel (b) with its accumulator in memory: the default of backward v6, before z came
+        # from the forward (the default since v7 holds it in registers)
+        out["split-q-a-hold-s8p2-b-accmem"] = C(
+            128, 8, hoist=True, steps=8, stages=2, split="store_q",
+            b=C(128, 8, acc_in_memory=True), dbias_in_b=True,
+        )  # fmt: skip
     return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 

@@ -235,12 +235,33 @@ def _(u, kc, kf, pregate, postgate, bias, mode, filter_len, fft_size, fold, keep
     return [torch.empty_like(u), torch.empty_like(u)]
 
 
-@torch.compiler.assume_constant_result  # a function of the call's static arguments alone
 def _keeps_z(backend: str, plan: ConvPlan, dtype: torch.dtype) -> bool:
     """Whether the forward on ``backend`` keeps z for ``plan`` (the backend's ``keeps_z``; one
-    without a fused kernel runs the primitives, which always have it)."""
+    without a fused kernel runs the primitives, which always have it). Under torch.compile a
+    constant of the call's static arguments: they go to ``_keeps_z_static`` field by field,
+    since torch 2.11's dynamo cannot turn the frozen plan itself into a constant."""
+    return _keeps_z_static(
+        backend, plan.mode, plan.seq_len, plan.filter_len, plan.fft_size, plan.fold,
+        plan.keep_bins, plan.blocked, dtype,
+    )  # fmt: skip
+
+
+@torch.compiler.assume_constant_result  # a function of the call's static arguments alone
+def _keeps_z_static(
+    backend: str,
+    mode: str,
+    seq_len: int,
+    filter_len: int,
+    fft_size: int,
+    fold: bool,
+    keep_bins: int,
+    blocked: bool,
+    dtype: torch.dtype,
+) -> bool:
     keeps = getattr(_backend_module(backend), "keeps_z", None)
-    return True if keeps is None else keeps(plan, dtype)
+    if keeps is None:
+        return True
+    return keeps(ConvPlan(mode, seq_len, filter_len, fft_size, fold, keep_bins, blocked), dtype)
 
 
 def _fftconv_backward_impl(

@@ -672,7 +672,9 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
     H100, backward v5); at 8192 the split on 128 x 64 tiles, (b) one pair at a time with its
     accumulator in memory, (a) with its tables held and 8 pairs pipelined 2 deep once the bias
     gradient moved to (b) (``dbias_in_b``: the held pipeline needs 196 KB of shared memory
-    instead of 228; 2.44 / 5.26 ms plain / gated against 2.76 / 5.48 on an H100, backward v6));
+    instead of 228; 2.44 / 5.26 ms plain / gated against 2.76 / 5.48 on an H100, backward v6),
+    and (b)'s accumulator back in registers once z came from the forward (b's transform of v
+    for z gone: plain 2.17 against 2.46 ms on an H100, gated not timed yet, backward v7));
     fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
     shared memory, and the pipelined loops need more shared memory than an SM has from
     n = 4096).
@@ -702,11 +704,12 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
             # (backward v5)
             return Config(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=Config(64, 4))
         # kernel (a) with its tables held and 8 pairs pipelined 2 deep, the bias gradient
-        # summed in kernel (b) (which frees the shared memory the pipeline needs), (b) one pair
-        # at a time with its accumulator in memory (backward v6)
+        # summed in kernel (b) (which frees the shared memory the pipeline needs) (backward v6),
+        # (b) one pair at a time with its accumulator in registers (backward v7: the public call
+        # hands it z, so it transforms v only for the filter gradient)
         return Config(
-            128, 8, hoist=True, steps=8, stages=2, split="store_q",
-            b=Config(128, 8, acc_in_memory=True), dbias_in_b=True,
+            128, 8, hoist=True, steps=8, stages=2, split="store_q", b=Config(128, 8),
+            dbias_in_b=True,
         )  # fmt: skip
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)

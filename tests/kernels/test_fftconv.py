@@ -429,6 +429,26 @@ def test_postgate_gradient_takes_the_kept_z(monkeypatch):
     assert seen["forward_with_z"] >= 3 and seen["backward_z"] >= 3
 
 
+def test_keeps_z_constant_takes_plain_arguments():
+    """Under torch.compile ``_keeps_z`` folds to a constant (``assume_constant_result``), which
+    needs every argument as a Python constant: torch 2.11's dynamo (the GPU image's) cannot make
+    one of the frozen ConvPlan and failed every compiled call whose postgate wanted a gradient
+    (2026-12-07, test_gpu_autocast_and_compile_fullgraph). So the folded function takes the
+    plan's fields, and answers as the backend does for the plan."""
+    import inspect
+
+    from kernels.fftconv import interface
+    from kernels.fftconv import triton as triton_backend
+
+    hints = inspect.get_annotations(interface._keeps_z_static, eval_str=True)
+    hints.pop("return")
+    assert set(hints.values()) <= {str, int, bool, torch.dtype}, hints
+    for plan in (make_plan("causal", 1000, 1000), make_plan("causal", 9000, 9000)):
+        for backend in ("torch", "triton"):
+            want = True if backend == "torch" else triton_backend.keeps_z(plan, torch.bfloat16)
+            assert interface._keeps_z(backend, plan, torch.bfloat16) == want
+
+
 def test_triton_keeps_z_except_on_the_long_path():
     """The in-register kernels (dense and blocked) and the primitives keep z; the long path's
     kernels (n > 8192, folded plans) do not, so those calls keep the plain Function."""
