@@ -38,6 +38,7 @@ import triton.language as tl
 from benchmarks.common import compile_sm90, copy_bandwidth, gpu_run_meta, median_ms
 
 FACTORS = {4096: (16, 16, 16), 8192: (32, 16, 16)}
+_OPERAND = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit
@@ -150,9 +151,6 @@ def dft(x: torch.Tensor, operand: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.complex(out[:, 0], out[:, 1])
 
 
-_OPERAND = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
 def static_rows() -> list[dict]:
     """The kernel compiled for sm_90 per size, operand dtype and warps: ``ptxas`` registers and
     spills, shared memory, the layout conversions (the permutes and the products' operand
@@ -161,15 +159,14 @@ def static_rows() -> list[dict]:
     kernel = three_stage_dft_kernel
     pointers = {name: "*fp32" for name in kernel.arg_names if name.endswith("_ptr")}
     for n, (N1, N2, N3) in FACTORS.items():
-        for operand in ("fp16", "bf16"):
+        for operand, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
             for warps in (4, 8):
-                constexprs = {"N1": N1, "N2": N2, "N3": N3, "OPERAND": getattr(tl, {
-                    "fp16": "float16", "bf16": "bfloat16"}[operand])}  # fmt: skip
+                constexprs = {"N1": N1, "N2": N2, "N3": N3, "OPERAND": _OPERAND[operand]}
                 compiled, stats = compile_sm90(kernel, constexprs, pointers, warps, divisible=())
                 ttgir = compiled.asm["ttgir"]
                 rows.append(
                     {
-                        "n": n, "factors": [N1, N2, N3], "operand": operand, "num_warps": warps,
+                        "n": n, "factors": [N1, N2, N3], "operand": name, "num_warps": warps,
                         **stats,
                         "layout_conversions": ttgir.count("convert_layout"),
                         "dots": ttgir.count("tt.dot ") + ttgir.count("warp_group_dot "),

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from . import reference, triton_bwd, triton_fwd, triton_long
-from .core import postgate_grad
 from .plan import ConvPlan
 
 
@@ -135,13 +134,8 @@ def fused_backward(
             dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs,
             blocked=plan.blocked, z=z,
         )  # fmt: skip
-    if plan.blocked:
+    if plan.blocked or z is not None:
+        # a z the in-register kernels do not take (n < 256: the primitives kept it; the long
+        # path keeps none, keeps_z): core.backward multiplies it by dy and asks again without
         return None
-    if z is not None and needs[3]:  # the long path keeps no z (keeps_z); one given is used
-        grads = triton_long.long_backward(
-            dy, u, kc, kf, pregate, postgate, bias, plan, (*needs[:3], False, needs[4])
-        )
-        if grads is None:  # a plan no kernel covers (n < 256): the primitives, with this z
-            return None
-        return (*grads[:3], postgate_grad(dy, z, postgate.dtype), grads[4])
     return triton_long.long_backward(dy, u, kc, kf, pregate, postgate, bias, plan, needs)

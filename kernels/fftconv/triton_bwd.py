@@ -1000,6 +1000,7 @@ def launch(
         kernel_needs: tuple[bool, ...], kernel_config: Config, q: Tensor | None, store_q: bool
     ) -> None:
         k_u, k_k, k_pre, k_post, k_bias = kernel_needs
+        z_in = z is not None and k_post  # this kernel computes dpostgate, from the kept z
         _fftconv_bwd_kernel[(H * chunks,)](
             dy,
             u,
@@ -1016,7 +1017,7 @@ def launch(
             dk_parts if k_k else spectrum,
             dbias_parts if k_bias else spectrum,
             q if q is not None else u,
-            z if z is not None and k_post else u,
+            z if z_in else u,
             B,
             H,
             L,
@@ -1039,7 +1040,7 @@ def launch(
             STAGES=kernel_config.stages,
             STORE_Q=q is not None and store_q,
             LOAD_Q=q is not None and not store_q,
-            Z_IN=z is not None and k_post,
+            Z_IN=z_in,
             BLOCKED=blocked,
             PRECISION=precision or dot_precision(u),
             num_warps=kernel_config.num_warps,
