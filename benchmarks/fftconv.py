@@ -72,16 +72,25 @@ KERNEL_VARIANTS = {
     # from n = 4096 on since v13, so there the variant is the input held
     "reload": (True, None, None, None, lambda n: n == 2048, {"skip_input": "reload"}),
     "held": (True, None, None, None, lambda n: n >= 4096, {"skip_input": "held"}),
+    # the transform in three Monarch stages (16 x 16 x 16 at 4096, 32 x 16 x 16 at 8192: a
+    # third of the products, two register-tile permutations per direction), plain and gated;
+    # steps and stages the launcher's defaults, then more pipelining and 4 warps at 8192
+    "three": (True, None, None, None, lambda n: n in (4096, 8192), {"transform": "three"}),
+    "three-s16-p3": (True, None, 16, 3, lambda n: n in (4096, 8192), {"transform": "three"}),
+    "three-w4": (True, 4, None, None, lambda n: n == 8192, {"transform": "three"}),
+    "three-w8": (True, 8, None, None, lambda n: n == 4096, {"transform": "three"}),
 }
 
 
 def kernel_variants(n: int, gated: bool) -> list[tuple]:
     """The variants worth timing at size n (unpaired only plain, to measure the pairing; those
-    with more launch options only gated): ``(name, pair, warps, steps, stages, options)``."""
+    with more launch options only gated, unless they choose the transform): ``(name, pair,
+    warps, steps, stages, options)``."""
     out = []
     for name, (pair, warps, steps, stages, sizes, *more) in KERNEL_VARIANTS.items():
         options = more[0] if more else {}
-        if sizes(n) and (pair or not gated) and (gated or not options):
+        plain_too = "transform" in options  # other options concern gated calls only
+        if sizes(n) and (pair or not gated) and (gated or not options or plain_too):
             out.append((name, pair, warps, steps, stages, options))
     return out
 
@@ -103,7 +112,9 @@ def floor_ms(L: int, gated: bool, backward: bool) -> float:
     return tensors * 2 * TOTAL / copy_bandwidth() * 1e3
 
 
-def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
+def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = False) -> dict:
+    """One row: the public call per backend, forward and forward+backward, the bare kernel's
+    variants and the spectrum layout; ``kernel_only``: the bare kernel's variants alone."""
     B = TOTAL // (H * L)
     gen = torch.Generator(device="cuda").manual_seed(L)
     u = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -124,6 +135,8 @@ def bench_length(L: int, gated: bool, use_compile: bool) -> dict:
     row["floor_fwdbwd_ms"] = floor_ms(L, gated, True)
 
     inputs = (u, k, pre, post, bias)
+    if kernel_only:
+        return row | (time_kernel(inputs, n) if fused else {})
     row.update(time_forward(inputs, use_compile))
     # forward + backward through the public call (the forward alone: time_forward)
     row.update(
@@ -206,13 +219,20 @@ def time_kernel(inputs, n: int) -> dict:
     NaN-poisoned output first."""
     u, k, pre, post, bias = inputs
     B, H, L = u.shape
-    spectrum = triton_fwd.spectrum_layout(torch.fft.rfft(k, n=n), n)
+    kf = torch.fft.rfft(k, n=n)
+    spectra = {"two": triton_fwd.spectrum_layout(kf, n)}
+    if n in triton_fwd.THREE_STAGE_SIZES:
+        spectra["three"] = triton_fwd.spectrum_layout3(kf, n)
+    default_transform = triton_fwd.transform_for(n, u.dtype)
     ref = torch_path_fp32(*inputs)
     out = torch.empty_like(u)
     row = {}
     for name, pair, warps, steps, stages, options in kernel_variants(n, pre is not None):
+        spectrum = spectra[options.get("transform", default_transform)]
 
-        def run(pair=pair, warps=warps, steps=steps, stages=stages, options=options):
+        def run(
+            pair=pair, warps=warps, steps=steps, stages=stages, options=options, spectrum=spectrum
+        ):
             triton_fwd.launch(
                 u,
                 spectrum,
@@ -270,6 +290,21 @@ def accuracy_summary() -> dict:
                 "torch": rel_err(y_torch.double(), ref),
             }
     return out
+
+
+def print_kernel_table(rows: list[dict]) -> None:
+    """One line per (L, gating, variant): the bare kernel's ms, error, and multiple of the
+    memory floor (``--kernel-only``)."""
+    print(f"{'L':>6} {'gate':<6} {'variant':<16} {'ms':>7} {'x floor':>7} {'err':>8}")
+    for r in rows:
+        gate = "gated" if r["gated"] else "plain"
+        for name in KERNEL_VARIANTS:
+            ms = r.get(f"kernel_ms_{name}")
+            err = r.get(f"err_kernel_{name}")
+            if ms is None and f"kernel_error_{name}" not in r and err is None:
+                continue
+            shown = "failed" if ms is None else f"{ms:7.3f} {ms / r['floor_fwd_ms']:7.2f}"
+            print(f"{r['L']:>6} {gate:<6} {name:<16} {shown} {fmt(err, '.1e'):>8}")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -390,10 +425,11 @@ def static_stats(n: int, dtype: torch.dtype, gated: bool, blocked: bool = False,
         sms=STATIC_SMS, **options,
     )  # fmt: skip
     warps = meta.pop("num_warps")
-    kernel = triton_fwd._fftconv_fwd_kernel
+    kernel = triton_fwd.kernel_of(meta)
     operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
+    fp32 = ("bias_ptr", "kf_ptr", "twiddle_ptr", "tw1_ptr", "tw2a_ptr", "tw2b_ptr")
     pointer_types = {
-        name: "*fp32" if name in ("bias_ptr", "kf_ptr", "twiddle_ptr") else operand
+        name: "*fp32" if name in fp32 else operand
         for name in kernel.arg_names
         if name.endswith("_ptr")
     }
@@ -465,9 +501,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument(
+        "--kernel-only", action="store_true", help="the bare kernel's launch variants alone"
+    )
+    parser.add_argument(
+        "--variants", nargs="*", help="time these bare-kernel variants only (and the default)"
+    )
+    parser.add_argument(
         "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
     )
     args = parser.parse_args(argv)
+    if args.variants is not None:
+        unknown = sorted(set(args.variants) - set(KERNEL_VARIANTS))
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; known: {sorted(KERNEL_VARIANTS)}")
+        for name in list(KERNEL_VARIANTS):
+            if name != "default" and name not in args.variants:
+                del KERNEL_VARIANTS[name]
     if args.static:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         run_static(args.lengths, args.out)
@@ -495,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L in args.lengths:
         for gated in (False, True):
-            row = bench_length(L, gated, args.compile)
+            row = bench_length(L, gated, args.compile, args.kernel_only)
             times = {
                 name: row[f"kernel_ms_{name}"]
                 for name in KERNEL_VARIANTS
@@ -511,6 +560,10 @@ def main(argv: list[str] | None = None) -> None:
             # written after every row: a run cut short still leaves its numbers
             args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
             torch.cuda.empty_cache()
+    if args.kernel_only:
+        print_kernel_table(rows)
+        print(f"wrote {args.out}")
+        return
     print_table(rows)
     if plot(rows, args.out.with_suffix(".png")):
         print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

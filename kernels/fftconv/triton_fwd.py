@@ -103,6 +103,12 @@ TWO_WARPS_AT = (1024, 2048)
 SKIP_INPUTS = {"held": 0, "reload": 1}
 RELOAD_SKIP_AT = (4096, 8192)
 PROGRAMS_PER_SM = 8
+# the transform of a dense plan (``launch``'s ``transform``): "two" Monarch stages
+# (``_fftconv_fwd_kernel``) or "three" (``_fftconv_fwd3_kernel``, n in ``THREE_STAGE_SIZES``);
+# the fp16/bf16 sizes whose default is three stages (none until measured on a GPU)
+TRANSFORMS = ("two", "three")
+THREE_STAGE_SIZES = (4096, 8192)
+THREE_STAGE_AT: tuple[int, ...] = ()
 
 
 def split(n: int) -> tuple[int, int]:
@@ -120,6 +126,20 @@ def tile_rows(seq_len: int, n: int) -> int:
 
 def supports(n: int, fold: bool, dtype: torch.dtype) -> bool:
     return not fold and MIN_FFT <= n <= MAX_FFT and (n & (n - 1)) == 0 and dtype in DTYPES
+
+
+def split3(n: int) -> tuple[int, int, int]:
+    """The three-stage factors ``(N1, N2, N3)`` of n in ``THREE_STAGE_SIZES``: ``N2 = N3 = 16``
+    (``tl.dot``'s minimum), ``N1 = n / 256`` (16 x 16 x 16 at 4096, 32 x 16 x 16 at 8192)."""
+    if n not in THREE_STAGE_SIZES:
+        raise ValueError(f"n: three stages run at {THREE_STAGE_SIZES}; got {n}")
+    return n // 256, 16, 16
+
+
+def tile_rows3(seq_len: int, n: int) -> int:
+    """Rows t1 of the three-stage [N1, N2 N3] tile that hold the input / the output."""
+    N1, N2, N3 = split3(n)
+    return min(N1, max(16, triton.next_power_of_2(triton.cdiv(seq_len, N2 * N3))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +176,36 @@ def constants(
 
         _CONSTANTS[key] = build_constants(device, f"Triton FFT tables for n={n} ({dtype})", build)
     return _CONSTANTS[key]
+
+
+_CONSTANTS3: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, ...]] = {}
+
+
+def constants3(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The three-stage kernel's tables for ``split3(n)``, real and imaginary planes:
+    ``(F_N1 [2, N1, N1], F_N2 [2, N2, N2], F_N3 [2, N3, N3])`` unitary in ``dtype`` and, fp32,
+    ``tw1 [2, N1, N2] = w_(N1 N2)^(k1 t2)``, ``tw2a [2, N1, N3] = w_n^(k1 t3)``, ``tw2b [2, N2,
+    N3] = w_(N2 N3)^(k2 t3)`` (``w_m = exp(-2 pi i / m)``; the second stage's twiddle
+    ``w_n^(t3 (k1 + N1 k2))`` is ``tw2a * tw2b``, two small tables instead of one of size n)."""
+    device = canonical_device(device)
+    key = (n, device, dtype)
+    if key not in _CONSTANTS3:
+        N1, N2, N3 = split3(n)
+
+        def twiddle(rows: int, cols: int, size: int) -> Tensor:
+            a = torch.arange(rows, dtype=torch.float64, device=device)
+            b = torch.arange(cols, dtype=torch.float64, device=device)
+            angle = (-2.0 * math.pi / size) * torch.remainder(a[:, None] * b[None, :], size)
+            return torch.stack([angle.cos(), angle.sin()]).float().contiguous()
+
+        def build() -> tuple[Tensor, ...]:
+            dfts = tuple(_unitary_dft(m, device).to(dtype).contiguous() for m in (N1, N2, N3))
+            return (*dfts, twiddle(N1, N2, N1 * N2), twiddle(N1, N3, n), twiddle(N2, N3, N2 * N3))
+
+        _CONSTANTS3[key] = build_constants(
+            device, f"Triton three-stage FFT tables for n={n} ({dtype})", build
+        )
+    return _CONSTANTS3[key]
 
 
 def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tuple[int, int]:
@@ -302,6 +352,21 @@ def spectrum_layout(
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
     spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
     return select_columns(spectrum, n, keep_bins, N1=N1).contiguous()
+
+
+def spectrum_layout3(kf: Tensor, n: int, *, kernel: bool | None = None) -> Tensor:
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N1, 2, N2, N3]`` fp32, the three-stage
+    kernel's order (``split3``): ``[h, k1, 0|1, k2, k3]`` = real|imag of bin ``k1 + N1 k2 +
+    N1 N2 k3`` of the full spectrum (dense filters only). ``kernel``: as ``spectrum_layout``
+    (one pass of ``spectrum_layout_kernel``, with ``N0 = N1``, or the torch ops)."""
+    N1, N2, N3 = split3(n)
+    H = kf.shape[0]
+    kernel = _layout_kernel if kernel is None else kernel
+    if kernel and kf.shape == (H, n // 2 + 1) and triton_unusable(kf.device.type, __name__) is None:
+        return launch_layout(kf.to(torch.complex64), N1, N2, N3, N3, 0)
+    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
+    perm = full.reshape(H, N3, N2, N1).permute(0, 3, 2, 1)  # [H, k1, k2, k3]
+    return torch.stack([perm.real, perm.imag], dim=2).float().contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,6 +646,189 @@ def _fftconv_fwd_kernel(
             tl.store(y_ptr + row_w + out_w, z_w.to(y_ptr.dtype.element_ty), mask=mask_out_w)
 
 
+@triton.jit
+def _twiddle(a_re, a_im, w_re, w_im, CONJ: tl.constexpr):
+    """``a * w`` (``a * conj(w)`` with CONJ), fp32."""
+    if CONJ:
+        return a_re * w_re + a_im * w_im, a_im * w_re - a_re * w_im
+    return a_re * w_re - a_im * w_im, a_re * w_im + a_im * w_re
+
+
+@triton.jit(do_not_specialize=["B", "H"])
+def _fftconv_fwd3_kernel(
+    u_ptr,  # [B, H, L]
+    pregate_ptr,  # [B, H, L] (unused unless HAS_PREGATE)
+    postgate_ptr,  # [B, H, L] (unused unless HAS_POSTGATE)
+    bias_ptr,  # [H] (unused unless HAS_BIAS)
+    kf_ptr,  # [H, N1, 2, N2, N3] fp32: bin k1 + N1 k2 + N1 N2 k3 at [h, k1, plane, k2, k3]
+    f1_ptr,  # [2, N1, N1] operand dtype: F_N1
+    f2_ptr,  # [2, N2, N2]
+    f3_ptr,  # [2, N3, N3]
+    tw1_ptr,  # [2, N1, N2] fp32: w_(N1 N2)^(k1 t2)
+    tw2a_ptr,  # [2, N1, N3] fp32: w_n^(k1 t3)
+    tw2b_ptr,  # [2, N2, N3] fp32: w_(N2 N3)^(k2 t3); tw2a * tw2b = w_n^(t3 (k1 + N1 k2))
+    y_ptr,  # [B, H, L]
+    z_ptr,  # [B, H, L] (unused unless STORE_Z)
+    B,
+    H,
+    L,
+    N1: tl.constexpr,
+    N2: tl.constexpr,
+    N3: tl.constexpr,
+    ROWS: tl.constexpr,
+    PAIR: tl.constexpr,
+    STEPS: tl.constexpr,
+    STAGES: tl.constexpr,
+    HAS_PREGATE: tl.constexpr,
+    HAS_POSTGATE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SKIP_INPUT: tl.constexpr = 0,
+    STORE_Z: tl.constexpr = False,
+):
+    # The dense forward of ``_fftconv_fwd_kernel`` with the transform in three Monarch stages,
+    # n = N1 N2 N3, t = t1 N2 N3 + t2 N3 + t3, k = k1 + N1 k2 + N1 N2 k3 (module docstring,
+    # "Three stages"). The tile is [t1, (t2, t3)]; the middle and last stages are reached by
+    # permuting the register tile ([k1, t2, t3] -> [k1, t3, t2] -> [k1, k2, t3]), and the
+    # spectrum lives as [(k1, k2), k3]. Pairs, steps, gates, skip term and z as there.
+    SEQS: tl.constexpr = 2 if PAIR else 1
+    M: tl.constexpr = N2 * N3  # the tile's columns
+    pid = tl.program_id(0)
+    programs_per_channel = tl.cdiv(B, SEQS * STEPS)
+    pid_h = pid // programs_per_channel
+    first_q = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
+    op_dtype = f1_ptr.dtype.element_ty
+
+    offs_r = tl.arange(0, ROWS)
+    i1 = tl.arange(0, N1)
+    i2 = tl.arange(0, N2)
+    i3 = tl.arange(0, N3)
+    offs_t = offs_r[:, None] * M + tl.arange(0, M)[None, :]  # [ROWS, M] time index
+
+    # per channel, loaded once: the DFT matrices, the twiddles, the filter
+    f1_re, f1_im = _load_complex(f1_ptr, i1[:, None] * N1 + offs_r[None, :], N1 * N1)  # [N1, R]
+    g1_re, g1_im = _load_complex(f1_ptr, offs_r[:, None] * N1 + i1[None, :], N1 * N1)  # [R, N1]
+    f2_re, f2_im = _load_complex(f2_ptr, i2[:, None] * N2 + i2[None, :], N2 * N2)
+    f3_re, f3_im = _load_complex(f3_ptr, i3[:, None] * N3 + i3[None, :], N3 * N3)
+    tw1_re, tw1_im = _load_complex(
+        tw1_ptr, i1[:, None, None] * N2 + i2[None, :, None], N1 * N2
+    )  # [N1, N2, 1]
+    tw1_inv_re, tw1_inv_im = _load_complex(
+        tw1_ptr, i1[:, None, None] * N2 + i2[None, None, :], N1 * N2
+    )  # [N1, 1, N2]
+    # the second twiddle in the forward's [k1, t3, k2] order and the inverse's [k1, k2, t3]
+    a_fwd_re, a_fwd_im = _load_complex(
+        tw2a_ptr, i1[:, None, None] * N3 + i3[None, :, None], N1 * N3
+    )  # [N1, N3, 1]
+    b_fwd_re, b_fwd_im = _load_complex(
+        tw2b_ptr, i2[None, None, :] * N3 + i3[None, :, None], N2 * N3
+    )  # [1, N3, N2]
+    a_inv_re, a_inv_im = _load_complex(
+        tw2a_ptr, i1[:, None, None] * N3 + i3[None, None, :], N1 * N3
+    )  # [N1, 1, N3]
+    b_inv_re, b_inv_im = _load_complex(
+        tw2b_ptr, i2[None, :, None] * N3 + i3[None, None, :], N2 * N3
+    )  # [1, N2, N3]
+    spec_rows = tl.arange(0, N1 * N2)  # k1 N2 + k2
+    offs_spec = (spec_rows // N2)[:, None] * (2 * M) + (spec_rows % N2)[:, None] * N3 + i3[None, :]
+    kf_start = pid_h.to(tl.int64) * (2 * N1 * M)
+    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+
+    for step in tl.range(0, STEPS, num_stages=STAGES):
+        q = first_q + step * SEQS
+        row_v = (q.to(tl.int64) * H + pid_h) * L  # 64-bit: B*H*L may pass 2^31
+        row_w = row_v + H.to(tl.int64) * L
+        mask_v = (offs_t < L) & (q < B)
+        mask_w = (offs_t < L) & (q + 1 < B)
+        v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, M]
+        if HAS_PREGATE:
+            v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+        if PAIR:
+            w = _load_row(u_ptr, row_w, offs_t, mask_w)
+            if HAS_PREGATE:
+                w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+
+        # stage 1, zero rows skipped: [k1, (t2, t3)] = F_N1[:, :ROWS] @ x[:ROWS]
+        if PAIR:
+            a_re, a_im = _complex_dot(f1_re, f1_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
+        else:
+            a_re = _dot(f1_re, v.to(op_dtype), PRECISION)
+            a_im = _dot(f1_im, v.to(op_dtype), PRECISION)
+        # twiddle [k1, t2], then [k1, t2, t3] -> [(k1, t3), t2] for stage 2
+        a_re, a_im = _twiddle(
+            tl.reshape(a_re, (N1, N2, N3)), tl.reshape(a_im, (N1, N2, N3)), tw1_re, tw1_im, False
+        )
+        b_re = tl.reshape(tl.permute(a_re.to(op_dtype), (0, 2, 1)), (N1 * N3, N2))
+        b_im = tl.reshape(tl.permute(a_im.to(op_dtype), (0, 2, 1)), (N1 * N3, N2))
+        c_re, c_im = _complex_dot(b_re, b_im, f2_re, f2_im, PRECISION)  # [(k1, t3), k2]
+        # twiddle [k1, t3, k2], then -> [(k1, k2), t3] for stage 3
+        c_re, c_im = _twiddle(
+            tl.reshape(c_re, (N1, N3, N2)), tl.reshape(c_im, (N1, N3, N2)),
+            a_fwd_re, a_fwd_im, False,
+        )  # fmt: skip
+        c_re, c_im = _twiddle(c_re, c_im, b_fwd_re, b_fwd_im, False)
+        d_re = tl.reshape(tl.permute(c_re.to(op_dtype), (0, 2, 1)), (N1 * N2, N3))
+        d_im = tl.reshape(tl.permute(c_im.to(op_dtype), (0, 2, 1)), (N1 * N2, N3))
+        x_re, x_im = _complex_dot(d_re, d_im, f3_re, f3_im, PRECISION)  # [(k1, k2), k3]
+
+        # the filter, in the same order
+        s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+        s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+
+        # inverse stage 3: [(k1, k2), t3] = S @ conj(F_N3), then the conjugate twiddle
+        e_re = tl.dot(s_re, f3_re, acc=_dot(s_im, f3_im, PRECISION), input_precision=PRECISION)
+        e_im = _dot(s_im, f3_re, PRECISION) - _dot(s_re, f3_im, PRECISION)
+        e_re, e_im = _twiddle(
+            tl.reshape(e_re, (N1, N2, N3)), tl.reshape(e_im, (N1, N2, N3)),
+            a_inv_re, a_inv_im, True,
+        )  # fmt: skip
+        e_re, e_im = _twiddle(e_re, e_im, b_inv_re, b_inv_im, True)
+        # [k1, k2, t3] -> [(k1, t3), k2]; inverse stage 2 -> [(k1, t3), t2]
+        g_re = tl.reshape(tl.permute(e_re.to(op_dtype), (0, 2, 1)), (N1 * N3, N2))
+        g_im = tl.reshape(tl.permute(e_im.to(op_dtype), (0, 2, 1)), (N1 * N3, N2))
+        h_re = tl.dot(g_re, f2_re, acc=_dot(g_im, f2_im, PRECISION), input_precision=PRECISION)
+        h_im = _dot(g_im, f2_re, PRECISION) - _dot(g_re, f2_im, PRECISION)
+        # conjugate twiddle [k1, t2] over t3, then [k1, t3, t2] -> [k1, (t2, t3)]
+        h_re, h_im = _twiddle(
+            tl.reshape(h_re, (N1, N3, N2)), tl.reshape(h_im, (N1, N3, N2)),
+            tw1_inv_re, tw1_inv_im, True,
+        )  # fmt: skip
+        o_re = tl.reshape(tl.permute(h_re.to(op_dtype), (0, 2, 1)), (N1, M))
+        o_im = tl.reshape(tl.permute(h_im.to(op_dtype), (0, 2, 1)), (N1, M))
+
+        # inverse stage 1, the output rows only: z = conj(F_N1)[:ROWS] @ O (w: the imaginary
+        # part), written out as the two-stage kernel does (its NOTES v3 miscompile)
+        z_v = tl.dot(g1_re, o_re, acc=_dot(g1_im, o_im, PRECISION), input_precision=PRECISION)
+        if PAIR:
+            z_w = _dot(g1_re, o_im, PRECISION) - _dot(g1_im, o_re, PRECISION)
+
+        if STORE_Z:
+            tl.store(z_ptr + row_v + offs_t, z_v.to(z_ptr.dtype.element_ty), mask=mask_v)
+        if HAS_POSTGATE:
+            z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
+        if HAS_BIAS:
+            if SKIP_INPUT == 1:
+                z_v += bias * _load_input(u_ptr, pregate_ptr, row_v, offs_t, mask_v, HAS_PREGATE)
+            else:
+                z_v += bias * v
+        tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+        if PAIR:
+            if STORE_Z:
+                tl.store(z_ptr + row_w + offs_t, z_w.to(z_ptr.dtype.element_ty), mask=mask_w)
+            if HAS_POSTGATE:
+                z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
+            if HAS_BIAS:
+                if SKIP_INPUT == 1:
+                    z_w += bias * _load_input(
+                        u_ptr, pregate_ptr, row_w, offs_t, mask_w, HAS_PREGATE
+                    )
+                else:
+                    z_w += bias * w
+            tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host launcher
 
@@ -611,6 +859,29 @@ def skip_input_for(n: int, dtype: torch.dtype, blocked: bool = False) -> str:
     whatever this says: its skip term is on the output block, not the transformed window.)"""
     half = dtype in (torch.float16, torch.bfloat16)
     return "reload" if half and not blocked and n in RELOAD_SKIP_AT else "held"
+
+
+def transform_for(
+    n: int, dtype: torch.dtype, blocked: bool = False, keep_bins: int | None = None
+) -> str:
+    """A plan's default transform (``launch``'s ``transform``): three stages for a dense
+    fp16/bf16 plan with a dense spectrum at the sizes of ``THREE_STAGE_AT``, else two."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    dense = not blocked and kept_columns(n, keep_bins) == (split(n)[1], 0)
+    return "three" if half and dense and n in THREE_STAGE_AT else "two"
+
+
+def _check_transform(transform: str, n: int, blocked: bool, keep_bins: int | None) -> None:
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}; got {transform!r}")
+    if transform == "three":
+        if n not in THREE_STAGE_SIZES:
+            raise ValueError(f"transform='three' runs at n in {THREE_STAGE_SIZES}; got n={n}")
+        if blocked or kept_columns(n, keep_bins) != (split(n)[1], 0):
+            raise ValueError(
+                "transform='three' takes dense plans with a dense spectrum; got "
+                f"blocked={blocked}, keep_bins={keep_bins}"
+            )
 
 
 def default_stages(n: int, dtype: torch.dtype, blocked: bool = False) -> int:
@@ -676,7 +947,14 @@ def fftconv_fwd(
         )
     if blocked:  # before the layout: a cut-off would be taken for kept columns
         _check_blocked(u, n, keep_bins)
-    spectrum = spectrum_layout(kf, n, keep_bins)
+    transform = launch_options.get("transform")
+    if transform is None:
+        transform = launch_options["transform"] = transform_for(n, u.dtype, blocked, keep_bins)
+    _check_transform(transform, n, blocked, keep_bins)
+    if transform == "three":
+        spectrum = spectrum_layout3(kf, n)
+    else:
+        spectrum = spectrum_layout(kf, n, keep_bins)
     return launch(
         u,
         spectrum,
@@ -724,9 +1002,10 @@ def launch(
     precision: str | None = None,
     skip_input: str | None = None,
     z_out: Tensor | None = None,
+    transform: str | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
-    ``keep_bins``).
+    ``keep_bins``; ``spectrum_layout3`` for three stages).
 
     ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
     channel, one per block, instead of B. ``out``: written in place when given. ``pair``
@@ -742,6 +1021,8 @@ def launch(
     default ``skip_input_for``.
     ``z_out``: also written with z, the convolution before the postgate and the skip term (what
     the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
+    ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
+    plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
     """
     B, H, L = u.shape
     if blocked:
@@ -756,17 +1037,28 @@ def launch(
         gates=(pregate is not None, postgate is not None, bias is not None),
         blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
         num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
-        store_z=z_out is not None, device=u.device,
+        store_z=z_out is not None, device=u.device, transform=transform,
     )  # fmt: skip
-    N1, N2, K2 = meta["N1"], meta["N2"], meta["K2"]
-    if spectrum.shape != (H, 2, N1, K2) or spectrum.dtype != torch.float32:
+    three = "N3" in meta
+    if three:
+        N1, N2, N3 = meta["N1"], meta["N2"], meta["N3"]
+        want = (H, N1, 2, N2, N3)
+    else:
+        N1, N2, K2 = meta["N1"], meta["N2"], meta["K2"]
+        want = (H, 2, N1, K2)
+    if spectrum.shape != want or spectrum.dtype != torch.float32:
         raise ValueError(
-            f"spectrum must be fp32 of shape {(H, 2, N1, K2)} (keep_bins={keep_bins}); got "
-            f"{spectrum.dtype} {tuple(spectrum.shape)}"
+            f"spectrum must be fp32 of shape {want} (keep_bins={keep_bins}, "
+            f"transform={'three' if three else 'two'}); got {spectrum.dtype} "
+            f"{tuple(spectrum.shape)}"
         )
-    dft1, dft2, twiddle = constants(n, u.device, u.dtype)
-    if K2 < N2:
-        dft2 = select_columns(dft2, n, keep_bins).contiguous()
+    if three:
+        tables = constants3(n, u.device, u.dtype)
+    else:
+        dft1, dft2, twiddle = constants(n, u.device, u.dtype)
+        if K2 < N2:
+            dft2 = select_columns(dft2, n, keep_bins).contiguous()
+        tables = (dft1, dft2, twiddle)
     u = u.contiguous()
     spectrum = spectrum.contiguous()
     pregate = pregate.contiguous() if pregate is not None else None
@@ -781,16 +1073,15 @@ def launch(
                 f"{given.dtype} {tuple(given.shape)}"
             )
     y = torch.empty_like(u) if out is None else out
+    kernel = kernel_of(meta)
     with device_guard(u):
-        _fftconv_fwd_kernel[(H * programs,)](
+        kernel[(H * programs,)](
             u,
             pregate if pregate is not None else u,
             postgate if postgate is not None else u,
             bias if bias is not None else u,
             spectrum,
-            dft1,
-            dft2,
-            twiddle,
+            *tables,
             y,
             z_out if z_out is not None else y,
             B,
@@ -820,12 +1111,17 @@ def kernel_meta(
     store_z: bool = False,
     device: torch.device | None = None,
     sms: int | None = None,
+    transform: str | None = None,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
     in place of each None (``steps`` planned for ``device``'s SMs, or ``sms`` of them): the
     kernel's compile-time arguments with ``num_warps``, and the programs per channel. One
-    place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``."""
+    place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``. With
+    ``transform="three"`` the arguments of ``_fftconv_fwd3_kernel`` (``N3`` among them: what
+    tells the two kernels' apart, ``kernel_of``)."""
+    transform = transform_for(n, dtype, blocked, keep_bins) if transform is None else transform
+    _check_transform(transform, n, blocked, keep_bins)
     skip_input = skip_input_for(n, dtype, blocked) if skip_input is None else skip_input
     if skip_input not in SKIP_INPUTS:
         raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
@@ -845,11 +1141,15 @@ def kernel_meta(
         raise ValueError(f"stages must be >= 1; got {stages}")
     N1, N2 = split(n)
     low, high = kept_columns(n, keep_bins)
+    if transform == "three":
+        N1, N2, N3 = split3(n)
+        shape = dict(N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n))
+    else:
+        shape = dict(
+            N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked
+        )
     meta = dict(
-        N1=N1,
-        N2=N2,
-        K2=low + high,
-        ROWS=N1 if blocked else tile_rows(L, n),
+        **shape,
         PAIR=pair,
         STEPS=steps,
         STAGES=stages,
@@ -857,12 +1157,16 @@ def kernel_meta(
         HAS_POSTGATE=gates[1],
         HAS_BIAS=gates[2],
         PRECISION=precision,
-        BLOCKED=blocked,
         SKIP_INPUT=SKIP_INPUTS[skip_input],
         STORE_Z=store_z,
         num_warps=num_warps or num_warps_for(n, dtype, blocked),
     )
     return meta, triton.cdiv(per_channel, steps)
+
+
+def kernel_of(meta: dict):
+    """The kernel ``kernel_meta``'s arguments are for."""
+    return _fftconv_fwd3_kernel if "N3" in meta else _fftconv_fwd_kernel
 
 
 def dot_flops(
