@@ -83,6 +83,22 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps[, skip_input]
     "B3-H2-L300-n512-fp32-single-reload": (3, 2, 300, 512, "fp32", True, False, 1, "reload"),
     "B7-H2-L129-n256-fp16-pair-steps4-reload": (7, 2, 129, 256, "fp16", True, True, 4, "reload"),
 }
+# the three-stage kernel (launch's transform="three"): id -> (B, H, L, n, dtype, gates, pair,
+# steps, skip_input), NaN-poisoned, z written too when gated; gates: "" or "pre-post-bias"
+THREE_CASES = {
+    # 5 sequences, 2 pairs per program: the second program's pair half empty
+    "three-B5-H2-L2048-n4096-fp16-pair-steps2-reload": (
+        *(5, 2, 2048, 4096, "fp16", "pre-post-bias", True, 2, "reload"),
+    ),
+    "three-B3-H2-L1999-n4096-fp32-single": (3, 2, 1999, 4096, "fp32", "", False, 1, "held"),
+    # n = 8192: 16 of N1 = 32 rows hold the input (the zero-row skip), skip input held
+    "three-B3-H1-L4093-n8192-fp16-pair-held": (
+        *(3, 1, 4093, 8192, "fp16", "pre-post-bias", True, 1, "held"),
+    ),
+    "three-B7-H2-L300-n8192-fp32-pair-steps3": (
+        *(7, 2, 300, 8192, "fp32", "pre-post-bias", True, 3, "reload"),
+    ),
+}
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 # a partial filter the default plan cuts into blocks (dense n = 4096, blocked n = 512), through
@@ -105,6 +121,8 @@ LAYOUT_CASES = {
     "layout-H2-n2048-keep300": (2, 2048, 300, None),  # 16 of 32 columns, 8 low + 8 high
     "layout-H2-n4096-keep129-N1x32": (2, 4096, 129, 32),  # the backward's other split
     "layout-H1-n8192": (1, 8192, None, None),
+    "layout3-H2-n4096": (2, 4096, None, "three"),  # spectrum_layout3
+    "layout3-H1-n8192": (1, 8192, None, "three"),
 }
 
 
@@ -148,6 +166,27 @@ def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps, skip_input="held")
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(full, n=n), n=n)[..., :L]
     ref = z * post.double() + bias.double()[:, None] * v if gated else z
     return {"y": rel_err(out, ref), "unwritten": float(out.isnan().sum())}, True
+
+
+def _run_three_case(B, H, L, n, dtype, gates, pair, steps, skip_input):
+    from kernels.fftconv import triton_fwd
+
+    gated = bool(gates)
+    u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], gated, seed=3)
+    kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
+    out = torch.full_like(u, float("nan"))
+    z_out = torch.full_like(u, float("nan")) if gated else None
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps, skip_input=skip_input,
+        transform="three", z_out=z_out,
+    )  # fmt: skip
+    v = u.double() * pre.double() if gated else u.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
+    ref = z * post.double() + bias.double()[:, None] * v if gated else z
+    errs = {"y": rel_err(out, ref), "unwritten": float(out.isnan().sum())}
+    if gated:
+        errs |= {"z": rel_err(z_out, z), "z_unwritten": float(z_out.isnan().sum())}
+    return errs, True
 
 
 def _run_spectrum_case():
@@ -286,6 +325,13 @@ def _run_compile_case():
 def _run_layout_case(H, n, keep_bins, N1):
     from kernels.fftconv import triton_fwd
 
+    if N1 == "three":
+        g = torch.Generator().manual_seed(n + H)
+        kf = torch.fft.rfft(torch.randn(H, n, generator=g), n=n)
+        want = triton_fwd.spectrum_layout3(kf, n, kernel=False)
+        got = triton_fwd.spectrum_layout3(kf, n, kernel=True)
+        return {"max_abs": float((got - want).abs().max())}, torch.equal(got, want)
+
     g = torch.Generator().manual_seed(n + H)
     kf = torch.fft.rfft(torch.randn(H, n, generator=g), n=n)
     want = triton_fwd.spectrum_layout(kf, n, keep_bins, N1, kernel=False)
@@ -309,6 +355,7 @@ def _interpreter_main() -> None:
     results = {}
     jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
+    jobs += [(cid, _run_three_case, args) for cid, args in THREE_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
     jobs += [(COMPILE_CASE, _run_compile_case, ()), (BLOCKED_CASE, _run_blocked_case, ())]
     jobs += [(cid, _run_layout_case, args) for cid, args in LAYOUT_CASES.items()]
@@ -569,6 +616,78 @@ def test_gpu_backward(B, H, L, Lk, mode, pair, dtype):
 
 
 # (n, L) covering every tile-row count ROWS (16 .. N1) of every tile shape, L past a row boundary
+@pytest.mark.parametrize("case", list(THREE_CASES))
+def test_interpreter_three_stage_poisoned(interpreted, case):
+    """The three-stage kernel against float64: every output (and z) written, pairs and single
+    sequences, steps cut short, the zero-row skip at n = 8192, both skip inputs."""
+    dtype = THREE_CASES[case][4]
+    res = interpreted[case]
+    assert res["fused"], "launch not called"
+    errs = res["errs"]
+    assert errs["unwritten"] == 0 and errs.get("z_unwritten", 0) == 0, errs
+    assert errs["y"] < TOL[DTYPES[dtype]], errs
+    if "z" in errs:
+        assert errs["z"] < TOL[DTYPES[dtype]], errs
+
+
+def test_three_stage_refuses_plans_it_does_not_run():
+    """transform="three": dense plans with a dense spectrum at n = 4096 and 8192 only; each
+    refusal names the argument and the value."""
+    from kernels.fftconv import triton_fwd
+
+    u = torch.zeros(2, 1, 100)
+    kf = torch.zeros(1, 1025, dtype=torch.complex64)
+    with pytest.raises(
+        ValueError, match=r"transform='three' runs at n in \(4096, 8192\); got n=2048"
+    ):
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 2048, transform="three")
+    kf = torch.zeros(1, 2049, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=r"dense spectrum; got blocked=False, keep_bins=300"):
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 4096, keep_bins=300, transform="three")
+    with pytest.raises(ValueError, match=r"dense spectrum; got blocked=True"):
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 4096, blocked=True, transform="three")
+    with pytest.raises(
+        ValueError, match=r"transform must be one of \('two', 'three'\); got 'four'"
+    ):
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 4096, transform="four")
+    # a two-stage spectrum handed to the three-stage kernel
+    spectrum = triton_fwd.spectrum_layout(kf, 4096, kernel=False)
+    with pytest.raises(ValueError, match=r"spectrum must be fp32 of shape \(1, 16, 2, 16, 16\)"):
+        triton_fwd.launch(u, spectrum, None, None, None, 4096, transform="three")
+
+
+def test_three_stage_spectrum_layout_matches_the_bins():
+    """``spectrum_layout3``'s torch ops put bin k1 + N1 k2 + N1 N2 k3 of the full spectrum at
+    [k1, plane, k2, k3] (the kernel's form is checked against them under the interpreter)."""
+    from kernels.fftconv import triton_fwd
+
+    n = 8192
+    N1, N2, N3 = triton_fwd.split3(n)
+    g = torch.Generator().manual_seed(4)
+    kf = torch.fft.rfft(torch.randn(2, n, generator=g), n=n)
+    full = torch.fft.fft(torch.fft.irfft(kf, n=n).double())  # [2, n], the Hermitian spectrum
+    got = triton_fwd.spectrum_layout3(kf, n, kernel=False)
+    assert got.shape == (2, N1, 2, N2, N3)
+    for k1, k2, k3 in [(0, 0, 0), (31, 15, 15), (5, 9, 2), (17, 0, 11)]:
+        k = k1 + N1 * k2 + N1 * N2 * k3
+        want = full[:, k]
+        assert torch.allclose(got[:, k1, 0, k2, k3].double(), want.real, atol=1e-3)
+        assert torch.allclose(got[:, k1, 1, k2, k3].double(), want.imag, atol=1e-3)
+
+
+def test_three_stage_default_only_where_measured():
+    """The default transform is two stages except for dense fp16/bf16 plans at the sizes of
+    ``THREE_STAGE_AT`` (each a measured win)."""
+    from kernels.fftconv import triton_fwd
+
+    for n in (256, 2048, 4096, 8192):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            want = "three" if dtype != torch.float32 and n in triton_fwd.THREE_STAGE_AT else "two"
+            assert triton_fwd.transform_for(n, dtype) == want
+            assert triton_fwd.transform_for(n, dtype, blocked=True) == "two"
+            assert triton_fwd.transform_for(n, dtype, keep_bins=n // 8) == "two"
+
+
 LAUNCH_SIZES = [
     pytest.param(512, 300, id="n512-L300-rows32"),
     pytest.param(1024, 200, id="n1024-L200-rows16"),
@@ -632,6 +751,43 @@ def test_gpu_launcher_skip_input(n, L, dtype, gates, skip_input):
     ref = (z * post.double() if post is not None else z) + bias.double()[:, None] * v
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gates", ["none", "pre-post-bias"])
+@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("n", "L"),
+    [
+        pytest.param(4096, 2051, id="n4096-L2051"),
+        pytest.param(4096, 97, id="n4096-L97"),
+        pytest.param(8192, 4096, id="n8192-L4096-rows16"),
+        pytest.param(8192, 5000, id="n8192-L5000-rows32"),
+    ],
+)
+def test_gpu_three_stage_poisoned(n, L, dtype, pair, gates):
+    """The three-stage kernel (``transform="three"``) on the GPU, bf16 included: every output
+    and z written and right against float64 with the launcher's defaults (B = 7: the last
+    program's loop cut short, a half-empty pair)."""
+    from kernels.fftconv import triton_fwd
+
+    gated = gates != "none"
+    u, k, pre, post, bias = make_inputs(7, 5, L, n, dtype, gated, seed=13, device="cuda")
+    kf = torch.fft.rfft(k, n=n)
+    out = torch.full_like(u, float("nan"))
+    z_out = torch.full_like(u, float("nan")) if gated else None
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, out=out, pair=pair, transform="three", z_out=z_out
+    )
+    v = u.double() * pre.double() if gated else u.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
+    ref = z * post.double() + bias.double()[:, None] * v if gated else z
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+    if gated:
+        assert not z_out.isnan().any()
+        assert rel_err(z_out, z) < TOL[dtype]
 
 
 @pytest.mark.gpu
