@@ -79,6 +79,11 @@ KERNEL_VARIANTS = {
     "three-s16-p3": (True, None, 16, 3, lambda n: n in (4096, 8192), {"transform": "three"}),
     "three-w4": (True, 4, None, None, lambda n: n == 8192, {"transform": "three"}),
     "three-w8": (True, 8, None, None, lambda n: n == 4096, {"transform": "three"}),
+    # the filter spectrum loaded per step (from L2) instead of held across steps
+    "three-load-k": (
+        *(True, None, None, None, lambda n: n in (4096, 8192)),
+        {"transform": "three", "hold_filter": False},
+    ),
 }
 
 

@@ -109,6 +109,8 @@ PROGRAMS_PER_SM = 8
 TRANSFORMS = ("two", "three")
 THREE_STAGE_SIZES = (4096, 8192)
 THREE_STAGE_AT: tuple[int, ...] = ()
+# three-stage sizes whose default loads the filter spectrum per step instead of holding it
+LOAD_FILTER_AT: tuple[int, ...] = ()
 
 
 def split(n: int) -> tuple[int, int]:
@@ -685,12 +687,15 @@ def _fftconv_fwd3_kernel(
     PRECISION: tl.constexpr,
     SKIP_INPUT: tl.constexpr = 0,
     STORE_Z: tl.constexpr = False,
+    HOLD_FILTER: tl.constexpr = True,
 ):
     # The dense forward of ``_fftconv_fwd_kernel`` with the transform in three Monarch stages,
     # n = N1 N2 N3, t = t1 N2 N3 + t2 N3 + t3, k = k1 + N1 k2 + N1 N2 k3 (module docstring,
     # "Three stages"). The tile is [t1, (t2, t3)]; the middle and last stages are reached by
     # permuting the register tile ([k1, t2, t3] -> [k1, t3, t2] -> [k1, k2, t3]), and the
     # spectrum lives as [(k1, k2), k3]. Pairs, steps, gates, skip term and z as there.
+    # HOLD_FILTER: the filter spectrum held in registers across the steps (as there), else
+    # loaded per step (from L2: the program's channel, read by its previous step).
     SEQS: tl.constexpr = 2 if PAIR else 1
     M: tl.constexpr = N2 * N3  # the tile's columns
     pid = tl.program_id(0)
@@ -732,7 +737,8 @@ def _fftconv_fwd3_kernel(
     spec_rows = tl.arange(0, N1 * N2)  # k1 N2 + k2
     offs_spec = (spec_rows // N2)[:, None] * (2 * M) + (spec_rows % N2)[:, None] * N3 + i3[None, :]
     kf_start = pid_h.to(tl.int64) * (2 * N1 * M)
-    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
+    if HOLD_FILTER:
+        k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
 
@@ -774,6 +780,8 @@ def _fftconv_fwd3_kernel(
         x_re, x_im = _complex_dot(d_re, d_im, f3_re, f3_im, PRECISION)  # [(k1, k2), k3]
 
         # the filter, in the same order
+        if not HOLD_FILTER:
+            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
@@ -1003,6 +1011,7 @@ def launch(
     skip_input: str | None = None,
     z_out: Tensor | None = None,
     transform: str | None = None,
+    hold_filter: bool | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``; ``spectrum_layout3`` for three stages).
@@ -1023,6 +1032,8 @@ def launch(
     the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
     ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
     plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
+    ``hold_filter`` (three stages): the filter spectrum held in registers across a program's
+    steps (the default but at ``LOAD_FILTER_AT``) or loaded per step.
     """
     B, H, L = u.shape
     if blocked:
@@ -1038,6 +1049,7 @@ def launch(
         blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
         num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
         store_z=z_out is not None, device=u.device, transform=transform,
+        hold_filter=hold_filter,
     )  # fmt: skip
     three = "N3" in meta
     if three:
@@ -1112,6 +1124,7 @@ def kernel_meta(
     device: torch.device | None = None,
     sms: int | None = None,
     transform: str | None = None,
+    hold_filter: bool | None = None,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
@@ -1143,7 +1156,12 @@ def kernel_meta(
     low, high = kept_columns(n, keep_bins)
     if transform == "three":
         N1, N2, N3 = split3(n)
-        shape = dict(N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n))
+        hold = n not in LOAD_FILTER_AT if hold_filter is None else bool(hold_filter)
+        shape = dict(N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n), HOLD_FILTER=hold)
+    elif hold_filter is not None:
+        raise ValueError(
+            f"hold_filter is a three-stage option; got it with transform={transform!r}"
+        )
     else:
         shape = dict(
             N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked
