@@ -755,15 +755,14 @@ def test_gpu_launcher_skip_input(n, L, dtype, gates, skip_input):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("gates", ["none", "pre-post-bias"])
-@pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize(
-    ("n", "L"),
+    ("n", "L", "pair"),
     [
-        pytest.param(4096, 2051, id="n4096-L2051"),
-        pytest.param(4096, 97, id="n4096-L97"),
-        pytest.param(8192, 4096, id="n8192-L4096-rows16"),
-        pytest.param(8192, 5000, id="n8192-L5000-rows32"),
+        pytest.param(4096, 2051, True, id="n4096-L2051-pair"),
+        pytest.param(4096, 97, False, id="n4096-L97-single"),
+        pytest.param(8192, 4096, True, id="n8192-L4096-rows16-pair"),
+        pytest.param(8192, 5000, False, id="n8192-L5000-rows32-single"),
     ],
 )
 def test_gpu_three_stage_poisoned(n, L, dtype, pair, gates):
