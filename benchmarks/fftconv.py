@@ -265,7 +265,10 @@ def time_kernel(inputs, n: int) -> dict:
             row[f"kernel_ms_{name}"] = None
             continue
         ms = row[f"kernel_ms_{name}"] = median_ms(run)
-        row[f"kernel_tflops_{name}"] = triton_fwd.dot_flops(B, H, L, n, pair) / (ms * 1e-3) / 1e12
+        flops = triton_fwd.dot_flops(
+            B, H, L, n, pair, transform=options.get("transform", default_transform)
+        )
+        row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
     row["dot_flops"] = triton_fwd.dot_flops(B, H, L, n)
     row["flop_floor_ms"] = row["dot_flops"] / matmul_rate() * 1e3
     return row

@@ -1207,10 +1207,19 @@ def dot_flops(
     pair: bool | None = None,
     keep_bins: int | None = None,
     blocked: bool = False,
+    transform: str = "two",
 ) -> int:
     """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
     frequency-column skip of a sparse filter (``keep_bins``) included. ``blocked``: B *
-    cdiv(L, n/2) sequences per channel, the first stage on all N1 rows, the last on N1/2."""
+    cdiv(L, n/2) sequences per channel, the first stage on all N1 rows, the last on N1/2.
+    ``transform="three"``: the three-stage kernel's (dense plans)."""
+    if transform == "three":
+        _, N2, N3 = split3(n)
+        rows = tile_rows3(L, n)
+        pair = B >= 2 if pair is None else pair
+        if pair:  # 4 dots per stage and direction, the first stage on ROWS rows
+            return H * triton.cdiv(B, 2) * 16 * n * (rows + N2 + N3)
+        return B * H * (8 * n * rows + 16 * n * (N2 + N3))
     N1 = split(n)[0]
     if blocked:
         sequences = B * triton.cdiv(L, n // 2)
