@@ -480,6 +480,31 @@ def test_forward_defaults_fit_sm90_shared_memory(n, dtype, blocked, store_z):
         assert held["shared_bytes"] > SHARED_PER_BLOCK, held
 
 
+@pytest.mark.parametrize(
+    ("n", "dtype", "store_z"),
+    [
+        pytest.param(4096, torch.bfloat16, True, id="n4096-bf16-z"),
+        pytest.param(8192, torch.bfloat16, True, id="n8192-bf16-z"),
+        pytest.param(8192, torch.float32, False, id="n8192-fp32"),
+    ],
+)
+def test_three_stage_fits_sm90_shared_memory(n, dtype, store_z):
+    """The three-stage kernel, gated, with the launcher's defaults otherwise, compiled for
+    sm_90: within one block's shared memory, and without spills on 8 warps at n = 4096."""
+    pytest.importorskip("triton")
+    from benchmarks.fftconv import SHARED_PER_BLOCK, static_stats
+
+    try:
+        stats = static_stats(n, dtype, True, False, store_z=store_z, transform="three")
+        if n == 4096:
+            wide = static_stats(n, dtype, True, False, transform="three", num_warps=8)
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    assert 0 < stats["shared_bytes"] <= SHARED_PER_BLOCK, stats
+    if n == 4096:
+        assert wide["num_warps"] == 8 and wide["spill_store_bytes"] == 0, wide
+
+
 def test_skip_input_refuses_unknown_values():
     from kernels.fftconv import triton_fwd
 
