@@ -79,6 +79,8 @@ KERNEL_VARIANTS = {
     "three-s16-p3": (True, None, 16, 3, lambda n: n in (4096, 8192), {"transform": "three"}),
     "three-w4": (True, 4, None, None, lambda n: n == 8192, {"transform": "three"}),
     "three-w8": (True, 8, None, None, lambda n: n == 4096, {"transform": "three"}),
+    # two stages where three are the default (n = 8192 with both gates, since v14)
+    "two": (True, None, None, None, lambda n: n == 8192, {"transform": "two"}),
     # the filter spectrum loaded per step (from L2) instead of held across steps
     "three-load-k": (
         *(True, None, None, None, lambda n: n in (4096, 8192)),
@@ -228,7 +230,9 @@ def time_kernel(inputs, n: int) -> dict:
     spectra = {"two": triton_fwd.spectrum_layout(kf, n)}
     if n in triton_fwd.THREE_STAGE_SIZES:
         spectra["three"] = triton_fwd.spectrum_layout3(kf, n)
-    default_transform = triton_fwd.transform_for(n, u.dtype)
+    default_transform = triton_fwd.transform_for(
+        n, u.dtype, gates=(pre is not None, post is not None)
+    )
     ref = torch_path_fp32(*inputs)
     out = torch.empty_like(u)
     row = {}

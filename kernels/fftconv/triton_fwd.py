@@ -116,13 +116,15 @@ SKIP_INPUTS = {"held": 0, "reload": 1}
 RELOAD_SKIP_AT = (4096, 8192)
 PROGRAMS_PER_SM = 8
 # the transform of a dense plan (``launch``'s ``transform``): "two" Monarch stages
-# (``_fftconv_fwd_kernel``) or "three" (``_fftconv_fwd3_kernel``, n in ``THREE_STAGE_SIZES``);
-# the fp16/bf16 sizes whose default is three stages (none until measured on a GPU)
+# (``_fftconv_fwd_kernel``) or "three" (``_fftconv_fwd3_kernel``, n in ``THREE_STAGE_SIZES``).
+# The fp16/bf16 sizes whose default is three stages when the call has both gates, and where
+# that default loads the filter spectrum per step instead of holding it (NOTES, v14: bare
+# kernel, H200, bf16, pre- and postgate and bias, 1.155 against 1.244 ms at n = 8192; plain
+# 0.888 against 0.826, and at n = 4096 1.34 against 0.815 gated: two stages there)
 TRANSFORMS = ("two", "three")
 THREE_STAGE_SIZES = (4096, 8192)
-THREE_STAGE_AT: tuple[int, ...] = ()
-# three-stage sizes whose default loads the filter spectrum per step instead of holding it
-LOAD_FILTER_AT: tuple[int, ...] = ()
+THREE_STAGE_GATED_AT: tuple[int, ...] = (8192,)
+LOAD_FILTER_AT: tuple[int, ...] = (8192,)
 
 
 def split(n: int) -> tuple[int, int]:
@@ -882,13 +884,19 @@ def skip_input_for(n: int, dtype: torch.dtype, blocked: bool = False) -> str:
 
 
 def transform_for(
-    n: int, dtype: torch.dtype, blocked: bool = False, keep_bins: int | None = None
+    n: int,
+    dtype: torch.dtype,
+    blocked: bool = False,
+    keep_bins: int | None = None,
+    gates: tuple[bool, ...] = (False, False),
 ) -> str:
     """A plan's default transform (``launch``'s ``transform``): three stages for a dense
-    fp16/bf16 plan with a dense spectrum at the sizes of ``THREE_STAGE_AT``, else two."""
+    fp16/bf16 plan with a dense spectrum and both gates (``gates``: whether there is a pregate,
+    a postgate[, a bias]) at the sizes of ``THREE_STAGE_GATED_AT``, else two."""
     half = dtype in (torch.float16, torch.bfloat16)
     dense = not blocked and kept_columns(n, keep_bins) == (split(n)[1], 0)
-    return "three" if half and dense and n in THREE_STAGE_AT else "two"
+    gated = bool(gates[0] and gates[1])
+    return "three" if half and dense and gated and n in THREE_STAGE_GATED_AT else "two"
 
 
 def _check_transform(transform: str, n: int, blocked: bool, keep_bins: int | None) -> None:
@@ -969,7 +977,9 @@ def fftconv_fwd(
         _check_blocked(u, n, keep_bins)
     transform = launch_options.get("transform")
     if transform is None:
-        transform = launch_options["transform"] = transform_for(n, u.dtype, blocked, keep_bins)
+        gates = (pregate is not None, postgate is not None)
+        transform = transform_for(n, u.dtype, blocked, keep_bins, gates)
+        launch_options["transform"] = transform
     _check_transform(transform, n, blocked, keep_bins)
     if transform == "three":
         spectrum = spectrum_layout3(kf, n)
@@ -1045,7 +1055,7 @@ def launch(
     ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
     plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
     ``hold_filter`` (three stages): the filter spectrum held in registers across a program's
-    steps (the default but at ``LOAD_FILTER_AT``) or loaded per step.
+    steps, or loaded per step (the default at ``LOAD_FILTER_AT``).
     """
     B, H, L = u.shape
     if blocked:
@@ -1145,7 +1155,8 @@ def kernel_meta(
     place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``. With
     ``transform="three"`` the arguments of ``_fftconv_fwd3_kernel`` (``N3`` among them: what
     tells the two kernels' apart, ``kernel_of``)."""
-    transform = transform_for(n, dtype, blocked, keep_bins) if transform is None else transform
+    if transform is None:
+        transform = transform_for(n, dtype, blocked, keep_bins, gates)
     _check_transform(transform, n, blocked, keep_bins)
     skip_input = skip_input_for(n, dtype, blocked) if skip_input is None else skip_input
     if skip_input not in SKIP_INPUTS:

@@ -701,16 +701,35 @@ def test_three_stage_spectrum_layout_matches_the_bins():
 
 
 def test_three_stage_default_only_where_measured():
-    """The default transform is two stages except for dense fp16/bf16 plans at the sizes of
-    ``THREE_STAGE_AT`` (each a measured win)."""
+    """The default transform is two stages except for dense fp16/bf16 plans with both gates at
+    the sizes of ``THREE_STAGE_GATED_AT`` (n = 8192, a measured win; the filter loaded per step
+    there); and a launch's compile-time arguments follow it."""
     from kernels.fftconv import triton_fwd
 
+    assert triton_fwd.THREE_STAGE_GATED_AT == (8192,)
+    both = (True, True)
     for n in (256, 2048, 4096, 8192):
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            want = "three" if dtype != torch.float32 and n in triton_fwd.THREE_STAGE_AT else "two"
-            assert triton_fwd.transform_for(n, dtype) == want
-            assert triton_fwd.transform_for(n, dtype, blocked=True) == "two"
-            assert triton_fwd.transform_for(n, dtype, keep_bins=n // 8) == "two"
+            half = dtype != torch.float32
+            want = "three" if half and n == 8192 else "two"
+            assert triton_fwd.transform_for(n, dtype, gates=both) == want
+            for gates in ((False, False), (True, False), (False, True)):
+                assert triton_fwd.transform_for(n, dtype, gates=gates) == "two"
+            assert triton_fwd.transform_for(n, dtype, blocked=True, gates=both) == "two"
+            assert triton_fwd.transform_for(n, dtype, keep_bins=n // 8, gates=both) == "two"
+    meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(True, True, True))
+    assert meta["N3"] == 16 and meta["HOLD_FILTER"] is False
+    assert triton_fwd.kernel_of(meta) is triton_fwd._fftconv_fwd3_kernel
+    meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(True, False, True))
+    assert "N3" not in meta and triton_fwd.kernel_of(meta) is triton_fwd._fftconv_fwd_kernel
+    meta, _ = triton_fwd.kernel_meta(
+        8192, 8, 4, 4096, torch.bfloat16, gates=(True, True, True), hold_filter=True
+    )
+    assert meta["HOLD_FILTER"] is True
+    with pytest.raises(ValueError, match="hold_filter is a three-stage option"):
+        triton_fwd.kernel_meta(
+            4096, 8, 4, 2048, torch.bfloat16, gates=(True,) * 3, hold_filter=True
+        )
 
 
 LAUNCH_SIZES = [
