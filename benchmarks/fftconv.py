@@ -143,7 +143,7 @@ def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = Fal
 
     inputs = (u, k, pre, post, bias)
     if kernel_only:
-        return row | (time_kernel(inputs, n) if fused else {})
+        return row | (time_kernel(inputs, n) | time_filter_layouts(inputs, n) if fused else {})
     row.update(time_forward(inputs, use_compile))
     # forward + backward through the public call (the forward alone: time_forward)
     row.update(
@@ -152,6 +152,27 @@ def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = Fal
     if fused:
         row.update(time_kernel(inputs, n))
         row.update(time_layout(inputs, n, ok=row["ok"]))
+    return row
+
+
+def time_filter_layouts(inputs, n: int) -> dict:
+    """The public forward with the filter's spectrum laid out by a pass of its own
+    (``filter_layout="pass"``) and gathered by the kernel from the rfft (``"kernel"``):
+    ``fwd_ms_filter_<layout>`` (eager) and ``fwd_graph_ms_filter_<layout>`` (a CUDA graph), each
+    after a check against the fp32 torch.fft path."""
+    ref = torch_path_fp32(*inputs)
+    row = {}
+    for layout in triton_fwd.FILTER_LAYOUTS:
+
+        def call(layout=layout):
+            with triton_fwd.use_filter_layout(layout):
+                return public("triton", *inputs)
+
+        err = row[f"err_filter_{layout}"] = rel_err(call(), ref)
+        if not err < TOL_BF16:
+            continue
+        row[f"fwd_ms_filter_{layout}"] = median_ms(call)
+        row[f"fwd_graph_ms_filter_{layout}"] = graph_median_ms(call)
     return row
 
 
@@ -306,7 +327,7 @@ def accuracy_summary() -> dict:
 
 def print_kernel_table(rows: list[dict]) -> None:
     """One line per (L, gating, variant): the bare kernel's ms, error, and multiple of the
-    memory floor (``--kernel-only``)."""
+    memory floor (``--kernel-only``); then the public forward per filter layout."""
     print(f"{'L':>6} {'gate':<6} {'variant':<16} {'ms':>7} {'x floor':>7} {'err':>8}")
     for r in rows:
         gate = "gated" if r["gated"] else "plain"
@@ -317,6 +338,18 @@ def print_kernel_table(rows: list[dict]) -> None:
                 continue
             shown = "failed" if ms is None else f"{ms:7.3f} {ms / r['floor_fwd_ms']:7.2f}"
             print(f"{r['L']:>6} {gate:<6} {name:<16} {shown} {fmt(err, '.1e'):>8}")
+        for layout in triton_fwd.FILTER_LAYOUTS:
+            ms = r.get(f"fwd_ms_filter_{layout}")
+            if ms is None and f"err_filter_{layout}" not in r:
+                continue
+            name = f"public, filter {layout}"
+            graph = r.get(f"fwd_graph_ms_filter_{layout}")
+            shown = "failed" if ms is None else f"{ms:7.3f} {ms / r['floor_fwd_ms']:7.2f}"
+            extra = "" if graph is None else f"  graph {graph:.3f}"
+            print(
+                f"{r['L']:>6} {gate:<6} {name:<16} {shown} "
+                f"{fmt(r.get(f'err_filter_{layout}'), '.1e'):>8}{extra}"
+            )
 
 
 def print_table(rows: list[dict]) -> None:

@@ -125,6 +125,13 @@ TRANSFORMS = ("two", "three")
 THREE_STAGE_SIZES = (4096, 8192)
 THREE_STAGE_GATED_AT: tuple[int, ...] = (8192,)
 LOAD_FILTER_AT: tuple[int, ...] = (8192,)
+# where the filter's spectrum reaches the kernel (``fftconv_fwd``'s ``filter_layout``): "pass",
+# laid out in the kernel's order by a pass of its own (``spectrum_layout``), or "kernel", the
+# rfft handed over as it is and gathered by the forward kernel; the sizes whose default is
+# "kernel" (none until measured)
+FILTER_LAYOUTS = ("pass", "kernel")
+FILTER_IN_KERNEL_AT: tuple[int, ...] = ()
+_filter_layout: str | None = None  # use_filter_layout's override of the default
 
 
 def split(n: int) -> tuple[int, int]:
@@ -297,6 +304,20 @@ def use_layout_kernel(enabled: bool = True) -> Iterator[None]:
         _layout_kernel = previous
 
 
+@contextlib.contextmanager
+def use_filter_layout(layout: str | None) -> Iterator[None]:
+    """Within the block, ``fftconv_fwd`` calls that do not say otherwise take ``layout`` as
+    their ``filter_layout`` (None: the per-size default), e.g. the public call in a benchmark."""
+    global _filter_layout
+    if layout is not None and layout not in FILTER_LAYOUTS:
+        raise ValueError(f"layout must be one of {FILTER_LAYOUTS} or None; got {layout!r}")
+    previous, _filter_layout = _filter_layout, layout
+    try:
+        yield
+    finally:
+        _filter_layout = previous
+
+
 def layout_kernel_enabled() -> bool:
     """What ``use_layout_kernel`` set (True unless a block turned it off)."""
     return _layout_kernel
@@ -422,6 +443,18 @@ def _load_input(u_ptr, pregate_ptr, row, offs, mask, HAS_PREGATE: tl.constexpr):
     return v
 
 
+@triton.jit
+def _load_rfft_bins(kf_ptr, h, k, n: tl.constexpr):
+    """Bins ``k`` (a tile of indices in ``[0, n)``) of channel h's full spectrum, read from its
+    rfft (``kf_ptr``: ``[H, n//2 + 1, 2]`` fp32, real and imaginary interleaved); past n/2 the
+    conjugate of the mirrored bin. fp32 planes, in k's layout."""
+    mirrored = k > n // 2
+    src = tl.where(mirrored, n - k, k).to(tl.int64) * 2 + h.to(tl.int64) * ((n // 2 + 1) * 2)
+    re = tl.load(kf_ptr + src)
+    im = tl.load(kf_ptr + src + 1)
+    return re, tl.where(mirrored, -im, im)
+
+
 @triton.jit(do_not_specialize=["N0"])
 def spectrum_layout_kernel(
     kf_ptr,  # [H, n//2 + 1, 2] fp32: the rfft, real and imaginary parts interleaved
@@ -505,6 +538,8 @@ def _fftconv_fwd_kernel(
     BLOCKED: tl.constexpr,
     SKIP_INPUT: tl.constexpr = 0,
     STORE_Z: tl.constexpr = False,
+    KF_RAW: tl.constexpr = False,
+    K_LOW: tl.constexpr = 0,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
@@ -516,6 +551,9 @@ def _fftconv_fwd_kernel(
     # every product of a pair), 1 loaded again at the output (as BLOCKED does).
     # STORE_Z: z (the convolution before the postgate and the skip term) written too, for a
     # backward that wants the postgate's gradient dy * z without transforming v again.
+    # KF_RAW: kf_ptr is the filter's rfft ([H, n//2+1] complex as fp32 pairs), its bins
+    # gathered into the kernel's order here (no layout pass); the kept columns are the first
+    # K_LOW and the last K2 - K_LOW of N2.
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -555,7 +593,11 @@ def _fftconv_fwd_kernel(
         g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, N2 * K2)
     else:
         g2_re, g2_im = f2_re, f2_im
-    k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
+    if KF_RAW:
+        cols = tl.where(offs_k2 < K_LOW, offs_k2, offs_k2 + (N2 - K2))  # k2 of kept column c
+        k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, offs_n1[:, None] + N1 * cols[None, :], N1 * N2)
+    else:
+        k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1] (BLOCKED: N1/2)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
@@ -702,6 +744,7 @@ def _fftconv_fwd3_kernel(
     SKIP_INPUT: tl.constexpr = 0,
     STORE_Z: tl.constexpr = False,
     HOLD_FILTER: tl.constexpr = True,
+    KF_RAW: tl.constexpr = False,
 ):
     # The dense forward of ``_fftconv_fwd_kernel`` with the transform in three Monarch stages,
     # n = N1 N2 N3, t = t1 N2 N3 + t2 N3 + t3, k = k1 + N1 k2 + N1 N2 k3 (module docstring,
@@ -709,7 +752,8 @@ def _fftconv_fwd3_kernel(
     # permuting the register tile ([k1, t2, t3] -> [k1, t3, t2] -> [k1, k2, t3]), and the
     # spectrum lives as [(k1, k2), k3]. Pairs, steps, gates, skip term and z as there.
     # HOLD_FILTER: the filter spectrum held in registers across the steps (as there), else
-    # loaded per step (from L2: the program's channel, read by its previous step).
+    # loaded per step (from L2: the program's channel, read by its previous step). KF_RAW: the
+    # filter given as its rfft, gathered here (as the two-stage kernel's KF_RAW).
     SEQS: tl.constexpr = 2 if PAIR else 1
     M: tl.constexpr = N2 * N3  # the tile's columns
     pid = tl.program_id(0)
@@ -751,8 +795,13 @@ def _fftconv_fwd3_kernel(
     spec_rows = tl.arange(0, N1 * N2)  # k1 N2 + k2
     offs_spec = (spec_rows // N2)[:, None] * (2 * M) + (spec_rows % N2)[:, None] * N3 + i3[None, :]
     kf_start = pid_h.to(tl.int64) * (2 * N1 * M)
+    # bin k1 + N1 k2 + N1 N2 k3 at [k1 N2 + k2, k3]
+    bins = (spec_rows // N2 + N1 * (spec_rows % N2))[:, None] + (N1 * N2) * i3[None, :]
     if HOLD_FILTER:
-        k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
+        if KF_RAW:
+            k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * M)
+        else:
+            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
 
@@ -795,7 +844,10 @@ def _fftconv_fwd3_kernel(
 
         # the filter, in the same order
         if not HOLD_FILTER:
-            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)
+            if KF_RAW:
+                k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * M)
+            else:
+                k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
@@ -956,6 +1008,7 @@ def fftconv_fwd(
     n: int,
     keep_bins: int | None = None,
     blocked: bool = False,
+    filter_layout: str | None = None,
     **launch_options,
 ) -> Tensor:
     """``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u * pregate)``.
@@ -966,6 +1019,10 @@ def fftconv_fwd(
     convolution in blocks of ``S = n/2`` outputs, any L >= 1; kf must be the size-n rfft of a
     filter of at most S taps (the result is otherwise wrong, unchecked) and ``n >=
     MIN_BLOCKED_FFT``, no ``keep_bins`` cut-off. Returns y ``[B, H, L]`` in u's dtype.
+    ``filter_layout``: ``"pass"`` lays kf out in the kernel's order first (``spectrum_layout``:
+    a read of the rfft and a write of the layout, which the kernel reads), ``"kernel"`` hands
+    the rfft to the kernel, which gathers the bins it needs (no pass, no layout tensor);
+    default "kernel" at the sizes of ``FILTER_IN_KERNEL_AT``, else "pass".
     ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
@@ -981,7 +1038,13 @@ def fftconv_fwd(
         transform = transform_for(n, u.dtype, blocked, keep_bins, gates)
         launch_options["transform"] = transform
     _check_transform(transform, n, blocked, keep_bins)
-    if transform == "three":
+    if filter_layout is None:
+        filter_layout = _filter_layout or ("kernel" if n in FILTER_IN_KERNEL_AT else "pass")
+    if filter_layout not in FILTER_LAYOUTS:
+        raise ValueError(f"filter_layout must be one of {FILTER_LAYOUTS}; got {filter_layout!r}")
+    if filter_layout == "kernel":
+        spectrum = kf  # the rfft itself: the kernel gathers its bins
+    elif transform == "three":
         spectrum = spectrum_layout3(kf, n)
     else:
         spectrum = spectrum_layout(kf, n, keep_bins)
@@ -1036,7 +1099,8 @@ def launch(
     hold_filter: bool | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
-    ``keep_bins``; ``spectrum_layout3`` for three stages).
+    ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
+    ``[H, n//2 + 1]``, whose bins the kernel then gathers).
 
     ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
     channel, one per block, instead of B. ``out``: written in place when given. ``pair``
@@ -1065,8 +1129,9 @@ def launch(
             f"the fused forward covers n in [{MIN_FFT}, {MAX_FFT}], L <= n, "
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
         )
+    raw = spectrum.dtype == torch.complex64  # the rfft itself (``fftconv_fwd``'s "kernel")
     meta, programs = kernel_meta(
-        n, B, H, L, u.dtype,
+        n, B, H, L, u.dtype, raw_spectrum=raw,
         gates=(pregate is not None, postgate is not None, bias is not None),
         blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
         num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
@@ -1080,11 +1145,18 @@ def launch(
     else:
         N1, N2, K2 = meta["N1"], meta["N2"], meta["K2"]
         want = (H, 2, N1, K2)
-    if spectrum.shape != want or spectrum.dtype != torch.float32:
+    if raw:
+        if spectrum.shape != (H, n // 2 + 1):
+            raise ValueError(
+                f"spectrum: an rfft must be complex64 of shape {(H, n // 2 + 1)}; got "
+                f"{tuple(spectrum.shape)}"
+            )
+        spectrum = torch.view_as_real(spectrum.contiguous())
+    elif spectrum.shape != want or spectrum.dtype != torch.float32:
         raise ValueError(
             f"spectrum must be fp32 of shape {want} (keep_bins={keep_bins}, "
-            f"transform={'three' if three else 'two'}); got {spectrum.dtype} "
-            f"{tuple(spectrum.shape)}"
+            f"transform={'three' if three else 'two'}), or the complex64 rfft of shape "
+            f"{(H, n // 2 + 1)}; got {spectrum.dtype} {tuple(spectrum.shape)}"
         )
     if three:
         tables = constants3(n, u.device, u.dtype)
@@ -1147,6 +1219,7 @@ def kernel_meta(
     sms: int | None = None,
     transform: str | None = None,
     hold_filter: bool | None = None,
+    raw_spectrum: bool = False,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
@@ -1154,7 +1227,8 @@ def kernel_meta(
     kernel's compile-time arguments with ``num_warps``, and the programs per channel. One
     place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``. With
     ``transform="three"`` the arguments of ``_fftconv_fwd3_kernel`` (``N3`` among them: what
-    tells the two kernels' apart, ``kernel_of``)."""
+    tells the two kernels' apart, ``kernel_of``). ``raw_spectrum``: the kernel gathers the
+    filter's bins from its rfft (``KF_RAW``)."""
     if transform is None:
         transform = transform_for(n, dtype, blocked, keep_bins, gates)
     _check_transform(transform, n, blocked, keep_bins)
@@ -1180,15 +1254,18 @@ def kernel_meta(
     if transform == "three":
         N1, N2, N3 = split3(n)
         hold = n not in LOAD_FILTER_AT if hold_filter is None else bool(hold_filter)
-        shape = dict(N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n), HOLD_FILTER=hold)
+        shape = dict(
+            N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n), HOLD_FILTER=hold, KF_RAW=raw_spectrum
+        )
     elif hold_filter is not None:
         raise ValueError(
             f"hold_filter is a three-stage option; got it with transform={transform!r}"
         )
     else:
         shape = dict(
-            N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked
-        )
+            N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked,
+            KF_RAW=raw_spectrum, K_LOW=low,
+        )  # fmt: skip
     meta = dict(
         **shape,
         PAIR=pair,
