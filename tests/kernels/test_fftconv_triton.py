@@ -99,6 +99,20 @@ THREE_CASES = {
         *(7, 2, 300, 8192, "fp32", "pre-post-bias", True, 3, "reload"),
     ),
 }
+# the filter's bins gathered from its rfft by the kernel (fftconv_fwd's filter_layout="kernel")
+# against the layout pass: id -> (B, n, L, dtype, options), outputs bit for bit equal
+FILTER_CASES = {
+    "filter-B3-n512-L300-fp32": (3, 512, 300, "fp32", {}),
+    "filter-B2-n2048-L1000-fp16-keep300": (2, 2048, 1000, "fp16", {"keep_bins": 300}),
+    "filter-B3-n4096-L2048-fp16-three": (3, 4096, 2048, "fp16", {"transform": "three"}),
+    "filter-B3-n8192-L4096-fp16-three-held": (
+        *(3, 8192, 4096, "fp16", {"transform": "three", "hold_filter": True}),
+    ),
+    "filter-B3-n8192-L4096-fp16-three-loaded": (
+        *(3, 8192, 4096, "fp16", {"transform": "three", "hold_filter": False}),
+    ),
+    "filter-B2-n1024-L1500-fp16-blocked": (2, 1024, 1500, "fp16", {"blocked": True}),
+}
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
 # a partial filter the default plan cuts into blocks (dense n = 4096, blocked n = 512), through
@@ -187,6 +201,26 @@ def _run_three_case(B, H, L, n, dtype, gates, pair, steps, skip_input):
     if gated:
         errs |= {"z": rel_err(z_out, z), "z_unwritten": float(z_out.isnan().sum())}
     return errs, True
+
+
+def _run_filter_case(B, n, L, dtype, options):
+    from kernels.fftconv import triton_fwd
+
+    H = 2
+    taps = n // 2 if options.get("blocked") else n
+    u, k, pre, post, bias = make_inputs(B, H, L, taps, DTYPES[dtype], True, seed=9)
+    kf = torch.fft.rfft(k, n=n)
+    if options.get("keep_bins"):
+        kf[:, options["keep_bins"] :] = 0
+    ys = {}
+    for layout in ("pass", "kernel"):
+        out = torch.full_like(u, float("nan"))
+        triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, filter_layout=layout, **options)
+        ys[layout] = out
+    with triton_fwd.use_filter_layout("kernel"):  # the default's override takes the same path
+        default = triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, **options)
+    same = torch.equal(ys["pass"], ys["kernel"]) and torch.equal(default, ys["kernel"])
+    return {"max_abs": float((ys["pass"] - ys["kernel"]).abs().max())}, same
 
 
 def _run_spectrum_case():
@@ -356,6 +390,7 @@ def _interpreter_main() -> None:
     jobs = [(cid, _run_forward_case, args) for cid, args in FORWARD_CASES.items()]
     jobs += [(cid, _run_launcher_case, args) for cid, args in LAUNCHER_CASES.items()]
     jobs += [(cid, _run_three_case, args) for cid, args in THREE_CASES.items()]
+    jobs += [(cid, _run_filter_case, args) for cid, args in FILTER_CASES.items()]
     jobs += [(SPECTRUM_CASE, _run_spectrum_case, ()), (BACKWARD_CASE, _run_backward_case, ())]
     jobs += [(COMPILE_CASE, _run_compile_case, ()), (BLOCKED_CASE, _run_blocked_case, ())]
     jobs += [(cid, _run_layout_case, args) for cid, args in LAYOUT_CASES.items()]
@@ -655,6 +690,35 @@ def test_interpreter_three_stage_poisoned(interpreted, case):
         assert errs["z"] < TOL[DTYPES[dtype]], errs
 
 
+@pytest.mark.parametrize("case", list(FILTER_CASES))
+def test_interpreter_filter_gathered_by_the_kernel(interpreted, case):
+    """The kernels gather the filter's bins from its rfft (mirrored bins conjugated, the kept
+    columns of a sparse filter, both transforms, held or loaded per step, blocked plans): the
+    output equals the layout pass's bit for bit."""
+    res = interpreted[case]
+    assert res["fused"], "launch not called"
+    assert res["ok"], res["errs"]
+
+
+def test_filter_layout_refuses_unknown_values():
+    from kernels.fftconv import triton_fwd
+
+    u = torch.zeros(2, 1, 100)
+    kf = torch.zeros(1, 257, dtype=torch.complex64)
+    with pytest.raises(
+        ValueError, match=r"filter_layout must be one of \('pass', 'kernel'\); got 'x'"
+    ):
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 512, filter_layout="x")
+    with pytest.raises(ValueError, match=r"layout must be one of"):
+        with triton_fwd.use_filter_layout("x"):
+            pass
+    # an rfft of the wrong length handed to the kernel
+    with pytest.raises(
+        ValueError, match=r"an rfft must be complex64 of shape \(1, 257\); got \(1, 129\)"
+    ):
+        triton_fwd.launch(u, torch.zeros(1, 129, dtype=torch.complex64), None, None, None, 512)
+
+
 def test_three_stage_refuses_plans_it_does_not_run():
     """transform="three": dense plans with a dense spectrum at n = 4096 and 8192 only; each
     refusal names the argument and the value."""
@@ -831,6 +895,38 @@ def test_gpu_three_stage_poisoned(n, L, dtype, pair, gates):
     if gated:
         assert not z_out.isnan().any()
         assert rel_err(z_out, z) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("n", "L", "options"),
+    [
+        pytest.param(256, 200, {}, id="n256"),
+        pytest.param(2048, 1027, {"keep_bins": 300}, id="n2048-sparse"),
+        pytest.param(4096, 2051, {}, id="n4096"),
+        pytest.param(8192, 4096, {"transform": "three"}, id="n8192-three"),
+        pytest.param(8192, 5000, {"transform": "two"}, id="n8192-two"),
+        pytest.param(1024, 3000, {"blocked": True}, id="n1024-blocked"),
+    ],
+)
+def test_gpu_filter_gathered_by_the_kernel(n, L, options, dtype):
+    """``filter_layout="kernel"`` (the kernel gathers the filter's bins from its rfft) gives
+    the layout pass's output bit for bit, every output written."""
+    from kernels.fftconv import triton_fwd
+
+    taps = n // 2 if options.get("blocked") else n
+    u, k, pre, post, bias = make_inputs(7, 5, L, taps, dtype, True, seed=17, device="cuda")
+    kf = torch.fft.rfft(k, n=n)
+    if options.get("keep_bins"):
+        kf[:, options["keep_bins"] :] = 0
+    outs = []
+    for layout in ("pass", "kernel"):
+        out = torch.full_like(u, float("nan"))
+        triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, filter_layout=layout, **options)
+        outs.append(out)
+    assert not outs[1].isnan().any()
+    assert torch.equal(outs[0], outs[1])
 
 
 @pytest.mark.gpu
