@@ -81,6 +81,9 @@ KERNEL_VARIANTS = {
     "three-w8": (True, 8, None, None, lambda n: n == 4096, {"transform": "three"}),
     # two stages where three are the default (n = 8192 with both gates, since v14)
     "two": (True, None, None, None, lambda n: n == 8192, {"transform": "two"}),
+    # the filter's bins gathered by the kernel from its rfft (no layout pass; the bare kernel
+    # then includes the gather, the public call saves the pass: time_filter_layouts)
+    "kf-raw": (True, None, None, None, lambda n: True, {"filter_layout": "kernel"}),
     # the filter spectrum loaded per step (from L2) instead of held across steps
     "three-load-k": (
         *(True, None, None, None, lambda n: n in (4096, 8192)),
@@ -96,7 +99,8 @@ def kernel_variants(n: int, gated: bool) -> list[tuple]:
     out = []
     for name, (pair, warps, steps, stages, sizes, *more) in KERNEL_VARIANTS.items():
         options = more[0] if more else {}
-        plain_too = "transform" in options  # other options concern gated calls only
+        # other options concern gated calls only
+        plain_too = "transform" in options or "filter_layout" in options
         if sizes(n) and (pair or not gated) and (gated or not options or plain_too):
             out.append((name, pair, warps, steps, stages, options))
     return out
@@ -259,6 +263,9 @@ def time_kernel(inputs, n: int) -> dict:
     row = {}
     for name, pair, warps, steps, stages, options in kernel_variants(n, pre is not None):
         spectrum = spectra[options.get("transform", default_transform)]
+        if options.get("filter_layout") == "kernel":
+            spectrum = kf  # the rfft: the kernel gathers its bins
+        options = {key: value for key, value in options.items() if key != "filter_layout"}
 
         def run(
             pair=pair, warps=warps, steps=steps, stages=stages, options=options, spectrum=spectrum
@@ -465,6 +472,8 @@ def static_stats(n: int, dtype: torch.dtype, gated: bool, blocked: bool = False,
     L = n // 2
     B = TOTAL // (H * L)
     precision = "tf32x3" if dtype == torch.float32 else "tf32"
+    if options.pop("filter_layout", "pass") == "kernel":
+        options["raw_spectrum"] = True
     meta, _ = triton_fwd.kernel_meta(
         n, B, H, L, dtype, gates=(gated,) * 3, blocked=blocked, precision=precision,
         sms=STATIC_SMS, **options,
