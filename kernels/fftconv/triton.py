@@ -39,6 +39,8 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
     device = torch.device(device)
     if triton_fwd.supports(n, False, dtype):
         triton_fwd.constants(n, device, dtype)
+        if n in triton_fwd.THREE_STAGE_SIZES:  # the three-stage forward's (gated defaults)
+            triton_fwd.constants3(n, device, dtype)
     if triton_bwd.supports(n, False, dtype):
         triton_bwd.prepare(n, device, dtype)
     triton_long.prepare(n, device, dtype)

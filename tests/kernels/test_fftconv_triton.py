@@ -719,6 +719,20 @@ def test_filter_layout_refuses_unknown_values():
         triton_fwd.launch(u, torch.zeros(1, 129, dtype=torch.complex64), None, None, None, 512)
 
 
+def test_prepare_builds_the_three_stage_tables():
+    """``prepare`` (what ``FFTConv.prepare`` calls before a CUDA graph capture, where nothing
+    can be built) builds the three-stage kernel's tables too at its sizes, and only there."""
+    from kernels.fftconv import triton, triton_fwd
+
+    device = torch.device("cpu")
+    for n in (2048, 8192):
+        for key in [key for key in triton_fwd._CONSTANTS3 if key[0] == n]:
+            del triton_fwd._CONSTANTS3[key]
+        triton.prepare(n, device, torch.float16)
+        built = (n, device, torch.float16) in triton_fwd._CONSTANTS3
+        assert built == (n in triton_fwd.THREE_STAGE_SIZES)
+
+
 def test_three_stage_refuses_plans_it_does_not_run():
     """transform="three": dense plans with a dense spectrum at n = 4096 and 8192 only; each
     refusal names the argument and the value."""
