@@ -301,7 +301,7 @@ def time_kernel(inputs, n: int) -> dict:
             B, H, L, n, pair, transform=options.get("transform", default_transform)
         )
         row[f"kernel_tflops_{name}"] = flops / (ms * 1e-3) / 1e12
-    row["dot_flops"] = triton_fwd.dot_flops(B, H, L, n)
+    row["dot_flops"] = triton_fwd.dot_flops(B, H, L, n, transform=default_transform)
     row["flop_floor_ms"] = row["dot_flops"] / matmul_rate() * 1e3
     return row
 
