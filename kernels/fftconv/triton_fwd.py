@@ -449,7 +449,8 @@ def _load_rfft_bins(kf_ptr, h, k, n: tl.constexpr):
     rfft (``kf_ptr``: ``[H, n//2 + 1, 2]`` fp32, real and imaginary interleaved); past n/2 the
     conjugate of the mirrored bin. fp32 planes, in k's layout."""
     mirrored = k > n // 2
-    src = tl.where(mirrored, n - k, k).to(tl.int64) * 2 + h.to(tl.int64) * ((n // 2 + 1) * 2)
+    kf_ptr += h.to(tl.int64) * ((n // 2 + 1) * 2)  # 64-bit: the channel's start; 32-bit within
+    src = tl.where(mirrored, n - k, k) * 2
     re = tl.load(kf_ptr + src)
     im = tl.load(kf_ptr + src + 1)
     return re, tl.where(mirrored, -im, im)
