@@ -81,6 +81,16 @@ KERNEL_VARIANTS = {
     "three-w8": (True, 8, None, None, lambda n: n == 4096, {"transform": "three"}),
     # two stages where three are the default (n = 8192 with both gates, since v14)
     "two": (True, None, None, None, lambda n: n == 8192, {"transform": "two"}),
+    # two stages with the filter spectrum loaded per step instead of held (frees its registers:
+    # 64 per thread at n = 8192 on 8 warps)
+    "two-load-k": (
+        True,
+        None,
+        None,
+        None,
+        lambda n: n >= 2048,
+        {"transform": "two", "hold_filter": False},
+    ),
     # the filter's bins gathered by the kernel from its rfft (no layout pass; the bare kernel
     # then includes the gather, the public call saves the pass: time_filter_layouts)
     "kf-raw": (True, None, None, None, lambda n: True, {"filter_layout": "kernel"}),

@@ -541,6 +541,7 @@ def _fftconv_fwd_kernel(
     STORE_Z: tl.constexpr = False,
     KF_RAW: tl.constexpr = False,
     K_LOW: tl.constexpr = 0,
+    HOLD_FILTER: tl.constexpr = True,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
@@ -554,7 +555,8 @@ def _fftconv_fwd_kernel(
     # backward that wants the postgate's gradient dy * z without transforming v again.
     # KF_RAW: kf_ptr is the filter's rfft ([H, n//2+1] complex as fp32 pairs), its bins
     # gathered into the kernel's order here (no layout pass); the kept columns are the first
-    # K_LOW and the last K2 - K_LOW of N2.
+    # K_LOW and the last K2 - K_LOW of N2. HOLD_FILTER: the filter spectrum held in registers
+    # across the steps, else loaded per step (from L2, the channel's: its previous step read it).
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -594,11 +596,13 @@ def _fftconv_fwd_kernel(
         g2_re, g2_im = _load_complex(dft2_ptr, offs_g2, N2 * K2)
     else:
         g2_re, g2_im = f2_re, f2_im
-    if KF_RAW:
-        cols = tl.where(offs_k2 < K_LOW, offs_k2, offs_k2 + (N2 - K2))  # k2 of kept column c
-        k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, offs_n1[:, None] + N1 * cols[None, :], N1 * N2)
-    else:
-        k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
+    cols = tl.where(offs_k2 < K_LOW, offs_k2, offs_k2 + (N2 - K2))  # k2 of kept column c
+    bins = offs_n1[:, None] + N1 * cols[None, :]  # [N1, K2] (KF_RAW)
+    if HOLD_FILTER:
+        if KF_RAW:
+            k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * N2)
+        else:
+            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1] (BLOCKED: N1/2)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
@@ -659,6 +663,11 @@ def _fftconv_fwd_kernel(
         x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, K2]
 
         # the filter, in the same permuted order
+        if not HOLD_FILTER:
+            if KF_RAW:
+                k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * N2)
+            else:
+                k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
@@ -1119,8 +1128,9 @@ def launch(
     the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
     ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
     plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
-    ``hold_filter`` (three stages): the filter spectrum held in registers across a program's
-    steps, or loaded per step (the default at ``LOAD_FILTER_AT``).
+    ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
+    per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
+    kernel holds it by default).
     """
     B, H, L = u.shape
     if blocked:
@@ -1258,14 +1268,11 @@ def kernel_meta(
         shape = dict(
             N1=N1, N2=N2, N3=N3, ROWS=tile_rows3(L, n), HOLD_FILTER=hold, KF_RAW=raw_spectrum
         )
-    elif hold_filter is not None:
-        raise ValueError(
-            f"hold_filter is a three-stage option; got it with transform={transform!r}"
-        )
     else:
+        hold = True if hold_filter is None else bool(hold_filter)
         shape = dict(
             N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked,
-            KF_RAW=raw_spectrum, K_LOW=low,
+            KF_RAW=raw_spectrum, K_LOW=low, HOLD_FILTER=hold,
         )  # fmt: skip
     meta = dict(
         **shape,

@@ -68,7 +68,8 @@ FORWARD_CASES = {
     "B2-H3-L200-circular-fp32-folded": (2, 3, 200, 200, "circular", "fp32", True, 1.0, True),
     "B1-H1-L1-K1-causal-fp16-fallback": (1, 1, 1, 1, "causal", "fp16", True, 1.0, False),
 }
-LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps[, skip_input]): NaN-poisoned
+LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps[, skip_input[, hold]]):
+    # NaN-poisoned
     "B3-H2-L300-n512-fp32-pair": (3, 2, 300, 512, "fp32", True, True, 1),
     "B3-H2-L300-n512-fp32-single": (3, 2, 300, 512, "fp32", True, False, 1),
     "B1-H3-L256-n256-fp16-pair": (1, 3, 256, 256, "fp16", False, True, 1),
@@ -82,6 +83,13 @@ LAUNCHER_CASES = {  # id -> (B, H, L, n, dtype, gated, pair, steps[, skip_input]
     "B3-H2-L1027-n2048-fp16-pair-reload": (3, 2, 1027, 2048, "fp16", True, True, 1, "reload"),
     "B3-H2-L300-n512-fp32-single-reload": (3, 2, 300, 512, "fp32", True, False, 1, "reload"),
     "B7-H2-L129-n256-fp16-pair-steps4-reload": (7, 2, 129, 256, "fp16", True, True, 4, "reload"),
+    # the filter spectrum loaded per step instead of held (launch's hold_filter=False)
+    "B7-H2-L129-n256-fp16-pair-steps4-loadk": (
+        *(7, 2, 129, 256, "fp16", True, True, 4, "reload", False),
+    ),
+    "B5-H2-L300-n512-fp32-single-steps3-loadk": (
+        *(5, 2, 300, 512, "fp32", True, False, 3, "held", False),
+    ),
 }
 # the three-stage kernel (launch's transform="three"): id -> (B, H, L, n, dtype, gates, pair,
 # steps, skip_input), NaN-poisoned, z written too when gated; gates: "" or "pre-post-bias"
@@ -112,6 +120,10 @@ FILTER_CASES = {
         *(3, 8192, 4096, "fp16", {"transform": "three", "hold_filter": False}),
     ),
     "filter-B2-n1024-L1500-fp16-blocked": (2, 1024, 1500, "fp16", {"blocked": True}),
+    # two stages with the filter loaded per step (several steps: a reload per step), sparse
+    "filter-B7-n2048-L1000-fp16-keep300-loaded": (
+        *(7, 2048, 1000, "fp16", {"keep_bins": 300, "hold_filter": False, "steps": 2}),
+    ),
 }
 SPECTRUM_CASE = "spectrum-n1024-L300-fp32"
 BACKWARD_CASE = "B3-H2-L200-K150-causal-fp32-backward"
@@ -166,15 +178,16 @@ def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, fused):
     return {"y": rel_err(y, ref)}, y.dtype == DTYPES[dtype]
 
 
-def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps, skip_input="held"):
+def _run_launcher_case(B, H, L, n, dtype, gated, pair, steps, skip_input="held", hold=None):
     from kernels.fftconv import triton_fwd
 
     u, k, pre, post, bias = make_inputs(B, H, L, n, DTYPES[dtype], gated, seed=1)
     kf = torch.fft.rfft(k, n=n)  # a circular filter of length n
     out = torch.full_like(u, float("nan"))
     triton_fwd.fftconv_fwd(
-        u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps, skip_input=skip_input
-    )
+        u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps, skip_input=skip_input,
+        hold_filter=hold,
+    )  # fmt: skip
     full = torch.fft.irfft(torch.fft.rfft(k.double(), n=n), n=n)  # the same filter, float64
     v = u.double() * pre.double() if gated else u.double()
     z = torch.fft.irfft(torch.fft.rfft(v, n=n) * torch.fft.rfft(full, n=n), n=n)[..., :L]
@@ -804,10 +817,13 @@ def test_three_stage_default_only_where_measured():
         8192, 8, 4, 4096, torch.bfloat16, gates=(True, True, True), hold_filter=True
     )
     assert meta["HOLD_FILTER"] is True
-    with pytest.raises(ValueError, match="hold_filter is a three-stage option"):
-        triton_fwd.kernel_meta(
-            4096, 8, 4, 2048, torch.bfloat16, gates=(True,) * 3, hold_filter=True
-        )
+    # the two-stage kernel holds the filter unless told otherwise
+    meta, _ = triton_fwd.kernel_meta(4096, 8, 4, 2048, torch.bfloat16, gates=(True,) * 3)
+    assert "N3" not in meta and meta["HOLD_FILTER"] is True
+    meta, _ = triton_fwd.kernel_meta(
+        4096, 8, 4, 2048, torch.bfloat16, gates=(True,) * 3, hold_filter=False
+    )
+    assert meta["HOLD_FILTER"] is False
 
 
 LAUNCH_SIZES = [
