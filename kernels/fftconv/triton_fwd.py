@@ -1257,7 +1257,12 @@ def kernel_meta(
     # already at n = 4096 (256 KB paired: the N1/2-row last stage holds its own tables)
     held_tables_fit = n < (4096 if blocked else 8192)
     steps = 1 if dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
-    stages = default_stages(n, dtype, blocked) if stages is None else stages
+    if stages is None:
+        stages = default_stages(n, dtype, blocked)
+        if transform == "two" and hold_filter is False and n >= 8192 and (gates[0] or gates[1]):
+            # the filter's per-step copy is buffered per stage too: two stages of a gated pair
+            # at n = 8192 ask for 252 KB of shared memory (> 227 KB)
+            stages = 1
     if stages < 1:
         raise ValueError(f"stages must be >= 1; got {stages}")
     N1, N2 = split(n)

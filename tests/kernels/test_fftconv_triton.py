@@ -553,6 +553,24 @@ def test_three_stage_fits_sm90_shared_memory(n, dtype, store_z):
         assert wide["num_warps"] == 8 and wide["spill_store_bytes"] == 0, wide
 
 
+@pytest.mark.parametrize("n", [4096, 8192])
+def test_filter_loaded_per_step_fits_sm90_shared_memory(n):
+    """The two-stage kernel with the filter loaded per step (``hold_filter=False``), gated and
+    writing z, compiled for sm_90 as the launcher compiles it, fits one block's shared memory
+    (at n = 8192 the launcher drops to one pipeline stage for it: two ask for 252 KB)."""
+    pytest.importorskip("triton")
+    from benchmarks.fftconv import SHARED_PER_BLOCK, static_stats
+
+    try:
+        stats = static_stats(
+            n, torch.bfloat16, True, False, store_z=True, transform="two", hold_filter=False
+        )
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    assert 0 < stats["shared_bytes"] <= SHARED_PER_BLOCK, stats
+    assert stats["stages"] == (1 if n == 8192 else 2), stats
+
+
 def test_skip_input_refuses_unknown_values():
     from kernels.fftconv import triton_fwd
 
@@ -925,6 +943,37 @@ def test_gpu_three_stage_poisoned(n, L, dtype, pair, gates):
     if gated:
         assert not z_out.isnan().any()
         assert rel_err(z_out, z) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("n", "L", "transform"),
+    [
+        pytest.param(2048, 1027, "two", id="n2048"),
+        pytest.param(4096, 2051, "two", id="n4096"),
+        pytest.param(8192, 4096, "two", id="n8192-two"),
+        pytest.param(8192, 4096, "three", id="n8192-three-held"),
+    ],
+)
+def test_gpu_filter_loaded_or_held(n, L, transform, dtype):
+    """The filter spectrum loaded per step where the default holds it, and held where the
+    default loads it (``hold_filter``): every output written and right against float64 (B = 7:
+    several steps, a half-empty last pair)."""
+    from kernels.fftconv import triton_fwd
+
+    hold = transform == "three"
+    u, k, pre, post, bias = make_inputs(7, 5, L, n, dtype, True, seed=19, device="cuda")
+    kf = torch.fft.rfft(k, n=n)
+    out = torch.full_like(u, float("nan"))
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, out=out, transform=transform, hold_filter=hold, steps=2
+    )
+    v = u.double() * pre.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
+    ref = z * post.double() + bias.double()[:, None] * v
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
 
 
 @pytest.mark.gpu
