@@ -126,10 +126,16 @@ def torch_path_fp32(u, k, pre, post, bias):
     return y + bias.float()[:, None] * v if bias is not None else y
 
 
+# the inputs a "gated" row has (``--gated-inputs``): the default, every gate and the bias;
+# Hyena's long convolution, for one, takes a pregate alone
+GATED_INPUTS = ("pre", "post", "bias")
+
+
 def floor_ms(L: int, gated: bool, backward: bool) -> float:
-    """Bytes that must move at 2 bytes per element: forward u, y (+ pregate, postgate);
-    backward dy, u, du (+ pregate, postgate, dpregate, dpostgate)."""
-    tensors = (4 if gated else 2) + ((7 if gated else 3) if backward else 0)
+    """Bytes that must move at 2 bytes per element: forward u, y (+ the pregate and postgate
+    of ``GATED_INPUTS``); backward dy, u, du (+ each gate and its gradient)."""
+    gates = sum(name in GATED_INPUTS for name in ("pre", "post")) if gated else 0
+    tensors = 2 + gates + ((3 + 2 * gates) if backward else 0)
     return tensors * 2 * TOTAL / copy_bandwidth() * 1e3
 
 
@@ -148,10 +154,16 @@ def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = Fal
         pre = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
         post = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
         bias = torch.randn(H, device="cuda", generator=gen)
+        pre, post, bias = (
+            x if name in GATED_INPUTS else None
+            for name, x in (("pre", pre), ("post", post), ("bias", bias))
+        )
     plan = make_plan("causal", L, L)
     n = plan.fft_size
     fused = triton_fwd.supports(n, plan.fold, u.dtype)
     row = {"B": B, "H": H, "L": L, "n": n, "gated": gated, "fused": fused}
+    if gated:
+        row["gated_inputs"] = list(GATED_INPUTS)
     row["floor_fwd_ms"] = floor_ms(L, gated, False)
     row["floor_fwdbwd_ms"] = floor_ms(L, gated, True)
 
@@ -348,6 +360,8 @@ def print_kernel_table(rows: list[dict]) -> None:
     print(f"{'L':>6} {'gate':<6} {'variant':<16} {'ms':>7} {'x floor':>7} {'err':>8}")
     for r in rows:
         gate = "gated" if r["gated"] else "plain"
+        if r["gated"] and len(r.get("gated_inputs", GATED_INPUTS)) < 3:
+            gate = "+".join(r["gated_inputs"])  # e.g. "pre": a pregate alone
         for name in KERNEL_VARIANTS:
             ms = r.get(f"kernel_ms_{name}")
             err = r.get(f"err_kernel_{name}")
@@ -560,6 +574,7 @@ def print_static_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global GATED_INPUTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
@@ -571,9 +586,20 @@ def main(argv: list[str] | None = None) -> None:
         "--variants", nargs="*", help="time these bare-kernel variants only (and the default)"
     )
     parser.add_argument(
+        "--gated-inputs",
+        default=",".join(GATED_INPUTS),
+        help="what a gated row has, of pre,post,bias (default: all three; Hyena's call: pre)",
+    )
+    parser.add_argument(
         "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
     )
     args = parser.parse_args(argv)
+    gated_inputs = tuple(x for x in args.gated_inputs.split(",") if x)
+    if not gated_inputs or set(gated_inputs) - {"pre", "post", "bias"}:
+        parser.error(
+            f"--gated-inputs: a comma-separated subset of pre,post,bias; got {args.gated_inputs!r}"
+        )
+    GATED_INPUTS = gated_inputs
     if args.variants is not None:
         unknown = sorted(set(args.variants) - set(KERNEL_VARIANTS))
         if unknown:
