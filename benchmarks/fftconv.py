@@ -102,12 +102,14 @@ KERNEL_VARIANTS = {
 }
 
 
-def kernel_variants(n: int, gated: bool) -> list[tuple]:
+def kernel_variants(n: int, gated: bool, only: frozenset[str] | None = None) -> list[tuple]:
     """The variants worth timing at size n (unpaired only plain, to measure the pairing; those
-    with more launch options only gated, unless they choose the transform): ``(name, pair,
-    warps, steps, stages, options)``."""
+    with more launch options only gated, unless they choose the transform; ``only``: these
+    names and the default): ``(name, pair, warps, steps, stages, options)``."""
     out = []
     for name, (pair, warps, steps, stages, sizes, *more) in KERNEL_VARIANTS.items():
+        if only is not None and name != "default" and name not in only:
+            continue
         options = more[0] if more else {}
         # other options concern gated calls only
         plain_too = "transform" in options or "filter_layout" in options
@@ -131,17 +133,27 @@ def torch_path_fp32(u, k, pre, post, bias):
 GATED_INPUTS = ("pre", "post", "bias")
 
 
-def floor_ms(L: int, gated: bool, backward: bool) -> float:
+def floor_ms(
+    L: int, gated: bool, backward: bool, gated_inputs: tuple[str, ...] = GATED_INPUTS
+) -> float:
     """Bytes that must move at 2 bytes per element: forward u, y (+ the pregate and postgate
-    of ``GATED_INPUTS``); backward dy, u, du (+ each gate and its gradient)."""
-    gates = sum(name in GATED_INPUTS for name in ("pre", "post")) if gated else 0
+    of ``gated_inputs``); backward dy, u, du (+ each gate and its gradient)."""
+    gates = sum(name in gated_inputs for name in ("pre", "post")) if gated else 0
     tensors = 2 + gates + ((3 + 2 * gates) if backward else 0)
     return tensors * 2 * TOTAL / copy_bandwidth() * 1e3
 
 
-def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = False) -> dict:
+def bench_length(
+    L: int,
+    gated: bool,
+    use_compile: bool,
+    kernel_only: bool = False,
+    only: frozenset[str] | None = None,
+    gated_inputs: tuple[str, ...] = GATED_INPUTS,
+) -> dict:
     """One row: the public call per backend, forward and forward+backward, the bare kernel's
-    variants and the spectrum layout; ``kernel_only``: the bare kernel's variants alone."""
+    variants (``only``: these, ``kernel_variants``) and the spectrum layout; ``kernel_only``:
+    the bare kernel's variants alone; ``gated_inputs``: what a gated row has."""
     B = TOTAL // (H * L)
     gen = torch.Generator(device="cuda").manual_seed(L)
     u = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -155,7 +167,7 @@ def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = Fal
         post = torch.randn(B, H, L, device="cuda", dtype=torch.bfloat16, generator=gen)
         bias = torch.randn(H, device="cuda", generator=gen)
         pre, post, bias = (
-            x if name in GATED_INPUTS else None
+            x if name in gated_inputs else None
             for name, x in (("pre", pre), ("post", post), ("bias", bias))
         )
     plan = make_plan("causal", L, L)
@@ -163,20 +175,22 @@ def bench_length(L: int, gated: bool, use_compile: bool, kernel_only: bool = Fal
     fused = triton_fwd.supports(n, plan.fold, u.dtype)
     row = {"B": B, "H": H, "L": L, "n": n, "gated": gated, "fused": fused}
     if gated:
-        row["gated_inputs"] = list(GATED_INPUTS)
-    row["floor_fwd_ms"] = floor_ms(L, gated, False)
-    row["floor_fwdbwd_ms"] = floor_ms(L, gated, True)
+        row["gated_inputs"] = list(gated_inputs)
+    row["floor_fwd_ms"] = floor_ms(L, gated, False, gated_inputs)
+    row["floor_fwdbwd_ms"] = floor_ms(L, gated, True, gated_inputs)
 
     inputs = (u, k, pre, post, bias)
     if kernel_only:
-        return row | (time_kernel(inputs, n) | time_filter_layouts(inputs, n) if fused else {})
+        return row | (
+            time_kernel(inputs, n, only) | time_filter_layouts(inputs, n) if fused else {}
+        )
     row.update(time_forward(inputs, use_compile))
     # forward + backward through the public call (the forward alone: time_forward)
     row.update(
         time_forward_backward(public, ("torch", "triton"), inputs, row["ok"], False, graph=True)
     )
     if fused:
-        row.update(time_kernel(inputs, n))
+        row.update(time_kernel(inputs, n, only))
         row.update(time_layout(inputs, n, ok=row["ok"]))
     return row
 
@@ -268,7 +282,7 @@ def public(backend: str, u, k, pre, post, bias):
     return fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend=backend)
 
 
-def time_kernel(inputs, n: int) -> dict:
+def time_kernel(inputs, n: int, only: frozenset[str] | None = None) -> dict:
     """The bare fused kernel (spectrum already laid out) per launch variant, each checked on a
     NaN-poisoned output first."""
     u, k, pre, post, bias = inputs
@@ -283,7 +297,7 @@ def time_kernel(inputs, n: int) -> dict:
     ref = torch_path_fp32(*inputs)
     out = torch.empty_like(u)
     row = {}
-    for name, pair, warps, steps, stages, options in kernel_variants(n, pre is not None):
+    for name, pair, warps, steps, stages, options in kernel_variants(n, pre is not None, only):
         spectrum = spectra[options.get("transform", default_transform)]
         if options.get("filter_layout") == "kernel":
             spectrum = kf  # the rfft: the kernel gathers its bins
@@ -524,7 +538,7 @@ def static_stats(n: int, dtype: torch.dtype, gated: bool, blocked: bool = False,
     }
 
 
-def run_static(lengths: list[int], out: Path) -> None:
+def run_static(lengths: list[int], out: Path, only: frozenset[str] | None = None) -> None:
     """One row per (n, dtype, gating, variant): the default launch and every bare-kernel
     variant of the timed run, bf16 and fp32, dense; the default blocked plan too."""
     rows = []
@@ -534,7 +548,7 @@ def run_static(lengths: list[int], out: Path) -> None:
             continue
         for dtype in (torch.bfloat16, torch.float32):
             for gated in (False, True):
-                for name, pair, warps, steps, stages, options in kernel_variants(n, gated):
+                for name, pair, warps, steps, stages, options in kernel_variants(n, gated, only):
                     if dtype == torch.float32 and name != "default":
                         continue
                     launch = dict(pair=pair, num_warps=warps, steps=steps, stages=stages)
@@ -574,7 +588,6 @@ def print_static_table(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global GATED_INPUTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--lengths", type=int, nargs="*", default=list(LENGTHS))
@@ -599,17 +612,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             f"--gated-inputs: a comma-separated subset of pre,post,bias; got {args.gated_inputs!r}"
         )
-    GATED_INPUTS = gated_inputs
-    if args.variants is not None:
-        unknown = sorted(set(args.variants) - set(KERNEL_VARIANTS))
-        if unknown:
-            parser.error(f"--variants: unknown {unknown}; known: {sorted(KERNEL_VARIANTS)}")
-        for name in list(KERNEL_VARIANTS):
-            if name != "default" and name not in args.variants:
-                del KERNEL_VARIANTS[name]
+    only = None if args.variants is None else frozenset(args.variants)
+    if only is not None and only - set(KERNEL_VARIANTS):
+        unknown = sorted(only - set(KERNEL_VARIANTS))
+        parser.error(f"--variants: unknown {unknown}; known: {sorted(KERNEL_VARIANTS)}")
     if args.static:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        run_static(args.lengths, args.out)
+        run_static(args.lengths, args.out, only)
         return
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv needs a CUDA device")
@@ -634,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L in args.lengths:
         for gated in (False, True):
-            row = bench_length(L, gated, args.compile, args.kernel_only)
+            row = bench_length(L, gated, args.compile, args.kernel_only, only, gated_inputs)
             times = {
                 name: row[f"kernel_ms_{name}"]
                 for name in KERNEL_VARIANTS

@@ -126,12 +126,7 @@ def fused_backward(
     if kf.dtype != torch.complex64:
         return None
     n = plan.fft_size
-    in_register = (
-        triton_bwd.supports(n, False, u.dtype)
-        if plan.blocked
-        else triton_bwd.supports(n, plan.fold, u.dtype)
-    )
-    if in_register:
+    if triton_bwd.supports(n, plan.fold, u.dtype):  # a blocked plan is never folded
         return triton_bwd.fftconv_bwd(
             dy, u, kc, kf, pregate, postgate, bias, n, plan.keep_bins, needs,
             blocked=plan.blocked, z=z,

@@ -674,7 +674,8 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
     gradient moved to (b) (``dbias_in_b``: the held pipeline needs 196 KB of shared memory
     instead of 228; 2.44 / 5.26 ms plain / gated against 2.76 / 5.48 on an H100, backward v6),
     and (b)'s accumulator back in registers once z came from the forward (b's transform of v
-    for z gone: plain 2.17 against 2.46 ms on an H100, gated not timed yet, backward v7));
+    for z gone: plain 2.17 against 2.46 ms on an H100, backward v7; gated with z 2.86 against
+    3.19 on an H200));
     fp32: the fewest spills of the sm_90 compile (fp32 tables take twice the registers and
     shared memory, and the pipelined loops need more shared memory than an SM has from
     n = 4096).

@@ -177,6 +177,15 @@ def _unitary_dft(size: int, device: torch.device) -> Tensor:
     return torch.stack([angle.cos(), angle.sin()]) / math.sqrt(size)  # [2, size, size]
 
 
+def _twiddle_table(rows: int, cols: int, size: int, device: torch.device) -> Tensor:
+    """``w_size^(a b)`` for a < rows, b < cols (``w_m = exp(-2 pi i / m)``): ``[2, rows, cols]``
+    fp32 planes, the exponent reduced mod size in float64 first."""
+    a = torch.arange(rows, dtype=torch.float64, device=device)
+    b = torch.arange(cols, dtype=torch.float64, device=device)
+    angle = (-2.0 * math.pi / size) * torch.remainder(a[:, None] * b[None, :], size)
+    return torch.stack([angle.cos(), angle.sin()]).float().contiguous()
+
+
 def constants(
     n: int, device: torch.device, dtype: torch.dtype, N1: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -189,10 +198,7 @@ def constants(
     if key not in _CONSTANTS:
 
         def build() -> tuple[Tensor, Tensor, Tensor]:
-            k1 = torch.arange(N1, dtype=torch.float64, device=device)
-            t2 = torch.arange(N2, dtype=torch.float64, device=device)
-            angle = (-2.0 * math.pi / n) * torch.remainder(k1[:, None] * t2[None, :], n)
-            twiddle = torch.stack([angle.cos(), angle.sin()]).float().contiguous()
+            twiddle = _twiddle_table(N1, N2, n, device)
             dft1 = _unitary_dft(N1, device).to(dtype).contiguous()
             dft2 = _unitary_dft(N2, device).to(dtype).contiguous()
             return dft1, dft2, twiddle
@@ -215,15 +221,10 @@ def constants3(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor
     if key not in _CONSTANTS3:
         N1, N2, N3 = split3(n)
 
-        def twiddle(rows: int, cols: int, size: int) -> Tensor:
-            a = torch.arange(rows, dtype=torch.float64, device=device)
-            b = torch.arange(cols, dtype=torch.float64, device=device)
-            angle = (-2.0 * math.pi / size) * torch.remainder(a[:, None] * b[None, :], size)
-            return torch.stack([angle.cos(), angle.sin()]).float().contiguous()
-
         def build() -> tuple[Tensor, ...]:
             dfts = tuple(_unitary_dft(m, device).to(dtype).contiguous() for m in (N1, N2, N3))
-            return (*dfts, twiddle(N1, N2, N1 * N2), twiddle(N1, N3, n), twiddle(N2, N3, N2 * N3))
+            twiddles = ((N1, N2, N1 * N2), (N1, N3, n), (N2, N3, N2 * N3))
+            return (*dfts, *(_twiddle_table(*shape, device) for shape in twiddles))
 
         _CONSTANTS3[key] = build_constants(
             device, f"Triton three-stage FFT tables for n={n} ({dtype})", build
@@ -358,6 +359,12 @@ def launch_layout(
     return out
 
 
+def full_spectrum(kf: Tensor, n: int) -> Tensor:
+    """The full (Hermitian) spectrum ``[H, n]`` of an rfft ``[H, n//2 + 1]``: the bins past n/2
+    are the conjugates of their mirrors."""
+    return torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)
+
+
 def spectrum_layout(
     kf: Tensor,
     n: int,
@@ -385,7 +392,7 @@ def spectrum_layout(
         return launch_layout(kf.to(torch.complex64), 1, N1, N2, low, high).view(
             H, 2, N1, low + high
         )
-    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
+    full = full_spectrum(kf, n)  # [H, n]
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
     spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
     return select_columns(spectrum, n, keep_bins, N1=N1).contiguous()
@@ -401,7 +408,7 @@ def spectrum_layout3(kf: Tensor, n: int, *, kernel: bool | None = None) -> Tenso
     kernel = _layout_kernel if kernel is None else kernel
     if kernel and kf.shape == (H, n // 2 + 1) and triton_unusable(kf.device.type, __name__) is None:
         return launch_layout(kf.to(torch.complex64), N1, N2, N3, N3, 0)
-    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
+    full = full_spectrum(kf, n)  # [H, n]
     perm = full.reshape(H, N3, N2, N1).permute(0, 3, 2, 1)  # [H, k1, k2, k3]
     return torch.stack([perm.real, perm.imag], dim=2).float().contiguous()
 
@@ -454,6 +461,48 @@ def _load_rfft_bins(kf_ptr, h, k, n: tl.constexpr):
     re = tl.load(kf_ptr + src)
     im = tl.load(kf_ptr + src + 1)
     return re, tl.where(mirrored, -im, im)
+
+
+@triton.jit
+def _load_filter(
+    kf_ptr, h, kf_start, bins, offs_spec, PLANE: tl.constexpr, n: tl.constexpr, KF_RAW
+):
+    """Channel h's filter spectrum tile: gathered from its rfft at ``bins`` (KF_RAW) or read
+    from the laid-out spectrum at ``kf_start + offs_spec``, planes ``PLANE`` apart."""
+    if KF_RAW:
+        k_re, k_im = _load_rfft_bins(kf_ptr, h, bins, n)
+    else:
+        k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, PLANE)
+    return k_re, k_im
+
+
+@triton.jit
+def _twiddle(a_re, a_im, w_re, w_im, CONJ: tl.constexpr):
+    """``a * w`` (``a * conj(w)`` with CONJ), fp32."""
+    if CONJ:
+        return a_re * w_re + a_im * w_im, a_im * w_re - a_re * w_im
+    return a_re * w_re - a_im * w_im, a_re * w_im + a_im * w_re
+
+
+@triton.jit
+def _write_output(
+    z, row, offs, mask, v, bias,
+    y_ptr, z_ptr, postgate_ptr, u_ptr, pregate_ptr,
+    STORE_Z: tl.constexpr, HAS_POSTGATE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_PREGATE: tl.constexpr, RELOAD: tl.constexpr,
+):  # fmt: skip
+    """One sequence's output from its convolution z: z written (STORE_Z), then y = postgate * z
+    + bias * v, with v the input tile held (``v``) or loaded again at ``offs`` (RELOAD)."""
+    if STORE_Z:
+        tl.store(z_ptr + row + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
+    if HAS_POSTGATE:
+        z *= _load_row(postgate_ptr, row, offs, mask)
+    if HAS_BIAS:
+        if RELOAD:
+            z += bias * _load_input(u_ptr, pregate_ptr, row, offs, mask, HAS_PREGATE)
+        else:
+            z += bias * v
+    tl.store(y_ptr + row + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["N0"])
@@ -599,13 +648,14 @@ def _fftconv_fwd_kernel(
     cols = tl.where(offs_k2 < K_LOW, offs_k2, offs_k2 + (N2 - K2))  # k2 of kept column c
     bins = offs_n1[:, None] + N1 * cols[None, :]  # [N1, K2] (KF_RAW)
     if HOLD_FILTER:
-        if KF_RAW:
-            k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * N2)
-        else:
-            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)  # [N1, K2]
+        k_re, k_im = _load_filter(
+            kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, N1 * N2, KF_RAW
+        )
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1] (BLOCKED: N1/2)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+    else:
+        bias = 0.0
 
     for step in tl.range(0, STEPS, num_stages=STAGES):
         # the last program of a channel may run past its sequences: those steps are masked out
@@ -642,13 +692,9 @@ def _fftconv_fwd_kernel(
             mask_out_w = mask_w
 
         # the input, zero-padded by the mask alone (no padded copy)
-        v = _load_row(u_ptr, row_v, in_v, mask_v)  # [ROWS, N2]
-        if HAS_PREGATE:
-            v *= _load_row(pregate_ptr, row_v, in_v, mask_v)
+        v = _load_input(u_ptr, pregate_ptr, row_v, in_v, mask_v, HAS_PREGATE)  # [ROWS, N2]
         if PAIR:
-            w = _load_row(u_ptr, row_w, in_w, mask_w)
-            if HAS_PREGATE:
-                w *= _load_row(pregate_ptr, row_w, in_w, mask_w)
+            w = _load_input(u_ptr, pregate_ptr, row_w, in_w, mask_w, HAS_PREGATE)
 
         # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
         if PAIR:
@@ -656,25 +702,26 @@ def _fftconv_fwd_kernel(
         else:
             b_re = _dot(f1_re, v.to(op_dtype), PRECISION)  # [N1, N2]
             b_im = _dot(f1_im, v.to(op_dtype), PRECISION)
-        c_re = (b_re * tw_re - b_im * tw_im).to(op_dtype)
-        c_im = (b_re * tw_im + b_im * tw_re).to(op_dtype)
+        c_re, c_im = _twiddle(b_re, b_im, tw_re, tw_im, False)
+        c_re = c_re.to(op_dtype)
+        c_im = c_im.to(op_dtype)
 
         # forward stage 2: X = C @ F_N2
         x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, K2]
 
         # the filter, in the same permuted order
         if not HOLD_FILTER:
-            if KF_RAW:
-                k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * N2)
-            else:
-                k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, N1 * K2)
+            k_re, k_im = _load_filter(
+                kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, N1 * N2, KF_RAW
+            )
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
         # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
         d_re, d_im = _complex_dot(s_re, s_im, g2_re, -g2_im, PRECISION)  # [N1, N2]
-        e_re = (d_re * tw_re + d_im * tw_im).to(op_dtype)
-        e_im = (d_im * tw_re - d_re * tw_im).to(op_dtype)
+        e_re, e_im = _twiddle(d_re, d_im, tw_re, tw_im, True)
+        e_re = e_re.to(op_dtype)
+        e_im = e_im.to(op_dtype)
 
         # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part;
         # BLOCKED: conj(F_N1)[N1/2:] @ E)
@@ -687,39 +734,19 @@ def _fftconv_fwd_kernel(
             # (benchmarks/NOTES.md, v3)
             z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
 
-        if STORE_Z:
-            tl.store(z_ptr + row_v + out_v, z_v.to(z_ptr.dtype.element_ty), mask=mask_out_v)
-        if HAS_POSTGATE:
-            z_v *= _load_row(postgate_ptr, row_v, out_v, mask_out_v)
-        if HAS_BIAS:
-            if BLOCKED or SKIP_INPUT == 1:  # v at the output positions, loaded again (this
-                # step just read them; BLOCKED: the window tile's second half, and a register
-                # tile has no slices)
-                z_v += bias * _load_input(u_ptr, pregate_ptr, row_v, out_v, mask_out_v, HAS_PREGATE)
-            else:
-                z_v += bias * v
-        tl.store(y_ptr + row_v + out_v, z_v.to(y_ptr.dtype.element_ty), mask=mask_out_v)
+        # the skip term's v at the output positions loaded again (this step just read them;
+        # BLOCKED: the window tile's second half, and a register tile has no slices)
+        _write_output(
+            z_v, row_v, out_v, mask_out_v, v, bias,
+            y_ptr, z_ptr, postgate_ptr, u_ptr, pregate_ptr,
+            STORE_Z, HAS_POSTGATE, HAS_BIAS, HAS_PREGATE, BLOCKED or SKIP_INPUT == 1,
+        )  # fmt: skip
         if PAIR:
-            if STORE_Z:
-                tl.store(z_ptr + row_w + out_w, z_w.to(z_ptr.dtype.element_ty), mask=mask_out_w)
-            if HAS_POSTGATE:
-                z_w *= _load_row(postgate_ptr, row_w, out_w, mask_out_w)
-            if HAS_BIAS:
-                if BLOCKED or SKIP_INPUT == 1:
-                    z_w += bias * _load_input(
-                        u_ptr, pregate_ptr, row_w, out_w, mask_out_w, HAS_PREGATE
-                    )
-                else:
-                    z_w += bias * w
-            tl.store(y_ptr + row_w + out_w, z_w.to(y_ptr.dtype.element_ty), mask=mask_out_w)
-
-
-@triton.jit
-def _twiddle(a_re, a_im, w_re, w_im, CONJ: tl.constexpr):
-    """``a * w`` (``a * conj(w)`` with CONJ), fp32."""
-    if CONJ:
-        return a_re * w_re + a_im * w_im, a_im * w_re - a_re * w_im
-    return a_re * w_re - a_im * w_im, a_re * w_im + a_im * w_re
+            _write_output(
+                z_w, row_w, out_w, mask_out_w, w, bias,
+                y_ptr, z_ptr, postgate_ptr, u_ptr, pregate_ptr,
+                STORE_Z, HAS_POSTGATE, HAS_BIAS, HAS_PREGATE, BLOCKED or SKIP_INPUT == 1,
+            )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B", "H"])
@@ -807,13 +834,12 @@ def _fftconv_fwd3_kernel(
     kf_start = pid_h.to(tl.int64) * (2 * N1 * M)
     # bin k1 + N1 k2 + N1 N2 k3 at [k1 N2 + k2, k3]
     bins = (spec_rows // N2 + N1 * (spec_rows % N2))[:, None] + (N1 * N2) * i3[None, :]
-    if HOLD_FILTER:
-        if KF_RAW:
-            k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * M)
-        else:
-            k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)  # [N1 N2, N3]
+    if HOLD_FILTER:  # [N1 N2, N3]
+        k_re, k_im = _load_filter(kf_ptr, pid_h, kf_start, bins, offs_spec, M, N1 * M, KF_RAW)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+    else:
+        bias = 0.0
 
     for step in tl.range(0, STEPS, num_stages=STAGES):
         q = first_q + step * SEQS
@@ -821,13 +847,9 @@ def _fftconv_fwd3_kernel(
         row_w = row_v + H.to(tl.int64) * L
         mask_v = (offs_t < L) & (q < B)
         mask_w = (offs_t < L) & (q + 1 < B)
-        v = _load_row(u_ptr, row_v, offs_t, mask_v)  # [ROWS, M]
-        if HAS_PREGATE:
-            v *= _load_row(pregate_ptr, row_v, offs_t, mask_v)
+        v = _load_input(u_ptr, pregate_ptr, row_v, offs_t, mask_v, HAS_PREGATE)  # [ROWS, M]
         if PAIR:
-            w = _load_row(u_ptr, row_w, offs_t, mask_w)
-            if HAS_PREGATE:
-                w *= _load_row(pregate_ptr, row_w, offs_t, mask_w)
+            w = _load_input(u_ptr, pregate_ptr, row_w, offs_t, mask_w, HAS_PREGATE)
 
         # stage 1, zero rows skipped: [k1, (t2, t3)] = F_N1[:, :ROWS] @ x[:ROWS]
         if PAIR:
@@ -854,10 +876,7 @@ def _fftconv_fwd3_kernel(
 
         # the filter, in the same order
         if not HOLD_FILTER:
-            if KF_RAW:
-                k_re, k_im = _load_rfft_bins(kf_ptr, pid_h, bins, N1 * M)
-            else:
-                k_re, k_im = _load_complex(kf_ptr + kf_start, offs_spec, M)
+            k_re, k_im = _load_filter(kf_ptr, pid_h, kf_start, bins, offs_spec, M, N1 * M, KF_RAW)
         s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
         s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
 
@@ -888,29 +907,17 @@ def _fftconv_fwd3_kernel(
         if PAIR:
             z_w = _dot(g1_re, o_im, PRECISION) - _dot(g1_im, o_re, PRECISION)
 
-        if STORE_Z:
-            tl.store(z_ptr + row_v + offs_t, z_v.to(z_ptr.dtype.element_ty), mask=mask_v)
-        if HAS_POSTGATE:
-            z_v *= _load_row(postgate_ptr, row_v, offs_t, mask_v)
-        if HAS_BIAS:
-            if SKIP_INPUT == 1:
-                z_v += bias * _load_input(u_ptr, pregate_ptr, row_v, offs_t, mask_v, HAS_PREGATE)
-            else:
-                z_v += bias * v
-        tl.store(y_ptr + row_v + offs_t, z_v.to(y_ptr.dtype.element_ty), mask=mask_v)
+        _write_output(
+            z_v, row_v, offs_t, mask_v, v, bias,
+            y_ptr, z_ptr, postgate_ptr, u_ptr, pregate_ptr,
+            STORE_Z, HAS_POSTGATE, HAS_BIAS, HAS_PREGATE, SKIP_INPUT == 1,
+        )  # fmt: skip
         if PAIR:
-            if STORE_Z:
-                tl.store(z_ptr + row_w + offs_t, z_w.to(z_ptr.dtype.element_ty), mask=mask_w)
-            if HAS_POSTGATE:
-                z_w *= _load_row(postgate_ptr, row_w, offs_t, mask_w)
-            if HAS_BIAS:
-                if SKIP_INPUT == 1:
-                    z_w += bias * _load_input(
-                        u_ptr, pregate_ptr, row_w, offs_t, mask_w, HAS_PREGATE
-                    )
-                else:
-                    z_w += bias * w
-            tl.store(y_ptr + row_w + offs_t, z_w.to(y_ptr.dtype.element_ty), mask=mask_w)
+            _write_output(
+                z_w, row_w, offs_t, mask_w, w, bias,
+                y_ptr, z_ptr, postgate_ptr, u_ptr, pregate_ptr,
+                STORE_Z, HAS_POSTGATE, HAS_BIAS, HAS_PREGATE, SKIP_INPUT == 1,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -956,9 +963,14 @@ def transform_for(
     fp16/bf16 plan with a dense spectrum and both gates (``gates``: whether there is a pregate,
     a postgate[, a bias]) at the sizes of ``THREE_STAGE_GATED_AT``, else two."""
     half = dtype in (torch.float16, torch.bfloat16)
-    dense = not blocked and kept_columns(n, keep_bins) == (split(n)[1], 0)
     gated = bool(gates[0] and gates[1])
+    dense = _dense_plan(n, blocked, keep_bins)
     return "three" if half and dense and gated and n in THREE_STAGE_GATED_AT else "two"
+
+
+def _dense_plan(n: int, blocked: bool, keep_bins: int | None) -> bool:
+    """Whether a plan is dense with a dense spectrum (what three stages take)."""
+    return not blocked and kept_columns(n, keep_bins) == (split(n)[1], 0)
 
 
 def _check_transform(transform: str, n: int, blocked: bool, keep_bins: int | None) -> None:
@@ -967,7 +979,7 @@ def _check_transform(transform: str, n: int, blocked: bool, keep_bins: int | Non
     if transform == "three":
         if n not in THREE_STAGE_SIZES:
             raise ValueError(f"transform='three' runs at n in {THREE_STAGE_SIZES}; got n={n}")
-        if blocked or kept_columns(n, keep_bins) != (split(n)[1], 0):
+        if not _dense_plan(n, blocked, keep_bins):
             raise ValueError(
                 "transform='three' takes dense plans with a dense spectrum; got "
                 f"blocked={blocked}, keep_bins={keep_bins}"

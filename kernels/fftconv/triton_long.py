@@ -325,7 +325,7 @@ def spectrum_layout(
         return triton_fwd.launch_layout(kf, n0, M1, M2, low, high, conj)
     if conj:
         kf = torch.conj_physical(kf)
-    full = torch.cat([kf, torch.conj_physical(kf[:, 1 : n // 2].flip(-1))], dim=-1)  # [H, n]
+    full = triton_fwd.full_spectrum(kf, n)  # [H, n]
     full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
     return triton_fwd.columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
 

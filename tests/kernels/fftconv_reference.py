@@ -92,6 +92,16 @@ def conv_fft64(u, k, pre=None, post=None, bias=None, mode="causal"):
     return y + bias[:, None] * v if bias is not None else y
 
 
+def spectrum_conv64(u, kf, n, pre=None, post=None, bias=None):
+    """``(y, z)`` in float64 for a filter given as its size-n rfft ``kf``: ``z =
+    irfft(rfft(u * pre, n) * kf)[:L]`` (the circular convolution of size n, first L samples),
+    ``y = post * z + bias * (u * pre)``; absent gates and bias leave their terms out."""
+    v = u.double() * pre.double() if pre is not None else u.double()
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., : u.shape[-1]]
+    y = z * post.double() if post is not None else z
+    return (y + bias.double()[:, None] * v if bias is not None else y), z
+
+
 def make_inputs(B, H, L, Lk, dtype, gated, pair=False, seed=0, device="cpu"):
     """Fresh random (u, k, pregate, postgate, bias); k is (2, H, Lk) when ``pair``."""
     g = torch.Generator().manual_seed(seed)

@@ -20,6 +20,7 @@ from .fftconv_reference import (
     conv_torch64,
     make_inputs,
     rel_err,
+    spectrum_conv64,
     to_numpy,
 )
 from .interpreted import count_calls, run_interpreted, start_interpreter
@@ -207,9 +208,7 @@ def _run_three_case(B, H, L, n, dtype, gates, pair, steps, skip_input):
         u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps, skip_input=skip_input,
         transform="three", z_out=z_out,
     )  # fmt: skip
-    v = u.double() * pre.double() if gated else u.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v if gated else z
+    ref, z = spectrum_conv64(u, kf, n, pre, post, bias)
     errs = {"y": rel_err(out, ref), "unwritten": float(out.isnan().sum())}
     if gated:
         errs |= {"z": rel_err(z_out, z), "z_unwritten": float(z_out.isnan().sum())}
@@ -871,9 +870,7 @@ def test_gpu_launcher_poisoned(n, L, dtype, pair, steps):
     kf = torch.fft.rfft(k, n=n)
     out = torch.full_like(u, float("nan"))
     triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, pair=pair, steps=steps)
-    v = u.double() * pre.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v
+    ref, _ = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -902,9 +899,7 @@ def test_gpu_launcher_skip_input(n, L, dtype, gates, skip_input):
     kf = torch.fft.rfft(k, n=n)
     out = torch.full_like(u, float("nan"))
     triton_fwd.fftconv_fwd(u, kf, pre, post, bias, n, out=out, skip_input=skip_input)
-    v = u.double() * pre.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = (z * post.double() if post is not None else z) + bias.double()[:, None] * v
+    ref, _ = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -935,9 +930,7 @@ def test_gpu_three_stage_poisoned(n, L, dtype, pair, gates):
     triton_fwd.fftconv_fwd(
         u, kf, pre, post, bias, n, out=out, pair=pair, transform="three", z_out=z_out
     )
-    v = u.double() * pre.double() if gated else u.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v if gated else z
+    ref, z = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
     if gated:
@@ -969,9 +962,7 @@ def test_gpu_filter_loaded_or_held(n, L, transform, dtype):
     triton_fwd.fftconv_fwd(
         u, kf, pre, post, bias, n, out=out, transform=transform, hold_filter=hold, steps=2
     )
-    v = u.double() * pre.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v
+    ref, _ = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
 

@@ -17,7 +17,15 @@ import sys
 import pytest
 import torch
 
-from .fftconv_reference import conv_fft64, conv_numpy, conv_torch64, make_inputs, rel_err, to_numpy
+from .fftconv_reference import (
+    conv_fft64,
+    conv_numpy,
+    conv_torch64,
+    make_inputs,
+    rel_err,
+    spectrum_conv64,
+    to_numpy,
+)
 from .interpreted import run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
@@ -1001,9 +1009,7 @@ def test_gpu_launcher_splits_poisoned(B, H, L, n, n0, dtype):
     spectrum = triton_long.spectrum_layout(kf, split)
     gates = {"pregate": pre, "postgate": post, "bias": bias}
     triton_long.conv_long(u, spectrum, split, **gates, out=out)
-    v = u.double() * pre.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v
+    ref, _ = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype]
 
@@ -1185,9 +1191,7 @@ def test_gpu_rows_variants_poisoned(B, H, L, dtype, variant):
     spectrum = triton_long.spectrum_layout(kf, split)
     rows = replace(triton_long.rows_config(variant), steps=4)
     triton_long.conv_long(u, spectrum, split, **gates, out=out, rows=rows)
-    v = u.double() * pre.double()
-    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf.to(torch.complex128), n=n)[..., :L]
-    ref = z * post.double() + bias.double()[:, None] * v
+    ref, _ = spectrum_conv64(u, kf, n, pre, post, bias)
     assert not out.isnan().any()
     assert rel_err(out, ref) < TOL[dtype], rel_err(out, ref)
 
