@@ -662,7 +662,12 @@ class Config:
         return replace(self, num_warps=self.dk_num_warps or self.num_warps, dk_num_warps=None)
 
 
-def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = False) -> Config:
+def config_for(
+    n: int,
+    dtype: torch.dtype = torch.bfloat16,
+    blocked: bool = False,
+    keep_bins: int | None = None,
+) -> Config:
     """The default configuration at FFT size n. fp16/bf16: the fastest variant timed on an H200
     (benchmarks/NOTES.md, backward v2: the pipelined pair loop, 8 pairs per block, 3 stages
     (2 at n = 1024), up to n = 2048; at 4096 the split with Q through memory on 64 x 64
@@ -684,7 +689,13 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
     its own neighbours of the dense default timed faster from n = 2048
     (``benchmarks.fftconv_blocked_bwd``, Hyena's gates, 8 blocks): the split with Q through
     memory at 2048 (1.39 against 2.10 ms), the tables held at 4096 (2.62 against 3.36), the
-    accumulator in registers at 8192 (3.56 against 3.87)."""
+    accumulator in registers at 8192 (3.56 against 3.87).
+
+    ``keep_bins`` (a frequency-sparse spectrum): at n = 8192 fp16/bf16 with columns skipped,
+    kernel (b) keeps its accumulator in memory (v6's). With it in registers on the skipped
+    columns' [128, K2] tile the filter gradient came out wrong on an H100 (relative error
+    0.73-0.81 in ``test_gpu_launcher_sparse_poisoned``, fp16 and bf16, 2026-12-07; dense and
+    every other size right): a miscompile not isolated yet, the combination avoided."""
     N1, _ = split(n)
     if blocked and dtype != torch.float32 and n >= 2048:
         if n <= 2048:
@@ -707,10 +718,15 @@ def config_for(n: int, dtype: torch.dtype = torch.bfloat16, blocked: bool = Fals
         # kernel (a) with its tables held and 8 pairs pipelined 2 deep, the bias gradient
         # summed in kernel (b) (which frees the shared memory the pipeline needs) (backward v6),
         # (b) one pair at a time with its accumulator in registers (backward v7: the public call
-        # hands it z, so it transforms v only for the filter gradient)
+        # hands it z, so it transforms v only for the filter gradient); in memory where columns
+        # are skipped (docstring)
+        sparse = (
+            skips_columns(128, n // 128, dtype)
+            and sum(kept_columns(n, keep_bins, N1=128)) < n // 128
+        )
         return Config(
-            128, 8, hoist=True, steps=8, stages=2, split="store_q", b=Config(128, 8),
-            dbias_in_b=True,
+            128, 8, hoist=True, steps=8, stages=2, split="store_q",
+            b=Config(128, 8, acc_in_memory=sparse), dbias_in_b=True,
         )  # fmt: skip
     if n <= 1024:
         return Config(N1, 4 if n > 512 else 2)
@@ -948,7 +964,7 @@ def launch(
     ):
         if need and x is None:
             raise ValueError(f"needs asks for the gradient of {name}, but {name} is None")
-    config = config or config_for(n, u.dtype, blocked)
+    config = config or config_for(n, u.dtype, blocked, keep_bins)
     _check_config(n, config)
     N1, N2 = config.n1, n // config.n1
     if pairs_per_program is not None and pairs_per_program < 1:

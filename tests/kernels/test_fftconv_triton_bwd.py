@@ -1127,3 +1127,23 @@ def test_gpu_offsets_past_2_31():
 
 if __name__ == "__main__":
     _interpreter_main()
+
+
+def test_sparse_plans_at_n8192_keep_the_filter_gradient_in_memory():
+    """At n = 8192 (fp16/bf16) kernel (b) accumulates the filter gradient in registers for a
+    dense spectrum, in memory where the sparse columns are skipped (in registers there it came
+    out wrong on an H100: ``config_for``); fp32 and other sizes are unchanged by keep_bins."""
+    from kernels.fftconv import triton_bwd
+    from kernels.fftconv.plan import keep_bins_for
+
+    n = 8192
+    for dtype in (torch.float16, torch.bfloat16):
+        dense = triton_bwd.config_for(n, dtype)
+        assert dense.b is not None and not dense.b.acc_in_memory
+        assert triton_bwd.config_for(n, dtype, keep_bins=n // 2 + 1) == dense
+        for freq_keep in (0.25, 1 / 16):
+            sparse = triton_bwd.config_for(n, dtype, keep_bins=keep_bins_for(n, freq_keep))
+            assert sparse.b.acc_in_memory
+            assert sparse.n1 == dense.n1 and sparse.split == dense.split
+    for n, dtype in ((4096, torch.bfloat16), (8192, torch.float32), (2048, torch.float16)):
+        assert triton_bwd.config_for(n, dtype, keep_bins=n // 16) == triton_bwd.config_for(n, dtype)
