@@ -8,7 +8,10 @@ The forward (``fused_forward``): every non-fold plan (causal, bidirectional, cir
 power-of-two length) with FFT size ``256 <= n <= 8192`` runs in one in-register kernel
 (``triton_fwd.py``); n > 8192 up to 2^23 (causal L = 4M) and every folded plan (circular, L not
 a power of two) run on the outer Monarch step through HBM around the same kind of fused inner
-kernel (``triton_long.py``). What is left (n < 256 without a fold, folded plans below n = 256
+kernel (``triton_long.py``); dense plans of n = 16384 whose input fits 8192 samples may instead
+run in one program as two size-8192 convolutions (``triton_fwd``'s two halves: where
+``triton_fwd.HALVES_AT`` or ``use_halves`` says; not the default, slower than the long path as
+measured). What is left (n < 256 without a fold, folded plans below n = 256
 with a frequency cut-off, n > 2^23, fp64) runs on the primitives below, which delegate to
 torch.fft: correct everywhere.
 
@@ -41,6 +44,8 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(n, device, dtype)
         if n in triton_fwd.THREE_STAGE_SIZES:  # the three-stage forward's (gated defaults)
             triton_fwd.constants3(n, device, dtype)
+    if n in triton_fwd.HALVES_AT and triton_fwd.supports_halves(n, n // 2, False, dtype):
+        triton_fwd.constants(n // 2, device, dtype)  # the two-halves forward's
     if triton_bwd.supports(n, False, dtype):
         triton_bwd.prepare(n, device, dtype)
     triton_long.prepare(n, device, dtype)
@@ -52,11 +57,19 @@ def _in_register(plan: ConvPlan, dtype: torch.dtype) -> bool:
     return triton_fwd.supports(plan.fft_size, plan.fold, dtype)
 
 
+def _halves(plan: ConvPlan, dtype: torch.dtype) -> bool:
+    """Whether the two-halves forward kernel runs the plan (``triton_fwd.halves_for``: a dense
+    plan of n = 16384 whose input and output fit 8192 samples; its backward stays the long
+    path's)."""
+    return not plan.blocked and triton_fwd.halves_for(plan.fft_size, plan.seq_len, plan.fold, dtype)
+
+
 def _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=None) -> Tensor:
     keep_bins = None if plan.blocked else plan.keep_bins
     return triton_fwd.fftconv_fwd(
         u, kf, pregate, postgate, bias, plan.fft_size,
         keep_bins=keep_bins, blocked=plan.blocked, z_out=z_out,
+        halves=_halves(plan, u.dtype),
     )  # fmt: skip
 
 
@@ -73,7 +86,7 @@ def fused_forward(
     n > 8192 and every folded plan (``triton_long``)."""
     if kf.dtype != torch.complex64:
         return None
-    if _in_register(plan, u.dtype):
+    if _in_register(plan, u.dtype) or _halves(plan, u.dtype):
         return _forward_in_register(u, kf, pregate, postgate, bias, plan)
     if plan.blocked:
         return None

@@ -71,9 +71,34 @@ Design choices:
   ``n (N1 + N2 + N3)`` multiply-adds per plane instead of ``n (N1 + N2)`` (3x fewer at 4096,
   3.2x at 8192), for two register-tile permutations per direction (layout conversions
   through shared memory) and one more rounding of the intermediate to the operand dtype.
-- Sizes: ``MIN_FFT <= n <= MAX_FFT`` (blocked: ``n >= MIN_BLOCKED_FFT``). Smaller n would need
-  a DFT factor below 16; larger n does not fit one program's registers. ``supports`` says
-  which plans run here; the caller falls back to the unfused primitives for the rest.
+- Two halves (``halves=True``, constexpr ``HALVES = 2``; the default only at ``HALVES_AT``,
+  none yet): a dense plan of FFT size ``n = 2m`` whose input and output fit m samples (a causal
+  L <= 8192 at n = 16384, which otherwise leaves the in-register kernel for the long path) as
+  two size-m convolutions on the same ``[N1, N2] = split(m)`` tile. With ``w_n = exp(-2 pi i /
+  n)`` and x zero past m, the even bins are ``X[2j] = FFT_m(x)[j]`` and the odd ones ``X[2j+1]
+  = FFT_m(x w_n^t)[j]``, and for ``t < m``
+
+      y[t] = ( IFFT_m(X_even K_even)[t] + w_n^-t IFFT_m(X_odd K_odd)[t] ) / 2
+
+  (a cyclic and a negacyclic convolution of size m). The program transforms the tile twice
+  with the same tables: once as it is, once twiddled by ``w_n^t = w_n^(N2 t1) w_n^t2`` (a row
+  and a column vector, cos/sin per program), each times its half of the spectrum
+  (``outer_spectrum_layout(kf, n, 2)``: bins ``k0 + 2 (k1 + N1 k2)``, even then odd), and
+  after the odd half's last inverse stage twiddles back by ``w_n^-t``; the even half's last
+  stage accumulates onto that, so the epilogue (z, gates, skip term) is the one above, on the
+  halved sum. u and y cross HBM once, where the long path writes and reads an intermediate
+  twice. Cost: two size-m convolutions of full-height tiles per pair (4/3 of the products of
+  the n = 8192 kernel at L = 4K per sample), the spectrum's two halves, and registers: the
+  first half's E tile and the twiddled input are live across the other half. sm_90 compile
+  (bf16, n = 16384, 8 warps, one stage: two ask for 248 KB of shared memory): 1.8 KB of
+  spills plain, 1.9 KB gated (the n = 8192 kernel at L = 4K: 0.5 / 0.6 KB); 16 warps, capped
+  at 128 registers, spill 3.4 KB. Measured on an H100 (NOTES, "The two-halves kernel"): 2.5-2.6
+  ms plain against the long path's 1.41 (bare kernels, L = 8K, bf16), so it is not the
+  default; fp32 spills 9 KB there and is never the default.
+- Sizes: ``MIN_FFT <= n <= MAX_FFT`` (blocked: ``n >= MIN_BLOCKED_FFT``; two halves: ``n/2``
+  in that range). Smaller n would need a DFT factor below 16; larger n does not fit one
+  program's registers. ``supports`` (``supports_halves``) says which plans run here; the
+  caller falls back to the unfused primitives or the long path for the rest.
 """
 
 from __future__ import annotations
@@ -117,10 +142,12 @@ RELOAD_SKIP_AT = (4096, 8192)
 PROGRAMS_PER_SM = 8
 # the transform of a dense plan (``launch``'s ``transform``): "two" Monarch stages
 # (``_fftconv_fwd_kernel``) or "three" (``_fftconv_fwd3_kernel``, n in ``THREE_STAGE_SIZES``).
-# The fp16/bf16 sizes whose default is three stages when the call has both gates, and where
+# The fp16/bf16 sizes whose default is three stages when the call has a pregate, and where
 # that default loads the filter spectrum per step instead of holding it (NOTES, v14: bare
 # kernel, H200, bf16, pre- and postgate and bias, 1.155 against 1.244 ms at n = 8192; plain
-# 0.888 against 0.826, and at n = 4096 1.34 against 0.815 gated: two stages there)
+# 0.888 against 0.826, and at n = 4096 1.34 against 0.815 gated: two stages there; v15: a
+# pregate alone, Hyena's call, H100, 0.893 against 0.934 at n = 8192, 0.862 against 0.604 at
+# 4096; a postgate alone not timed, two stages)
 TRANSFORMS = ("two", "three")
 THREE_STAGE_SIZES = (4096, 8192)
 THREE_STAGE_GATED_AT: tuple[int, ...] = (8192,)
@@ -128,9 +155,19 @@ LOAD_FILTER_AT: tuple[int, ...] = (8192,)
 # where the filter's spectrum reaches the kernel (``fftconv_fwd``'s ``filter_layout``): "pass",
 # laid out in the kernel's order by a pass of its own (``spectrum_layout``), or "kernel", the
 # rfft handed over as it is and gathered by the forward kernel; the sizes whose default is
-# "kernel" (none until measured)
+# "kernel" for the two-stage transform (v15, public forward, H100, bf16: L = 4K plain 0.875
+# against 0.911 ms, a pregate alone 1.003 against 1.015; L = 2K plain 0.565 against 0.570, both
+# gates 0.837 against 0.856, a pregate 0.644 against 0.654; at L = 1K mixed, eager plain 0.481
+# against 0.453; the three-stage kernel, which loads the filter per step, 2.09 against 1.22)
 FILTER_LAYOUTS = ("pass", "kernel")
-FILTER_IN_KERNEL_AT: tuple[int, ...] = ()
+FILTER_IN_KERNEL_AT: tuple[int, ...] = (4096, 8192)
+# the two-halves kernel (``launch``'s ``halves``; module docstring, "Two halves"): a plan of FFT
+# size n whose input and output fit n/2 samples run as two size-n/2 convolutions in one program,
+# on the spectrum's even and odd bins; n = 2 MAX_FFT (causal L <= 8192) has no other fused
+# kernel (the long path's outer step goes through HBM). The FFT sizes it is the default at.
+HALVES_MAX_FFT = 2 * MAX_FFT
+HALVES_AT: tuple[int, ...] = ()
+_halves: bool | None = None  # use_halves's override of the default
 _filter_layout: str | None = None  # use_filter_layout's override of the default
 
 
@@ -149,6 +186,20 @@ def tile_rows(seq_len: int, n: int) -> int:
 
 def supports(n: int, fold: bool, dtype: torch.dtype) -> bool:
     return not fold and MIN_FFT <= n <= MAX_FFT and (n & (n - 1)) == 0 and dtype in DTYPES
+
+
+def supports_halves(n: int, seq_len: int, fold: bool, dtype: torch.dtype) -> bool:
+    """Whether the two-halves kernel can run a dense plan of FFT size n on sequences of
+    ``seq_len``: n/2 a size of the in-register kernel and ``seq_len <= n/2``."""
+    return supports(n // 2, fold, dtype) and n % 2 == 0 and seq_len <= n // 2
+
+
+def halves_for(n: int, seq_len: int, fold: bool, dtype: torch.dtype) -> bool:
+    """Whether a dense plan runs on the two-halves kernel by default: fp16/bf16 at the sizes of
+    ``HALVES_AT``, where it can (``supports_halves``; fp32 spills 9 KB there, sm_90 compile)."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    at = n in HALVES_AT if _halves is None else (_halves and n == HALVES_MAX_FFT)
+    return half and at and supports_halves(n, seq_len, fold, dtype)
 
 
 def split3(n: int) -> tuple[int, int, int]:
@@ -319,6 +370,19 @@ def use_filter_layout(layout: str | None) -> Iterator[None]:
         _filter_layout = previous
 
 
+@contextlib.contextmanager
+def use_halves(enabled: bool | None) -> Iterator[None]:
+    """Within the block, dense plans of FFT size ``HALVES_MAX_FFT`` that the two-halves kernel
+    can run take it (True) or the long path (False) whatever ``HALVES_AT`` says (None: as it
+    says), e.g. the public call in a benchmark."""
+    global _halves
+    previous, _halves = _halves, enabled
+    try:
+        yield
+    finally:
+        _halves = previous
+
+
 def layout_kernel_enabled() -> bool:
     """What ``use_layout_kernel`` set (True unless a block turned it off)."""
     return _layout_kernel
@@ -396,6 +460,62 @@ def spectrum_layout(
     perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
     spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
     return select_columns(spectrum, n, keep_bins, N1=N1).contiguous()
+
+
+def outer_kept_columns(n: int, n0: int, keep_bins: int | None) -> tuple[int, int]:
+    """The columns a2 of the ``[M1, M2]`` tiles of a size-n spectrum cut into ``n0`` rows
+    (``M1 x M2 = split(n / n0)``; the long path's rows, the two-halves kernel's halves at
+    ``n0 = 2``) that hold the nonzero bins of a spectrum whose rfft bins ``>= keep_bins`` are
+    zero: ``(low, high)``, the first ``low`` and the last ``high`` columns, together a power of
+    two >= 16 (extra columns from the zero middle), as ``kept_columns``; ``(M2, 0)`` when dense
+    or when that would not be fewer than M2.
+
+    Row k0 holds bins ``k = k0 + N0 j``, ``j = a1 + M1 a2``. The nonzero ones below the cut,
+    ``k <= keep_bins - 1``, have ``j <= (keep_bins - 1) // N0``; their mirrors, ``k >= n -
+    keep_bins + 1``, have ``j >= cdiv(n - keep_bins + 2 - N0, N0)`` (the largest k0 reaches
+    lowest)."""
+    M1, M2 = split(n // n0)
+    if keep_bins is None or keep_bins >= n // 2 + 1:
+        return M2, 0
+    low = ((keep_bins - 1) // n0) // M1 + 1
+    j_high = triton.cdiv(max(0, n - keep_bins + 2 - n0), n0)
+    high = M2 - min(M2, j_high // M1)
+    return padded_columns(low, high, M2)
+
+
+def outer_spectrum_layout(
+    kf: Tensor,
+    n: int,
+    n0: int,
+    conj: bool = False,
+    kernel: bool | None = None,
+    keep_bins: int | None = None,
+) -> Tensor:
+    """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, K2]`` fp32, the spectrum
+    cut into ``n0`` rows (``M1 x M2 = split(n / n0)``): ``[h, k0, 0|1, a1, a2]`` = real|imag of
+    bin ``k0 + N0 (a1 + M1 a2)`` of the full (Hermitian) spectrum, conjugated when ``conj``.
+    ``keep_bins``: kf's bins from there on are zero; only the columns a2 that hold the others
+    are laid out (``outer_kept_columns``; all M2 = K2 when dense).
+
+    ``kernel`` (default True, or what ``use_layout_kernel`` set): one pass of
+    ``spectrum_layout_kernel`` (reads the rfft, writes the layout, tile by tile) instead of the
+    torch ops (a concatenation and a permuting copy whose reads stride by ``8 N0 M1`` bytes).
+    The values are the same, bit for bit. Off CUDA the kernel needs TRITON_INTERPRET=1; without
+    it the torch ops run."""
+    M1, M2 = split(n // n0)
+    H = kf.shape[0]
+    if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
+        raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
+    kf = kf.to(torch.complex64)
+    low, high = outer_kept_columns(n, n0, keep_bins)
+    kernel = _layout_kernel if kernel is None else kernel
+    if kernel and triton_unusable(kf.device.type, __name__) is None:
+        return launch_layout(kf, n0, M1, M2, low, high, conj)
+    if conj:
+        kf = torch.conj_physical(kf)
+    full = torch.view_as_real(full_spectrum(kf, n))  # [H, n, 2]
+    full = full.reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
+    return columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
 
 
 def spectrum_layout3(kf: Tensor, n: int, *, kernel: bool | None = None) -> Tensor:
@@ -482,6 +602,34 @@ def _twiddle(a_re, a_im, w_re, w_im, CONJ: tl.constexpr):
     if CONJ:
         return a_re * w_re + a_im * w_im, a_im * w_re - a_re * w_im
     return a_re * w_re - a_im * w_im, a_re * w_im + a_im * w_re
+
+
+@triton.jit
+def _spectral_product(
+    xv, xw, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im, k_re, k_im,
+    PAIR: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The two-stage kernel's step up to its last inverse stage, on the input tile x (``xv + i
+    xw`` with PAIR, else the real ``xv``; operand dtype, its first ROWS rows): ``B = F_N1[:,
+    :ROWS] @ x``, ``X = (B * T) @ F_N2``, ``Y = X * K``, ``E = (Y @ conj(F_N2)) * conj(T)``:
+    E's planes ``[N1, N2]`` in the operand dtype (rounded to it between stages)."""
+    op_dtype = xv.dtype
+    if PAIR:
+        b_re, b_im = _complex_dot(f1_re, f1_im, xv, xw, PRECISION)
+    else:
+        b_re = _dot(f1_re, xv, PRECISION)  # [N1, N2]
+        b_im = _dot(f1_im, xv, PRECISION)
+    c_re, c_im = _twiddle(b_re, b_im, tw_re, tw_im, False)
+    c_re = c_re.to(op_dtype)
+    c_im = c_im.to(op_dtype)
+    # forward stage 2: X = C @ F_N2 (the kept columns of a sparse filter), times the filter
+    x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, K2]
+    s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
+    s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
+    # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
+    d_re, d_im = _complex_dot(s_re, s_im, g2_re, -g2_im, PRECISION)  # [N1, N2]
+    e_re, e_im = _twiddle(d_re, d_im, tw_re, tw_im, True)
+    return e_re.to(op_dtype), e_im.to(op_dtype)
 
 
 @triton.jit
@@ -591,6 +739,7 @@ def _fftconv_fwd_kernel(
     KF_RAW: tl.constexpr = False,
     K_LOW: tl.constexpr = 0,
     HOLD_FILTER: tl.constexpr = True,
+    HALVES: tl.constexpr = 1,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
@@ -606,6 +755,11 @@ def _fftconv_fwd_kernel(
     # gathered into the kernel's order here (no layout pass); the kept columns are the first
     # K_LOW and the last K2 - K_LOW of N2. HOLD_FILTER: the filter spectrum held in registers
     # across the steps, else loaded per step (from L2, the channel's: its previous step read it).
+    # HALVES == 2: the plan's FFT size is n = 2 N1 N2 and u, y fit the tile's N1 N2 samples; the
+    # size-n convolution is the sum of two size-N1 N2 ones, on the spectrum's even bins (the
+    # tables above) and on its odd bins (the input twiddled by w_n^t, folded into the odd
+    # half's tables; the output twiddled back), both halves' last stages summed in one product
+    # (module docstring, "Two halves"). kf_ptr then holds both halves' spectra, even first.
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -619,7 +773,7 @@ def _fftconv_fwd_kernel(
     first_q = (pid - pid_h * programs_per_channel) * (SEQS * STEPS)
     op_dtype = dft1_ptr.dtype.element_ty
 
-    kf_start = pid_h.to(tl.int64) * (2 * N1 * K2)
+    kf_start = pid_h.to(tl.int64) * (HALVES * 2 * N1 * K2)
     offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y (BLOCKED: u, all N1)
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
@@ -646,12 +800,24 @@ def _fftconv_fwd_kernel(
     else:
         g2_re, g2_im = f2_re, f2_im
     cols = tl.where(offs_k2 < K_LOW, offs_k2, offs_k2 + (N2 - K2))  # k2 of kept column c
-    bins = offs_n1[:, None] + N1 * cols[None, :]  # [N1, K2] (KF_RAW)
+    # (KF_RAW) the rfft bins of the tile [N1, K2]: k1 + N1 k2, or with HALVES 2 (k1 + N1 k2)
+    # (the even half) and 2 (k1 + N1 k2) + 1 (the odd half) of a size-2 N1 N2 spectrum
+    bins = (offs_n1[:, None] + N1 * cols[None, :]) * HALVES
     if HOLD_FILTER:
         k_re, k_im = _load_filter(
-            kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, N1 * N2, KF_RAW
+            kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, HALVES * N1 * N2, KF_RAW
         )
     g1_re, g1_im = _load_complex(dft1_ptr, offs_g1, N1 * N1)  # [ROWS, N1] (BLOCKED: N1/2)
+    if HALVES == 2:
+        # the odd half's twiddle w_n^t (n = 2 N1 N2) as w_n^(N2 t1) per row times w_n^t2 per
+        # column, fp32
+        ANGLE: tl.constexpr = -6.283185307179586 / (2 * N1 * N2)
+        angle_r = (offs_r * N2).to(tl.float32) * ANGLE
+        angle_c = offs_n2.to(tl.float32) * ANGLE
+        rw_re = tl.cos(angle_r)
+        rw_im = tl.sin(angle_r)
+        cw_re = tl.cos(angle_c)
+        cw_im = tl.sin(angle_c)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
     else:
@@ -696,43 +862,68 @@ def _fftconv_fwd_kernel(
         if PAIR:
             w = _load_input(u_ptr, pregate_ptr, row_w, in_w, mask_w, HAS_PREGATE)
 
-        # forward stage 1, zero rows skipped: B = F_N1[:, :ROWS] @ x[:ROWS]
+        # the spectrum of the input tile, times the filter, transformed back up to the last
+        # stage (E, [N1, N2] in the operand dtype): first stage with its zero rows skipped
+        xv = v.to(op_dtype)
         if PAIR:
-            b_re, b_im = _complex_dot(f1_re, f1_im, v.to(op_dtype), w.to(op_dtype), PRECISION)
+            xw = w.to(op_dtype)
         else:
-            b_re = _dot(f1_re, v.to(op_dtype), PRECISION)  # [N1, N2]
-            b_im = _dot(f1_im, v.to(op_dtype), PRECISION)
-        c_re, c_im = _twiddle(b_re, b_im, tw_re, tw_im, False)
-        c_re = c_re.to(op_dtype)
-        c_im = c_im.to(op_dtype)
-
-        # forward stage 2: X = C @ F_N2
-        x_re, x_im = _complex_dot(c_re, c_im, f2_re, f2_im, PRECISION)  # [N1, K2]
-
-        # the filter, in the same permuted order
+            xw = xv
+        if HALVES == 2:
+            # the odd half's input: x twiddled by w_n^t, rounded to the operand dtype
+            a_re = rw_re[:, None] * cw_re[None, :] - rw_im[:, None] * cw_im[None, :]
+            a_im = rw_re[:, None] * cw_im[None, :] + rw_im[:, None] * cw_re[None, :]
+            if PAIR:
+                xo_re = (v * a_re - w * a_im).to(op_dtype)
+                xo_im = (v * a_im + w * a_re).to(op_dtype)
+            else:
+                xo_re = (v * a_re).to(op_dtype)
+                xo_im = (v * a_im).to(op_dtype)
         if not HOLD_FILTER:
             k_re, k_im = _load_filter(
-                kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, N1 * N2, KF_RAW
+                kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, HALVES * N1 * N2, KF_RAW
             )
-        s_re = (x_re * k_re - x_im * k_im).to(op_dtype)
-        s_im = (x_re * k_im + x_im * k_re).to(op_dtype)
-
-        # inverse stage 2: D = Y @ conj(F_N2), then the conjugate twiddle
-        d_re, d_im = _complex_dot(s_re, s_im, g2_re, -g2_im, PRECISION)  # [N1, N2]
-        e_re, e_im = _twiddle(d_re, d_im, tw_re, tw_im, True)
-        e_re = e_re.to(op_dtype)
-        e_im = e_im.to(op_dtype)
+        e_re, e_im = _spectral_product(
+            xv, xw, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im, k_re, k_im,
+            PAIR, PRECISION,
+        )  # fmt: skip
 
         # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part;
         # BLOCKED: conj(F_N1)[N1/2:] @ E)
-        z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
-        if PAIR:
-            # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the negated
-            # table a register operand of the matrix product, and the fp16/bf16 kernel at
-            # n = 2048 with ROWS = 64 returned wrong results on sm_90 under Triton 3.6
-            # (relative error 0.6-0.7; fp32 and the interpreter right); this form passes
-            # (benchmarks/NOTES.md, v3)
-            z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
+        if HALVES == 2:
+            # the odd bins: the twiddled input through the same steps with the odd bins'
+            # spectrum, r = conj(F_N1)[:ROWS] @ E' (complex), twiddled back by w_n^-t; then the
+            # even half's last stage on top: z = (conj(F_N1) @ E + r w_n^-t) / 2
+            ko_re, ko_im = _load_filter(
+                kf_ptr, pid_h, kf_start + 2 * N1 * K2, bins + 1, offs_spec, N1 * K2,
+                2 * N1 * N2, KF_RAW,
+            )  # fmt: skip
+            eo_re, eo_im = _spectral_product(
+                xo_re, xo_im, f1_re, f1_im, tw_re, tw_im,
+                f2_re, f2_im, g2_re, g2_im, ko_re, ko_im, True, PRECISION,
+            )  # fmt: skip
+            P: tl.constexpr = PRECISION
+            r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
+            r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
+            a_re = rw_re[:, None] * cw_re[None, :] - rw_im[:, None] * cw_im[None, :]
+            a_im = rw_re[:, None] * cw_im[None, :] + rw_im[:, None] * cw_re[None, :]
+            zo_v = r_re * a_re + r_im * a_im
+            z_v = tl.dot(g1_im, e_im, acc=zo_v, input_precision=P)
+            z_v = tl.dot(g1_re, e_re, acc=z_v, input_precision=P)
+            z_v *= 0.5
+            if PAIR:
+                zo_w = r_im * a_re - r_re * a_im
+                z_w = tl.dot(g1_re, e_im, acc=zo_w, input_precision=P) - _dot(g1_im, e_re, P)
+                z_w *= 0.5
+        else:
+            z_v = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
+            if PAIR:
+                # written out, not as _complex_dot(g1_re, -g1_im, ...): that form made the
+                # negated table a register operand of the matrix product, and the fp16/bf16
+                # kernel at n = 2048 with ROWS = 64 returned wrong results on sm_90 under
+                # Triton 3.6 (relative error 0.6-0.7; fp32 and the interpreter right); this
+                # form passes (benchmarks/NOTES.md, v3)
+                z_w = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)  # [ROWS, N2]
 
         # the skip term's v at the output positions loaded again (this step just read them;
         # BLOCKED: the window tile's second half, and a register tile has no slices)
@@ -960,10 +1151,10 @@ def transform_for(
     gates: tuple[bool, ...] = (False, False),
 ) -> str:
     """A plan's default transform (``launch``'s ``transform``): three stages for a dense
-    fp16/bf16 plan with a dense spectrum and both gates (``gates``: whether there is a pregate,
+    fp16/bf16 plan with a dense spectrum and a pregate (``gates``: whether there is a pregate,
     a postgate[, a bias]) at the sizes of ``THREE_STAGE_GATED_AT``, else two."""
     half = dtype in (torch.float16, torch.bfloat16)
-    gated = bool(gates[0] and gates[1])
+    gated = bool(gates[0])
     dense = _dense_plan(n, blocked, keep_bins)
     return "three" if half and dense and gated and n in THREE_STAGE_GATED_AT else "two"
 
@@ -1031,6 +1222,7 @@ def fftconv_fwd(
     keep_bins: int | None = None,
     blocked: bool = False,
     filter_layout: str | None = None,
+    halves: bool | None = None,
     **launch_options,
 ) -> Tensor:
     """``y = postgate * irfft(rfft(u * pregate, n) * kf, n)[:L] + bias * (u * pregate)``.
@@ -1044,7 +1236,9 @@ def fftconv_fwd(
     ``filter_layout``: ``"pass"`` lays kf out in the kernel's order first (``spectrum_layout``:
     a read of the rfft and a write of the layout, which the kernel reads), ``"kernel"`` hands
     the rfft to the kernel, which gathers the bins it needs (no pass, no layout tensor);
-    default "kernel" at the sizes of ``FILTER_IN_KERNEL_AT``, else "pass".
+    default "kernel" at the sizes of ``FILTER_IN_KERNEL_AT`` for the two-stage transform, else
+    "pass". ``halves``: the
+    two-halves kernel (``launch``; the default past ``MAX_FFT``, where nothing else runs here).
     ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
@@ -1054,6 +1248,9 @@ def fftconv_fwd(
         )
     if blocked:  # before the layout: a cut-off would be taken for kept columns
         _check_blocked(u, n, keep_bins)
+    halves = n > MAX_FFT if halves is None else bool(halves)
+    if halves:
+        _check_halves(u, n, blocked)
     transform = launch_options.get("transform")
     if transform is None:
         gates = (pregate is not None, postgate is not None)
@@ -1061,11 +1258,14 @@ def fftconv_fwd(
         launch_options["transform"] = transform
     _check_transform(transform, n, blocked, keep_bins)
     if filter_layout is None:
-        filter_layout = _filter_layout or ("kernel" if n in FILTER_IN_KERNEL_AT else "pass")
+        gathered = n in FILTER_IN_KERNEL_AT and transform == "two" and not halves
+        filter_layout = _filter_layout or ("kernel" if gathered else "pass")
     if filter_layout not in FILTER_LAYOUTS:
         raise ValueError(f"filter_layout must be one of {FILTER_LAYOUTS}; got {filter_layout!r}")
     if filter_layout == "kernel":
         spectrum = kf  # the rfft itself: the kernel gathers its bins
+    elif halves:
+        spectrum = outer_spectrum_layout(kf, n, 2, keep_bins=keep_bins)
     elif transform == "three":
         spectrum = spectrum_layout3(kf, n)
     else:
@@ -1079,8 +1279,18 @@ def fftconv_fwd(
         n,
         keep_bins=keep_bins,
         blocked=blocked,
+        halves=halves,
         **launch_options,
     )
+
+
+def _check_halves(u: Tensor, n: int, blocked: bool) -> None:
+    if blocked or not supports_halves(n, u.shape[-1], False, u.dtype):
+        raise ValueError(
+            f"halves: the two-halves kernel takes dense plans with n/2 a power of two in "
+            f"[{MIN_FFT}, {MAX_FFT}], L <= n/2 and dtypes {DTYPES}; got n={n}, "
+            f"L={u.shape[-1]}, {u.dtype}, blocked={blocked}"
+        )
 
 
 def _check_blocked(u: Tensor, n: int, keep_bins: int | None) -> None:
@@ -1119,6 +1329,7 @@ def launch(
     z_out: Tensor | None = None,
     transform: str | None = None,
     hold_filter: bool | None = None,
+    halves: bool | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
@@ -1143,9 +1354,16 @@ def launch(
     ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
     per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
     kernel holds it by default).
+    ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
+    samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
+    spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
+    half first; two stages; module docstring, "Two halves").
     """
     B, H, L = u.shape
-    if blocked:
+    halves = n > MAX_FFT if halves is None else bool(halves)
+    if halves:
+        _check_halves(u, n, blocked)
+    elif blocked:
         _check_blocked(u, n, keep_bins)
     elif not supports(n, False, u.dtype) or L > n:
         raise ValueError(
@@ -1159,7 +1377,7 @@ def launch(
         blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
         num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
         store_z=z_out is not None, device=u.device, transform=transform,
-        hold_filter=hold_filter,
+        hold_filter=hold_filter, halves=halves,
     )  # fmt: skip
     three = "N3" in meta
     if three:
@@ -1167,7 +1385,7 @@ def launch(
         want = (H, N1, 2, N2, N3)
     else:
         N1, N2, K2 = meta["N1"], meta["N2"], meta["K2"]
-        want = (H, 2, N1, K2)
+        want = (H, 2, 2, N1, K2) if halves else (H, 2, N1, K2)
     if raw:
         if spectrum.shape != (H, n // 2 + 1):
             raise ValueError(
@@ -1184,9 +1402,10 @@ def launch(
     if three:
         tables = constants3(n, u.device, u.dtype)
     else:
-        dft1, dft2, twiddle = constants(n, u.device, u.dtype)
+        m = n // 2 if halves else n
+        dft1, dft2, twiddle = constants(m, u.device, u.dtype)
         if K2 < N2:
-            dft2 = select_columns(dft2, n, keep_bins).contiguous()
+            dft2 = columns_of(dft2, meta["K_LOW"], K2 - meta["K_LOW"]).contiguous()
         tables = (dft1, dft2, twiddle)
     u = u.contiguous()
     spectrum = spectrum.contiguous()
@@ -1243,6 +1462,7 @@ def kernel_meta(
     transform: str | None = None,
     hold_filter: bool | None = None,
     raw_spectrum: bool = False,
+    halves: bool = False,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
@@ -1251,10 +1471,17 @@ def kernel_meta(
     place for the launch and the sm_90 compile of ``benchmarks.fftconv --static``. With
     ``transform="three"`` the arguments of ``_fftconv_fwd3_kernel`` (``N3`` among them: what
     tells the two kernels' apart, ``kernel_of``). ``raw_spectrum``: the kernel gathers the
-    filter's bins from its rfft (``KF_RAW``)."""
+    filter's bins from its rfft (``KF_RAW``). ``halves``: the two-halves kernel's
+    (``HALVES = 2``: tables, steps and warps those of the tile's size n/2)."""
+    if halves:
+        if transform not in (None, "two"):
+            raise ValueError(f"halves: the two-halves kernel has two stages; got {transform!r}")
+        transform = "two"
+        size, n = n, n // 2  # the tile's size from here on; the spectrum's is ``size``
     if transform is None:
         transform = transform_for(n, dtype, blocked, keep_bins, gates)
-    _check_transform(transform, n, blocked, keep_bins)
+    if not halves:
+        _check_transform(transform, n, blocked, keep_bins)
     skip_input = skip_input_for(n, dtype, blocked) if skip_input is None else skip_input
     if skip_input not in SKIP_INPUTS:
         raise ValueError(f"skip_input must be one of {tuple(SKIP_INPUTS)}; got {skip_input!r}")
@@ -1271,6 +1498,10 @@ def kernel_meta(
     steps = 1 if dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
     if stages is None:
         stages = default_stages(n, dtype, blocked)
+        if halves and n >= 8192:
+            # the two-halves kernel at n = 16384 on its 8192-sample tile: a second stage asks
+            # for 248 KB of shared memory (sm_90 compile, bf16; > 227 KB)
+            stages = 1
         if transform == "two" and hold_filter is False and n >= 8192 and (gates[0] or gates[1]):
             # the filter's per-step copy is buffered per stage too: two stages of a gated pair
             # at n = 8192 ask for 252 KB of shared memory (> 227 KB)
@@ -1278,7 +1509,7 @@ def kernel_meta(
     if stages < 1:
         raise ValueError(f"stages must be >= 1; got {stages}")
     N1, N2 = split(n)
-    low, high = kept_columns(n, keep_bins)
+    low, high = outer_kept_columns(size, 2, keep_bins) if halves else kept_columns(n, keep_bins)
     if transform == "three":
         N1, N2, N3 = split3(n)
         hold = n not in LOAD_FILTER_AT if hold_filter is None else bool(hold_filter)
@@ -1289,7 +1520,7 @@ def kernel_meta(
         hold = True if hold_filter is None else bool(hold_filter)
         shape = dict(
             N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked,
-            KF_RAW=raw_spectrum, K_LOW=low, HOLD_FILTER=hold,
+            KF_RAW=raw_spectrum, K_LOW=low, HOLD_FILTER=hold, HALVES=2 if halves else 1,
         )  # fmt: skip
     meta = dict(
         **shape,
@@ -1321,11 +1552,21 @@ def dot_flops(
     keep_bins: int | None = None,
     blocked: bool = False,
     transform: str = "two",
+    halves: bool = False,
 ) -> int:
     """Matrix-product flops the kernel issues (2 per multiply-add), zero-row skip and the
     frequency-column skip of a sparse filter (``keep_bins``) included. ``blocked``: B *
     cdiv(L, n/2) sequences per channel, the first stage on all N1 rows, the last on N1/2.
-    ``transform="three"``: the three-stage kernel's (dense plans)."""
+    ``transform="three"``: the three-stage kernel's (dense plans). ``halves``: the two-halves
+    kernel's (two size-n/2 passes)."""
+    if halves:
+        m = n // 2
+        rows = tile_rows(L, m)
+        K2 = sum(outer_kept_columns(n, 2, keep_bins))
+        pair = B >= 2 if pair is None else pair
+        if pair:
+            return H * triton.cdiv(B, 2) * 2 * 8 * m * (2 * rows + 2 * K2)
+        return B * H * 2 * (8 * m * rows + 16 * m * K2)
     if transform == "three":
         _, N2, N3 = split3(n)
         rows = tile_rows3(L, n)

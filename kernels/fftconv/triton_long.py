@@ -125,7 +125,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ..backends import build_constants, canonical_device, device_guard, sm_count, triton_unusable
+from ..backends import build_constants, canonical_device, device_guard, sm_count
 from . import core, reference, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
@@ -276,23 +276,8 @@ use_layout_kernel = triton_fwd.use_layout_kernel  # one switch for both layouts
 
 def inner_kept_columns(split: LongSplit, keep_bins: int | None) -> tuple[int, int]:
     """The columns a2 of the rows kernel's ``[M1, M2]`` tile that hold the nonzero bins of a
-    spectrum whose rfft bins ``>= keep_bins`` are zero: ``(low, high)``, the first ``low`` and
-    the last ``high`` columns, together a power of two >= 16 (extra columns from the zero
-    middle), as ``triton_fwd.kept_columns``; ``(M2, 0)`` when dense or when that would not be
-    fewer than M2.
-
-    Row k0 holds bins ``k = k0 + N0 j``, ``j = a1 + M1 a2``. The nonzero ones below the cut,
-    ``k <= keep_bins - 1``, have ``j <= (keep_bins - 1) // N0``; their mirrors, ``k >= n -
-    keep_bins + 1``, have ``j >= cdiv(n - keep_bins + 2 - N0, N0)`` (the largest k0 reaches
-    lowest)."""
-    n, n0, m = split.n, split.n0, split.m
-    M1, M2 = triton_fwd.split(m)
-    if keep_bins is None or keep_bins >= n // 2 + 1:
-        return M2, 0
-    low = ((keep_bins - 1) // n0) // M1 + 1
-    j_high = triton.cdiv(max(0, n - keep_bins + 2 - n0), n0)
-    high = M2 - min(M2, j_high // M1)
-    return triton_fwd.padded_columns(low, high, M2)
+    spectrum whose rfft bins ``>= keep_bins`` are zero (``triton_fwd.outer_kept_columns``)."""
+    return triton_fwd.outer_kept_columns(split.n, split.n0, keep_bins)
 
 
 def spectrum_layout(
@@ -303,31 +288,12 @@ def spectrum_layout(
     keep_bins: int | None = None,
 ) -> Tensor:
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, K2]`` fp32, the rows
-    kernel's order: ``[h, k0, 0|1, a1, a2]`` = real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the
-    full (Hermitian) spectrum, conjugated when ``conj`` (the correlation of the backward).
-    ``keep_bins``: kf's bins from there on are zero; only the columns a2 that hold the others
-    are laid out (``inner_kept_columns``; all M2 = K2 when dense).
-
-    ``kernel`` (default True, or what ``use_layout_kernel`` set): one Triton kernel that reads
-    the rfft and writes the layout, tile by tile, instead of the torch ops (a concatenation and
-    a permuting copy whose reads stride by ``8 N0 M1`` bytes: 0.4-0.75 ms of the public call
-    at B*H*L = 2^27 on the H200). The values are the same, bit for bit. Off CUDA the kernel
-    needs TRITON_INTERPRET=1; without it the torch ops run."""
-    n, n0 = split.n, split.n0
-    M1, M2 = triton_fwd.split(split.m)
-    H = kf.shape[0]
-    if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
-        raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
-    kf = kf.to(torch.complex64)
-    low, high = inner_kept_columns(split, keep_bins)
-    kernel = triton_fwd.layout_kernel_enabled() if kernel is None else kernel
-    if kernel and triton_unusable(kf.device.type, __name__) is None:
-        return triton_fwd.launch_layout(kf, n0, M1, M2, low, high, conj)
-    if conj:
-        kf = torch.conj_physical(kf)
-    full = triton_fwd.full_spectrum(kf, n)  # [H, n]
-    full = torch.view_as_real(full).reshape(H, M2, M1, n0, 2)  # bin k0 + N0 a1 + N0 M1 a2
-    return triton_fwd.columns_of(full.permute(0, 3, 4, 2, 1), low, high).contiguous()
+    kernel's order (``triton_fwd.outer_spectrum_layout``): ``[h, k0, 0|1, a1, a2]`` =
+    real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the full spectrum, conjugated when ``conj``
+    (the correlation of the backward), the columns of ``inner_kept_columns``."""
+    return triton_fwd.outer_spectrum_layout(
+        kf, split.n, split.n0, conj=conj, kernel=kernel, keep_bins=keep_bins
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -749,6 +749,34 @@ def test_filter_layout_refuses_unknown_values():
         triton_fwd.launch(u, torch.zeros(1, 129, dtype=torch.complex64), None, None, None, 512)
 
 
+@pytest.mark.parametrize("gates", ["plain", "pre", "post"])
+@pytest.mark.parametrize("n", [2048, 4096, 8192])
+def test_filter_layout_default(n, gates, monkeypatch):
+    """The filter's bins gathered by the kernel (the rfft handed to ``launch`` as it is) by
+    default at the sizes of ``FILTER_IN_KERNEL_AT`` where the transform is two stages; laid out
+    by the pass elsewhere, the three-stage transform included; ``use_filter_layout`` over
+    both."""
+    from kernels.fftconv import triton_fwd
+
+    seen = []
+    monkeypatch.setattr(triton_fwd, "launch", lambda u, spectrum, *a, **k: seen.append(spectrum))
+    monkeypatch.setattr(triton_fwd, "_layout_kernel", False)  # torch ops: no interpreter here
+    L = n // 2
+    u = torch.zeros(2, 3, L, dtype=torch.bfloat16)
+    pre = u if gates == "pre" else None
+    post = u if gates == "post" else None
+    kf = torch.zeros(3, n // 2 + 1, dtype=torch.complex64)
+    triton_fwd.fftconv_fwd(u, kf, pre, post, None, n)
+    three = triton_fwd.transform_for(n, u.dtype, gates=(pre is not None, post is not None))
+    gathered = n in triton_fwd.FILTER_IN_KERNEL_AT and three == "two"
+    assert (seen[-1].dtype == torch.complex64) == gathered
+    assert triton_fwd.FILTER_IN_KERNEL_AT == (4096, 8192)
+    for layout in triton_fwd.FILTER_LAYOUTS:
+        with triton_fwd.use_filter_layout(layout):
+            triton_fwd.fftconv_fwd(u, kf, pre, post, None, n)
+        assert (seen[-1].dtype == torch.complex64) == (layout == "kernel")
+
+
 def test_prepare_builds_the_three_stage_tables():
     """``prepare`` (what ``FFTConv.prepare`` calls before a CUDA graph capture, where nothing
     can be built) builds the three-stage kernel's tables too at its sizes, and only there."""
@@ -809,26 +837,29 @@ def test_three_stage_spectrum_layout_matches_the_bins():
 
 
 def test_three_stage_default_only_where_measured():
-    """The default transform is two stages except for dense fp16/bf16 plans with both gates at
-    the sizes of ``THREE_STAGE_GATED_AT`` (n = 8192, a measured win; the filter loaded per step
-    there); and a launch's compile-time arguments follow it."""
+    """The default transform is two stages except for dense fp16/bf16 plans with a pregate
+    (with or without a postgate: both measured wins) at the sizes of ``THREE_STAGE_GATED_AT``
+    (n = 8192; the filter loaded per step there); and a launch's compile-time arguments follow
+    it."""
     from kernels.fftconv import triton_fwd
 
     assert triton_fwd.THREE_STAGE_GATED_AT == (8192,)
-    both = (True, True)
     for n in (256, 2048, 4096, 8192):
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
             half = dtype != torch.float32
             want = "three" if half and n == 8192 else "two"
-            assert triton_fwd.transform_for(n, dtype, gates=both) == want
-            for gates in ((False, False), (True, False), (False, True)):
+            for gates in ((True, True), (True, False), (True, False, True)):
+                assert triton_fwd.transform_for(n, dtype, gates=gates) == want
+                assert triton_fwd.transform_for(n, dtype, blocked=True, gates=gates) == "two"
+                assert triton_fwd.transform_for(n, dtype, keep_bins=n // 8, gates=gates) == "two"
+            for gates in ((False, False), (False, True), (False, True, True)):
                 assert triton_fwd.transform_for(n, dtype, gates=gates) == "two"
-            assert triton_fwd.transform_for(n, dtype, blocked=True, gates=both) == "two"
-            assert triton_fwd.transform_for(n, dtype, keep_bins=n // 8, gates=both) == "two"
     meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(True, True, True))
     assert meta["N3"] == 16 and meta["HOLD_FILTER"] is False
     assert triton_fwd.kernel_of(meta) is triton_fwd._fftconv_fwd3_kernel
-    meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(True, False, True))
+    meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(True, False, False))
+    assert meta["N3"] == 16
+    meta, _ = triton_fwd.kernel_meta(8192, 8, 4, 4096, torch.bfloat16, gates=(False, True, True))
     assert "N3" not in meta and triton_fwd.kernel_of(meta) is triton_fwd._fftconv_fwd_kernel
     meta, _ = triton_fwd.kernel_meta(
         8192, 8, 4, 4096, torch.bfloat16, gates=(True, True, True), hold_filter=True

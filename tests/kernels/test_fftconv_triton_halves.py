@@ -1,0 +1,302 @@
+"""The two-halves forward kernel (``triton_fwd``, ``halves=True``): a size-n convolution of
+sequences of at most n/2 samples as two size-n/2 ones in one program, on the spectrum's even
+bins and on its odd bins (the input twiddled by ``w_n^t``), against float64.
+
+CPU: under TRITON_INTERPRET=1 in one subprocess (this file run as a module), fp32 and fp16 at
+tiny sizes (the interpreter's bf16 ``tl.dot`` is wrong). GPU (``gpu`` marker): n = 16384, where
+it is the in-register kernel of a causal L <= 8192, every dtype, and the public call.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from .fftconv_reference import make_inputs, rel_err, spectrum_conv64
+from .interpreted import count_calls, run_interpreted, start_interpreter
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
+
+# (B, H, L, n, dtype, gated, options): odd and prime lengths, B = 1 (one sequence per step),
+# odd B (a half-empty pair), several steps, a sparse spectrum, the filter's bins gathered by the
+# kernel, z written, the skip input held; n = 512 (m = 256: 16 x 16, the smallest tile) to
+# 2048
+HALVES_CASES = {
+    "n512-L256-fp32-plain": (3, 2, 256, 512, "fp32", False, {}),
+    "n512-L131-fp16-gated-B1": (1, 3, 131, 512, "fp16", True, {}),
+    "n512-L200-fp32-gated-single": (4, 2, 200, 512, "fp32", True, {"pair": False}),
+    "n1024-L509-fp16-gated-steps": (7, 2, 509, 1024, "fp16", True, {"steps": 2}),
+    "n1024-L512-fp32-kernel-layout": (5, 2, 512, 1024, "fp32", True, {"filter_layout": "kernel"}),
+    "n1024-L500-fp16-z": (3, 2, 500, 1024, "fp16", True, {"z": True}),
+    "n1024-L97-fp32-held-skip": (3, 2, 97, 1024, "fp32", True, {"skip_input": "held"}),
+    "n2048-L1021-fp32-sparse": (3, 2, 1021, 2048, "fp32", False, {"keep_bins": 300}),
+    "n2048-L1000-fp16-sparse-kernel": (
+        2,
+        2,
+        1000,
+        2048,
+        "fp16",
+        True,
+        {"keep_bins": 300, "filter_layout": "kernel"},
+    ),  # fmt: skip
+    "n2048-L777-fp32-load-k": (5, 3, 777, 2048, "fp32", True, {"hold_filter": False}),
+}
+
+
+def _run_halves_case(B, H, L, n, dtype_name, gated, options):
+    from kernels.fftconv import triton_fwd
+
+    dtype = DTYPES[dtype_name]
+    options = dict(options)
+    keep = options.pop("keep_bins", None)
+    want_z = options.pop("z", False)
+    u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, gated, seed=L + n)
+    kf = torch.fft.rfft(k, n=n)
+    if keep is not None:
+        kf[:, keep:] = 0
+    out = torch.full_like(u, float("nan"))
+    z_out = torch.full_like(u, float("nan")) if want_z else None
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, keep_bins=keep, halves=True, out=out, z_out=z_out, **options
+    )
+    ref, z_ref = spectrum_conv64(u, kf, n, pre, post, bias)
+    errs = {"y": rel_err(out, ref)}
+    ok = not out.isnan().any()
+    if want_z:
+        errs["z"] = rel_err(z_out, z_ref)
+        ok = ok and not z_out.isnan().any()
+    return errs, ok
+
+
+def _run_layout_case():
+    """The halves' layout (``outer_spectrum_layout`` at n0 = 2, the layout kernel) against the
+    bins it names, and against the torch ops bit for bit, dense and sparse."""
+    from kernels.fftconv import triton_fwd
+
+    n, H = 1024, 3
+    kf = torch.fft.rfft(torch.randn(H, n, generator=torch.Generator().manual_seed(3)), n=n)
+    full = triton_fwd.full_spectrum(kf, n)
+    N1, N2 = triton_fwd.split(n // 2)
+    got = triton_fwd.outer_spectrum_layout(kf, n, 2, kernel=True)  # [H, 2, 2, N1, N2]
+    a1 = torch.arange(N1)[:, None]
+    a2 = torch.arange(N2)[None, :]
+    ok = got.shape == (H, 2, 2, N1, N2)
+    for half in (0, 1):
+        bins = full[:, half + 2 * (a1 + N1 * a2)]
+        ok = ok and torch.equal(got[:, half, 0], bins.real)
+        ok = ok and torch.equal(got[:, half, 1], bins.imag)
+    for keep in (None, 100):
+        want = triton_fwd.outer_spectrum_layout(kf, n, 2, kernel=False, keep_bins=keep)
+        again = triton_fwd.outer_spectrum_layout(kf, n, 2, kernel=True, keep_bins=keep)
+        ok = ok and torch.equal(want, again)
+    return {}, bool(ok)
+
+
+def _run_public_case():
+    """The public call with the two-halves default forced on (``use_halves``) for a plan of
+    n = 1024 taken as the kernel's size (fp16): forward through ``launch(halves=True)``, the
+    backward on the long path, both against float64."""
+    from kernels.fftconv import fftconv, triton_fwd
+
+    u, k, pre, post, bias = make_inputs(3, 2, 300, 300, torch.float16, True, seed=9)
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
+    saved = triton_fwd.HALVES_MAX_FFT
+    triton_fwd.HALVES_MAX_FFT = 1024  # the plan's n (causal L = 300 -> 1024)
+    launch = triton_fwd.launch
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("halves"))
+        return launch(*args, **kwargs)
+
+    triton_fwd.launch = counted
+    try:
+        with triton_fwd.use_halves(True):
+            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
+                        backend="triton")  # fmt: skip
+    finally:
+        triton_fwd.HALVES_MAX_FFT = saved
+        triton_fwd.launch = launch
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
+    ref = fftconv(*ref_leaves[:1], ref_leaves[1], pregate=ref_leaves[2],
+                  postgate=ref_leaves[3], bias=bias.double(), backend="torch")  # fmt: skip
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    errs = {"y": rel_err(y, ref)}
+    errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
+    return errs, calls == [True]
+
+
+def _interpreter_main() -> None:
+    start_interpreter()
+    results = {}
+    jobs = [(cid, _run_halves_case, args) for cid, args in HALVES_CASES.items()]
+    jobs += [("layout", _run_layout_case, ()), ("public", _run_public_case, ())]
+    for cid, run, args in jobs:
+        errs, ok = run(*args)
+        results[cid] = {"errs": errs, "ok": bool(ok)}
+    print(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted("tests.kernels.test_fftconv_triton_halves")
+
+
+@pytest.mark.parametrize("case", list(HALVES_CASES))
+def test_interpreter_halves(interpreted, case):
+    """Every output (and z) written and right against float64."""
+    dtype = DTYPES[HALVES_CASES[case][4]]
+    res = interpreted[case]
+    assert res["ok"], res
+    assert all(err < TOL[dtype] for err in res["errs"].values()), res
+
+
+def test_interpreter_halves_layout(interpreted):
+    assert interpreted["layout"]["ok"]
+
+
+def test_interpreter_halves_public_call(interpreted):
+    """One forward launch (the two-halves kernel), gradients right (fp16: the default takes
+    fp16/bf16 plans only)."""
+    res = interpreted["public"]
+    assert res["ok"], res
+    assert all(err < TOL[torch.float16] for err in res["errs"].values()), res
+
+
+def test_halves_refuses_plans_it_does_not_run():
+    from kernels.fftconv import triton_fwd
+
+    u = torch.randn(2, 3, 600)
+    kf = torch.zeros(3, 513, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="halves"):  # L > n/2
+        triton_fwd.fftconv_fwd(u, kf, None, None, None, 1024, halves=True)
+    with pytest.raises(ValueError, match="halves"):  # blocked
+        triton_fwd.fftconv_fwd(u[..., :300], kf, None, None, None, 1024, halves=True, blocked=True)
+    big = torch.zeros(3, 2**14 + 1, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="halves"):  # n/2 past the in-register sizes
+        triton_fwd.fftconv_fwd(u, big, None, None, None, 2**15, halves=True)
+    with pytest.raises(ValueError, match="two stages"):
+        triton_fwd.kernel_meta(
+            1024, 2, 3, 300, torch.float16, gates=(False,) * 3, halves=True, transform="three"
+        )
+
+
+def test_halves_default_only_where_set():
+    """The public forward takes the two-halves kernel at ``HALVES_AT`` for fp16/bf16 plans
+    that fit (L <= n/2), ``use_halves`` overriding it; fp32 never by default."""
+    from kernels.fftconv import triton_fwd
+
+    n = triton_fwd.HALVES_MAX_FFT
+    for dtype in (torch.float16, torch.bfloat16):
+        assert triton_fwd.halves_for(n, n // 2, False, dtype) == (n in triton_fwd.HALVES_AT)
+        assert not triton_fwd.halves_for(n, n // 2 + 1, False, dtype)
+        with triton_fwd.use_halves(True):
+            assert triton_fwd.halves_for(n, n // 2, False, dtype)
+            assert not triton_fwd.halves_for(n // 2, n // 4, False, dtype)
+        with triton_fwd.use_halves(False):
+            assert not triton_fwd.halves_for(n, n // 2, False, dtype)
+    assert not triton_fwd.halves_for(n, n // 2, False, torch.float32)
+
+
+def test_halves_dot_flops():
+    """Two passes of the size-n/2 kernel's products, the first and last stages on the rows
+    that hold u and y, the middle ones on the kept columns."""
+    from kernels.fftconv import triton_fwd
+
+    n, L, B, H = 16384, 8192, 4, 3
+    m = n // 2
+    N1, N2 = triton_fwd.split(m)
+    per_pair = 2 * 8 * m * (2 * N1 + 2 * N2)  # ROWS = N1 at L = m
+    assert triton_fwd.dot_flops(B, H, L, n, halves=True) == H * (B // 2) * per_pair
+    low, high = triton_fwd.outer_kept_columns(n, 2, 2048)
+    assert low + high < N2
+    sparse = triton_fwd.dot_flops(B, H, L, n, halves=True, keep_bins=2048)
+    assert sparse == H * (B // 2) * 2 * 8 * m * (2 * N1 + 2 * (low + high))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    ("B", "L", "gates", "options"),
+    [
+        pytest.param(7, 8192, "none", {}, id="L8192-plain"),
+        pytest.param(7, 8192, "pre-post-bias", {}, id="L8192-gated"),
+        pytest.param(5, 5003, "pre", {"steps": 2}, id="L5003-pre-steps2"),
+        pytest.param(1, 4097, "pre-post-bias", {}, id="L4097-B1-gated"),
+        pytest.param(
+            4, 8192, "pre-post-bias", {"filter_layout": "kernel", "z": True}, id="L8192-kf-raw-z"
+        ),
+        pytest.param(3, 8192, "none", {"keep_bins": 2048}, id="L8192-sparse"),
+        pytest.param(3, 6000, "pre-post-bias", {"hold_filter": False}, id="L6000-load-k"),
+    ],
+)
+def test_gpu_halves_poisoned(B, L, gates, options, dtype):
+    """n = 16384 on the two-halves kernel: every output (and z) written and right against
+    float64 with the launcher's defaults."""
+    from kernels.fftconv import triton_fwd
+
+    n = 16384
+    options = dict(options)
+    keep = options.pop("keep_bins", None)
+    want_z = options.pop("z", False)
+    u, k, pre, post, bias = make_inputs(B, 5, L, L, dtype, gates != "none", seed=L, device="cuda")
+    if gates == "pre":
+        post = bias = None
+    kf = torch.fft.rfft(k, n=n)
+    if keep is not None:
+        kf[:, keep:] = 0
+    out = torch.full_like(u, float("nan"))
+    z_out = torch.full_like(u, float("nan")) if want_z else None
+    triton_fwd.fftconv_fwd(
+        u, kf, pre, post, bias, n, keep_bins=keep, halves=True, out=out, z_out=z_out, **options
+    )
+    ref, z = spectrum_conv64(u, kf, n, pre, post, bias)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < TOL[dtype]
+    if want_z:
+        assert not z_out.isnan().any()
+        assert rel_err(z_out, z) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    ("mode", "L"), [("causal", 8192), ("causal", 6007), ("bidirectional", 5000)]
+)
+def test_gpu_halves_public_call(mode, L, dtype):
+    """The public call with the two-halves forward on (``use_halves``): forward and the long
+    path's backward against float64 (B = 3, H = 4)."""
+    from kernels.fftconv import fftconv, triton_fwd
+
+    Lk = L if mode == "causal" else 2 * L - 1
+    u, k, pre, post, bias = make_inputs(3, 4, L, Lk, dtype, True, seed=L, device="cuda")
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
+    launch = triton_fwd.launch
+    calls = count_calls(triton_fwd, "launch")
+    try:
+        with triton_fwd.use_halves(True):
+            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
+                        mode=mode, backend="triton")  # fmt: skip
+    finally:
+        triton_fwd.launch = launch
+    halves_ran = len(calls) == 1
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
+    ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
+                  bias=bias.double(), mode=mode, backend="torch")  # fmt: skip
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    assert halves_ran
+    assert rel_err(y, ref) < TOL[dtype]
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert rel_err(g, r) < TOL[dtype]
+
+
+if __name__ == "__main__":
+    _interpreter_main()
