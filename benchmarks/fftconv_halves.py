@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--backward", action="store_true")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.fftconv_halves needs a CUDA GPU")
     meta = gpu_run_meta("benchmarks.fftconv_halves", argv) | {"copy_tb_s": copy_bandwidth() / 1e12}
     rows = []
     for L in args.lengths:

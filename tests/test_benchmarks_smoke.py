@@ -241,9 +241,9 @@ def test_fftconv_static_compiles_every_variant_without_a_gpu(tmp_path, capsys) -
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the refusal without a GPU")
 def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
-    from benchmarks import fftconv_sparse, host_overhead, spectrum_layout
+    from benchmarks import fftconv_halves, fftconv_sparse, host_overhead, spectrum_layout
 
-    for module in (fftconv_sparse, host_overhead, spectrum_layout):
+    for module in (fftconv_halves, fftconv_sparse, host_overhead, spectrum_layout):
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             module.main(["--out", str(tmp_path / "x.json")])
 
@@ -310,3 +310,23 @@ def test_graph_forward_backward_times_or_records_the_refusal() -> None:
         "sq", lambda: x * x, [x], torch.ones_like(x), forward_too=False
     )
     assert "fwd_graph_ms_sq" not in backward_only
+
+
+def test_halves_benchmark_table(capsys) -> None:
+    """``benchmarks.fftconv_halves``'s table: one line per path that has a time, its multiple
+    of the floor and speedup over torch.fft; forward + backward where timed."""
+    from benchmarks import fftconv_halves
+
+    row = {
+        "L": 8192, "gated": True, "gated_inputs": ["pre"], "floor_fwd_ms": 0.5,
+        "ms_torch": 6.0, "err_torch": 1e-7, "ms_long": 1.5, "err_long": 5e-3,
+        "graph_ms_long": 1.4, "ms_halves": 3.0, "err_halves": 4e-3, "error_kernel@w16": "x",
+        "fwdbwd_ms_long": 11.0,
+    }  # fmt: skip
+    fftconv_halves.print_table([row])
+    out = capsys.readouterr().out.splitlines()
+    lines = {line.split()[2]: line.split() for line in out[1:] if "fwd+bwd" not in line}
+    assert set(lines) == {"torch", "long", "halves"}
+    assert lines["long"][3:6] == ["1.500", "3.00", "4.00x"]
+    assert lines["halves"][3:6] == ["3.000", "6.00", "2.00x"]
+    assert any("fwd+bwd" in line and "11.000" in line for line in out)
