@@ -1,6 +1,7 @@
 """Times the two-halves forward kernel (``triton_fwd``, ``halves=True``: a plan of FFT size
-n = 16384 whose u and y fit 8192 samples, as two size-8192 convolutions in one program, on the
-spectrum's even and odd bins) against the long path it replaces there and torch.fft.
+n = 16384 whose u and y fit 8192 samples, as two size-8192 convolutions on the spectrum's even
+and odd bins, in two launches by default or one program with ``halves_passes=1``) against the
+long path it replaces there and torch.fft.
 
     python -m benchmarks.fftconv_halves --out benchmarks/results/<gpu>-<date>-halves.json \
         [--lengths 8192 5000] [--variants default load-k w16 ...] [--gated-inputs ...]
@@ -17,6 +18,9 @@ time), then ``triton.testing.do_bench`` medians, inputs built outside the timed 
 - ``kernel@<variant>``: ``triton_fwd.launch`` with ``halves=True`` on a spectrum already laid
   out, the launch options of ``VARIANTS``; ``long_kernel``: ``triton_long.conv_long`` on its
   own laid-out spectrum (the long path's kernels alone);
+- with ``--tile``: ``kernel@tile``, the in-register kernel's size-n/2 circular convolution of
+  the same sequences on the full tile (one half's work alone, checked against its own float64
+  reference);
 - with ``--backward``, gated rows: the public forward + backward with each forward (the
   backward is the long path's either way).
 
@@ -47,6 +51,7 @@ TOL = 1e-2
 # launch options of the bare two-halves kernel (the launcher's defaults where not given)
 VARIANTS = {
     "default": {},
+    "one-pass": {"halves_passes": 1},
     "load-k": {"hold_filter": False},
     "w16": {"num_warps": 16},
     "s4": {"steps": 4},
@@ -85,7 +90,12 @@ def _public(u, k, pre, post, bias, backend="triton"):
 
 
 def bench_row(
-    L: int, gated: bool, gated_inputs: tuple[str, ...], variants: list[str], backward: bool
+    L: int,
+    gated: bool,
+    gated_inputs: tuple[str, ...],
+    variants: list[str],
+    backward: bool,
+    tile: bool = False,
 ) -> dict:
     u, k, pre, post, bias = _inputs(L, gated, gated_inputs, seed=L + gated)
     n = make_plan("causal", L, L).fft_size
@@ -118,11 +128,19 @@ def bench_row(
     calls["long_kernel"] = lambda: triton_long.conv_long(
         u, long_spectrum, split, L, pregate=pre, postgate=post, bias=bias
     )
+    refs = {}
+    if tile:
+        # one size-n/2 convolution of the same sequences on the full tile (a circular one, the
+        # work of one half): what a half costs in the in-register kernel without the other
+        m = n // 2
+        tile_spectrum = triton_fwd.spectrum_layout(torch.fft.rfft(k, n=m), m)
+        calls["kernel@tile"] = lambda: triton_fwd.launch(u, tile_spectrum, pre, post, bias, m)
+        refs["kernel@tile"] = _reference(u, k, pre, post, bias, m)
     for name, fn in calls.items():
         try:
             out = fn()
             torch.cuda.synchronize()
-            err = rel_err(out.double(), ref)
+            err = rel_err(out.double(), refs.get(name, ref))
         except Exception as exc:  # a launch out of resources, say: data too
             row[f"error_{name}"] = repr(exc)[:300]
             print(f"L={L} gated={gated} {name}: {row[f'error_{name}']}", flush=True)
@@ -189,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         "--gated-inputs", nargs="*", default=list(GATED_INPUTS), choices=list(GATED_INPUTS)
     )
     parser.add_argument("--backward", action="store_true")
+    parser.add_argument(
+        "--tile",
+        action="store_true",
+        help="also time one size-n/2 (circular) convolution on the full tile: one half's work",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fftconv_halves needs a CUDA GPU")
@@ -196,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for L in args.lengths:
         for gated in (False, True):
-            rows.append(bench_row(L, gated, tuple(args.gated_inputs), args.variants, args.backward))
+            rows.append(
+                bench_row(
+                    L, gated, tuple(args.gated_inputs), args.variants, args.backward, args.tile
+                )
+            )
             args.out.write_text(json.dumps(meta | {"rows": rows}, indent=1))
     print(f"{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}  {meta['date']}")
     print(f"command: {meta['command']}")

@@ -80,21 +80,25 @@ Design choices:
 
       y[t] = ( IFFT_m(X_even K_even)[t] + w_n^-t IFFT_m(X_odd K_odd)[t] ) / 2
 
-  (a cyclic and a negacyclic convolution of size m). The program transforms the tile twice
-  with the same tables: once as it is, once twiddled by ``w_n^t = w_n^(N2 t1) w_n^t2`` (a row
-  and a column vector, cos/sin per program), each times its half of the spectrum
-  (``outer_spectrum_layout(kf, n, 2)``: bins ``k0 + 2 (k1 + N1 k2)``, even then odd), and
-  after the odd half's last inverse stage twiddles back by ``w_n^-t``; the even half's last
-  stage accumulates onto that, so the epilogue (z, gates, skip term) is the one above, on the
-  halved sum. u and y cross HBM once, where the long path writes and reads an intermediate
-  twice. Cost: two size-m convolutions of full-height tiles per pair (4/3 of the products of
-  the n = 8192 kernel at L = 4K per sample), the spectrum's two halves, and registers: the
-  first half's E tile and the twiddled input are live across the other half. sm_90 compile
-  (bf16, n = 16384, 8 warps, one stage: two ask for 248 KB of shared memory): 1.8 KB of
-  spills plain, 1.9 KB gated (the n = 8192 kernel at L = 4K: 0.5 / 0.6 KB); 16 warps, capped
-  at 128 registers, spill 3.4 KB. Measured on an H100 (NOTES, "The two-halves kernel"): 2.5-2.6
-  ms plain against the long path's 1.41 (bare kernels, L = 8K, bf16), so it is not the
-  default; fp32 spills 9 KB there and is never the default.
+  (a cyclic and a negacyclic convolution of size m). Both halves use the same tables; the odd
+  one twiddles the input by ``w_n^t = w_n^(N2 t1) w_n^t2`` (a row vector, then a column
+  vector: cos/sin per program, no tile of twiddles) and its result back by ``w_n^-t``; the
+  spectrum comes in two halves (``outer_spectrum_layout(kf, n, 2)``: bins ``k0 + 2 (k1 + N1
+  k2)``, even then odd). Two ways to run it (``launch``'s ``halves_passes``):
+  two launches (the default, constexpr ``HALF`` 0 then 1): the even half writes its raw z to
+  y, in y's dtype; the odd half reads it back at the positions it then writes, adds its own
+  and ends with the epilogue (z, gates, skip term) on the halved sum. u and the pregate are
+  read twice, z once more through y: 8 more bytes per sample than the floor's 4, against the
+  long path's 16 (its intermediate written and read twice). Each launch is the work of the
+  in-register kernel on a full-height tile, which measured 0.544 ms for a size-8192 circular
+  convolution of L = 8192 (B*H*L = 2^27, plain, bf16, H100) against the long path's 1.41.
+  One launch (``HALF = 2``, ``halves_passes=1``): both halves in one program, u read once, the
+  even half's E tile and the twiddled input live across the other half; the sm_90 compile
+  (bf16, 8 warps, one stage: two ask for 248 KB of shared memory) spills 1.4-1.7 KB; with the
+  twiddle as a tile (1.8-1.9 KB) it measured 2.6 ms plain (H100; NOTES, "The two-halves
+  kernel"). The two-launch sm_90 compiles
+  spill 0.36-0.59 KB (even) and 0.8-1.2 KB (odd; one stage with a postgate or bias: two ask for
+  280 KB). fp32 spills 9 KB in one launch and is never the default.
 - Sizes: ``MIN_FFT <= n <= MAX_FFT`` (blocked: ``n >= MIN_BLOCKED_FFT``; two halves: ``n/2``
   in that range). Smaller n would need a DFT factor below 16; larger n does not fit one
   program's registers. ``supports`` (``supports_halves``) says which plans run here; the
@@ -740,6 +744,7 @@ def _fftconv_fwd_kernel(
     K_LOW: tl.constexpr = 0,
     HOLD_FILTER: tl.constexpr = True,
     HALVES: tl.constexpr = 1,
+    HALF: tl.constexpr = 2,
 ):
     # PAIR: sequences q (v) and q+1 (w) of one channel as the real and imaginary parts of one
     # complex signal; otherwise one real sequence per step. STEPS: consecutive steps (sequences
@@ -760,6 +765,9 @@ def _fftconv_fwd_kernel(
     # tables above) and on its odd bins (the input twiddled by w_n^t, folded into the odd
     # half's tables; the output twiddled back), both halves' last stages summed in one product
     # (module docstring, "Two halves"). kf_ptr then holds both halves' spectra, even first.
+    # HALF (with HALVES == 2): 2 both halves in this program; 0 the even half alone, its z
+    # written raw to y (no postgate or bias: the launcher passes none); 1 the odd half, which
+    # reads the even half's z back from y and ends with the epilogue on the halved sum.
     SEQS: tl.constexpr = 2 if PAIR else 1
     S: tl.constexpr = N1 * N2 // 2
     pid = tl.program_id(0)
@@ -774,6 +782,9 @@ def _fftconv_fwd_kernel(
     op_dtype = dft1_ptr.dtype.element_ty
 
     kf_start = pid_h.to(tl.int64) * (HALVES * 2 * N1 * K2)
+    ODD_ONLY: tl.constexpr = HALVES == 2 and HALF == 1
+    if ODD_ONLY:  # the filter this program holds or loads is the odd half's
+        kf_start += 2 * N1 * K2
     offs_r = tl.arange(0, ROWS)  # t1 of the rows that hold u and y (BLOCKED: u, all N1)
     offs_n1 = tl.arange(0, N1)
     offs_n2 = tl.arange(0, N2)
@@ -803,6 +814,8 @@ def _fftconv_fwd_kernel(
     # (KF_RAW) the rfft bins of the tile [N1, K2]: k1 + N1 k2, or with HALVES 2 (k1 + N1 k2)
     # (the even half) and 2 (k1 + N1 k2) + 1 (the odd half) of a size-2 N1 N2 spectrum
     bins = (offs_n1[:, None] + N1 * cols[None, :]) * HALVES
+    if ODD_ONLY:
+        bins += 1
     if HOLD_FILTER:
         k_re, k_im = _load_filter(
             kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, HALVES * N1 * N2, KF_RAW
@@ -869,28 +882,47 @@ def _fftconv_fwd_kernel(
             xw = w.to(op_dtype)
         else:
             xw = xv
-        if HALVES == 2:
+        if HALVES == 2 and HALF != 0:
             # the odd half's input: x twiddled by w_n^t, rounded to the operand dtype
-            a_re = rw_re[:, None] * cw_re[None, :] - rw_im[:, None] * cw_im[None, :]
-            a_im = rw_re[:, None] * cw_im[None, :] + rw_im[:, None] * cw_re[None, :]
+            # (by the row's factor, then the column's: no [ROWS, N2] twiddle tile to hold)
             if PAIR:
-                xo_re = (v * a_re - w * a_im).to(op_dtype)
-                xo_im = (v * a_im + w * a_re).to(op_dtype)
+                xo_re, xo_im = _twiddle(v, w, rw_re[:, None], rw_im[:, None], False)
             else:
-                xo_re = (v * a_re).to(op_dtype)
-                xo_im = (v * a_im).to(op_dtype)
+                xo_re = v * rw_re[:, None]
+                xo_im = v * rw_im[:, None]
+            xo_re, xo_im = _twiddle(xo_re, xo_im, cw_re[None, :], cw_im[None, :], False)
+            xo_re = xo_re.to(op_dtype)
+            xo_im = xo_im.to(op_dtype)
         if not HOLD_FILTER:
             k_re, k_im = _load_filter(
                 kf_ptr, pid_h, kf_start, bins, offs_spec, N1 * K2, HALVES * N1 * N2, KF_RAW
             )
-        e_re, e_im = _spectral_product(
-            xv, xw, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im, k_re, k_im,
-            PAIR, PRECISION,
-        )  # fmt: skip
+        P: tl.constexpr = PRECISION
+        if ODD_ONLY:
+            # the odd half alone: its z as below, plus the even half's, which the launch before
+            # wrote to y (read back by the same positions before they are written again)
+            eo_re, eo_im = _spectral_product(
+                xo_re, xo_im, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im,
+                k_re, k_im, True, PRECISION,
+            )  # fmt: skip
+            r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
+            r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
+            r_re, r_im = _twiddle(r_re, r_im, cw_re[None, :], cw_im[None, :], True)
+            r_re, r_im = _twiddle(r_re, r_im, rw_re[:, None], rw_im[:, None], True)
+            z_v = (r_re + _load_row(y_ptr, row_v, out_v, mask_out_v)) * 0.5
+            if PAIR:
+                z_w = (r_im + _load_row(y_ptr, row_w, out_w, mask_out_w)) * 0.5
+        else:
+            e_re, e_im = _spectral_product(
+                xv, xw, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im, k_re, k_im,
+                PAIR, PRECISION,
+            )  # fmt: skip
 
         # inverse stage 1, only the output rows: z = conj(F_N1)[:ROWS] @ E (y_w: its imag part;
         # BLOCKED: conj(F_N1)[N1/2:] @ E)
-        if HALVES == 2:
+        if ODD_ONLY:
+            pass
+        elif HALVES == 2 and HALF == 2:
             # the odd bins: the twiddled input through the same steps with the odd bins'
             # spectrum, r = conj(F_N1)[:ROWS] @ E' (complex), twiddled back by w_n^-t; then the
             # even half's last stage on top: z = (conj(F_N1) @ E + r w_n^-t) / 2
@@ -902,17 +934,16 @@ def _fftconv_fwd_kernel(
                 xo_re, xo_im, f1_re, f1_im, tw_re, tw_im,
                 f2_re, f2_im, g2_re, g2_im, ko_re, ko_im, True, PRECISION,
             )  # fmt: skip
-            P: tl.constexpr = PRECISION
             r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
             r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
-            a_re = rw_re[:, None] * cw_re[None, :] - rw_im[:, None] * cw_im[None, :]
-            a_im = rw_re[:, None] * cw_im[None, :] + rw_im[:, None] * cw_re[None, :]
-            zo_v = r_re * a_re + r_im * a_im
+            r_re, r_im = _twiddle(r_re, r_im, cw_re[None, :], cw_im[None, :], True)
+            r_re, r_im = _twiddle(r_re, r_im, rw_re[:, None], rw_im[:, None], True)
+            zo_v = r_re
             z_v = tl.dot(g1_im, e_im, acc=zo_v, input_precision=P)
             z_v = tl.dot(g1_re, e_re, acc=z_v, input_precision=P)
             z_v *= 0.5
             if PAIR:
-                zo_w = r_im * a_re - r_re * a_im
+                zo_w = r_im
                 z_w = tl.dot(g1_re, e_im, acc=zo_w, input_precision=P) - _dot(g1_im, e_re, P)
                 z_w *= 0.5
         else:
@@ -1330,6 +1361,7 @@ def launch(
     transform: str | None = None,
     hold_filter: bool | None = None,
     halves: bool | None = None,
+    halves_passes: int | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
     ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
@@ -1357,7 +1389,11 @@ def launch(
     ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
     samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
     spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
-    half first; two stages; module docstring, "Two halves").
+    half first; two stages; module docstring, "Two halves"). ``halves_passes``: 2 (the
+    default) two launches, the even half's z written to the output and read back by the odd
+    half's launch, which ends with the epilogue; 1 both halves in one program (u read once, but
+    twice the live tiles: it spills; the default where ``out`` shares storage with u or a
+    gate, which the first of two launches would overwrite).
     """
     B, H, L = u.shape
     halves = n > MAX_FFT if halves is None else bool(halves)
@@ -1371,14 +1407,27 @@ def launch(
             f"dtypes {DTYPES}; got n={n}, L={L}, {u.dtype}"
         )
     raw = spectrum.dtype == torch.complex64  # the rfft itself (``fftconv_fwd``'s "kernel")
-    meta, programs = kernel_meta(
-        n, B, H, L, u.dtype, raw_spectrum=raw,
-        gates=(pregate is not None, postgate is not None, bias is not None),
-        blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps, stages=stages,
-        num_warps=num_warps, precision=precision or dot_precision(u), skip_input=skip_input,
-        store_z=z_out is not None, device=u.device, transform=transform,
-        hold_filter=hold_filter, halves=halves,
+    passes = 1 if not halves else (2 if halves_passes is None else halves_passes)
+    if passes not in (1, 2):
+        raise ValueError(f"halves_passes must be 1 or 2; got {halves_passes!r}")
+    if passes == 2 and halves_passes is None and _shares_storage(out, u, pregate, postgate):
+        passes = 1  # the first launch would overwrite an input the second one reads
+    gates = (pregate is not None, postgate is not None, bias is not None)
+    options = dict(
+        raw_spectrum=raw, blocked=blocked, keep_bins=keep_bins, pair=pair, steps=steps,
+        stages=stages, num_warps=num_warps, precision=precision or dot_precision(u),
+        skip_input=skip_input, device=u.device, transform=transform, hold_filter=hold_filter,
+        halves=halves,
     )  # fmt: skip
+    # the launches: one, or (halves in two passes) the even half's raw z, then the odd half
+    half = 1 if passes == 2 else 2
+    meta, programs = kernel_meta(
+        n, B, H, L, u.dtype, gates=gates, store_z=z_out is not None, half=half, **options
+    )
+    launches = [(meta, programs, postgate, bias, z_out)]
+    if passes == 2:
+        first = kernel_meta(n, B, H, L, u.dtype, gates=(gates[0], False, False), half=0, **options)
+        launches.insert(0, (*first, None, None, None))
     three = "N3" in meta
     if three:
         N1, N2, N3 = meta["N1"], meta["N2"], meta["N3"]
@@ -1421,23 +1470,31 @@ def launch(
                 f"{given.dtype} {tuple(given.shape)}"
             )
     y = torch.empty_like(u) if out is None else out
-    kernel = kernel_of(meta)
     with device_guard(u):
-        kernel[(H * programs,)](
-            u,
-            pregate if pregate is not None else u,
-            postgate if postgate is not None else u,
-            bias if bias is not None else u,
-            spectrum,
-            *tables,
-            y,
-            z_out if z_out is not None else y,
-            B,
-            H,
-            L,
-            **meta,
-        )
+        for meta, programs, post, skip, z in launches:
+            kernel_of(meta)[(H * programs,)](
+                u,
+                pregate if pregate is not None else u,
+                post if post is not None else u,
+                skip if skip is not None else u,
+                spectrum,
+                *tables,
+                y,
+                z if z is not None else y,
+                B,
+                H,
+                L,
+                **meta,
+            )
     return y
+
+
+def _shares_storage(out: Tensor | None, *tensors: Tensor | None) -> bool:
+    """Whether ``out`` lives in the storage of one of ``tensors`` (an in-place output)."""
+    if out is None:
+        return False
+    ptr = out.untyped_storage().data_ptr()
+    return any(t is not None and t.untyped_storage().data_ptr() == ptr for t in tensors)
 
 
 def kernel_meta(
@@ -1463,6 +1520,7 @@ def kernel_meta(
     hold_filter: bool | None = None,
     raw_spectrum: bool = False,
     halves: bool = False,
+    half: int = 2,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
@@ -1472,7 +1530,10 @@ def kernel_meta(
     ``transform="three"`` the arguments of ``_fftconv_fwd3_kernel`` (``N3`` among them: what
     tells the two kernels' apart, ``kernel_of``). ``raw_spectrum``: the kernel gathers the
     filter's bins from its rfft (``KF_RAW``). ``halves``: the two-halves kernel's
-    (``HALVES = 2``: tables, steps and warps those of the tile's size n/2)."""
+    (``HALVES = 2``: tables, steps and warps those of the tile's size n/2), ``half`` which of
+    its launches (``HALF``: 2 both halves in one, 0 the even half, 1 the odd half after it)."""
+    if half not in (0, 1, 2):
+        raise ValueError(f"half must be 0, 1 or 2; got {half!r}")
     if halves:
         if transform not in (None, "two"):
             raise ValueError(f"halves: the two-halves kernel has two stages; got {transform!r}")
@@ -1498,9 +1559,10 @@ def kernel_meta(
     steps = 1 if dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
     if stages is None:
         stages = default_stages(n, dtype, blocked)
-        if halves and n >= 8192:
-            # the two-halves kernel at n = 16384 on its 8192-sample tile: a second stage asks
-            # for 248 KB of shared memory (sm_90 compile, bf16; > 227 KB)
+        if halves and n >= 8192 and (half == 2 or (half == 1 and (gates[1] or gates[2]))):
+            # on the 8192-sample tile a second stage asks for more shared memory than an SM
+            # has (sm_90 compile, bf16): both halves in one program 248 KB; the odd half's
+            # launch with a postgate or bias 280 KB (with a pregate alone 216, plain 184)
             stages = 1
         if transform == "two" and hold_filter is False and n >= 8192 and (gates[0] or gates[1]):
             # the filter's per-step copy is buffered per stage too: two stages of a gated pair
@@ -1521,6 +1583,7 @@ def kernel_meta(
         shape = dict(
             N1=N1, N2=N2, K2=low + high, ROWS=N1 if blocked else tile_rows(L, n), BLOCKED=blocked,
             KF_RAW=raw_spectrum, K_LOW=low, HOLD_FILTER=hold, HALVES=2 if halves else 1,
+            HALF=half if halves else 2,
         )  # fmt: skip
     meta = dict(
         **shape,

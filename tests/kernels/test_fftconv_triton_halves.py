@@ -30,6 +30,9 @@ HALVES_CASES = {
     "n512-L131-fp16-gated-B1": (1, 3, 131, 512, "fp16", True, {}),
     "n512-L200-fp32-gated-single": (4, 2, 200, 512, "fp32", True, {"pair": False}),
     "n1024-L509-fp16-gated-steps": (7, 2, 509, 1024, "fp16", True, {"steps": 2}),
+    "n1024-L509-fp16-gated-one-pass": (7, 2, 509, 1024, "fp16", True, {"halves_passes": 1}),
+    "n1024-L300-fp32-one-pass-z": (3, 2, 300, 1024, "fp32", True, {"halves_passes": 1, "z": True}),
+    "n512-L256-fp32-in-place": (3, 2, 256, 512, "fp32", True, {"in_place": True}),
     "n1024-L512-fp32-kernel-layout": (5, 2, 512, 1024, "fp32", True, {"filter_layout": "kernel"}),
     "n1024-L500-fp16-z": (3, 2, 500, 1024, "fp16", True, {"z": True}),
     "n1024-L97-fp32-held-skip": (3, 2, 97, 1024, "fp32", True, {"skip_input": "held"}),
@@ -44,6 +47,15 @@ HALVES_CASES = {
         {"keep_bins": 300, "filter_layout": "kernel"},
     ),  # fmt: skip
     "n2048-L777-fp32-load-k": (5, 3, 777, 2048, "fp32", True, {"hold_filter": False}),
+    "n2048-L1024-fp16-one-pass-sparse": (
+        4,
+        2,
+        1024,
+        2048,
+        "fp16",
+        False,
+        {"halves_passes": 1, "keep_bins": 260},
+    ),  # fmt: skip
 }
 
 
@@ -54,16 +66,18 @@ def _run_halves_case(B, H, L, n, dtype_name, gated, options):
     options = dict(options)
     keep = options.pop("keep_bins", None)
     want_z = options.pop("z", False)
+    in_place = options.pop("in_place", False)
     u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, gated, seed=L + n)
     kf = torch.fft.rfft(k, n=n)
     if keep is not None:
         kf[:, keep:] = 0
-    out = torch.full_like(u, float("nan"))
+    ref, z_ref = spectrum_conv64(u, kf, n, pre, post, bias)
+    # in place: the output written over u (the two-pass default falls back to one pass)
+    out = u if in_place else torch.full_like(u, float("nan"))
     z_out = torch.full_like(u, float("nan")) if want_z else None
     triton_fwd.fftconv_fwd(
         u, kf, pre, post, bias, n, keep_bins=keep, halves=True, out=out, z_out=z_out, **options
     )
-    ref, z_ref = spectrum_conv64(u, kf, n, pre, post, bias)
     errs = {"y": rel_err(out, ref)}
     ok = not out.isnan().any()
     if want_z:
@@ -187,6 +201,84 @@ def test_halves_refuses_plans_it_does_not_run():
         )
 
 
+def _halves_launches(gates, passes, **options):
+    """The (meta, gates) of each launch ``launch(halves=True, halves_passes=passes)`` makes at
+    n = 16384, L = 8192 for the benchmark's shape (H = 1024, B * H * L = 2^27, 132 SMs)."""
+    from kernels.fftconv import triton_fwd
+
+    n, L, H = 16384, 8192, 1024
+    B = 2**27 // (H * L)
+    common = dict(precision="tf32", sms=132, halves=True, **options)
+    if passes == 1:
+        return [triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=gates, **common)[0]]
+    first = (gates[0], False, False)
+    return [
+        triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=first, half=0, **common)[0],
+        triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=gates, half=1, **common)[0],
+    ]
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+@pytest.mark.parametrize(
+    "gates", [(False,) * 3, (True, False, False), (True,) * 3], ids=["plain", "pre", "gated"]
+)
+def test_halves_defaults_fit_sm90_shared_memory(gates, passes):
+    """Every launch of the two-halves kernel at n = 16384 with the launcher's defaults,
+    compiled for sm_90, fits one block's shared memory; and the check sees an overflow (the
+    odd half's launch with both gates on two pipeline stages asks for 280 KB)."""
+    pytest.importorskip("triton")
+    from benchmarks.common import compile_sm90
+    from benchmarks.fftconv import SHARED_PER_BLOCK
+    from kernels.fftconv import triton_fwd
+
+    def shared(meta):
+        meta = dict(meta)
+        warps = meta.pop("num_warps")
+        kernel = triton_fwd.kernel_of(meta)
+        fp32 = ("bias_ptr", "kf_ptr", "twiddle_ptr")
+        pointers = {
+            name: "*fp32" if name in fp32 else "*bf16"
+            for name in kernel.arg_names
+            if name.endswith("_ptr")
+        }
+        return compile_sm90(kernel, meta, pointers, warps)[1]["shared_bytes"]
+
+    try:
+        sizes = [shared(meta) for meta in _halves_launches(gates, passes)]
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    assert all(0 < size <= SHARED_PER_BLOCK for size in sizes), sizes
+    if passes == 2 and gates == (True,) * 3:
+        odd = _halves_launches(gates, passes, stages=2)[1]
+        assert shared(odd) > SHARED_PER_BLOCK
+
+
+def test_halves_passes_refused_and_in_place_falls_back(monkeypatch):
+    """``halves_passes`` other than 1 or 2 is refused; an output in the storage of u or a gate
+    takes one pass (the first of two would overwrite what the second reads)."""
+    from kernels.fftconv import triton_fwd
+
+    u = torch.randn(2, 3, 300)
+    spectrum = torch.zeros(3, 513, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="halves_passes must be 1 or 2; got 3"):
+        triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True, halves_passes=3)
+    seen = []
+    monkeypatch.setattr(triton_fwd, "kernel_of", lambda meta: seen.append(meta["HALF"]) or _Noop())
+    triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True)
+    assert seen == [0, 1]
+    seen.clear()
+    triton_fwd.launch(u, spectrum, u, None, None, 1024, halves=True, out=u[:, :, :])
+    assert seen == [2]
+    seen.clear()
+    triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True, halves_passes=1)
+    assert seen == [2]
+
+
+class _Noop:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
 def test_halves_default_only_where_set():
     """The public forward takes the two-halves kernel at ``HALVES_AT`` for fp16/bf16 plans
     that fit (L <= n/2), ``use_halves`` overriding it; fp32 never by default."""
@@ -234,6 +326,8 @@ def test_halves_dot_flops():
         ),
         pytest.param(3, 8192, "none", {"keep_bins": 2048}, id="L8192-sparse"),
         pytest.param(3, 6000, "pre-post-bias", {"hold_filter": False}, id="L6000-load-k"),
+        pytest.param(7, 8192, "pre-post-bias", {"halves_passes": 1}, id="L8192-gated-one-pass"),
+        pytest.param(5, 7001, "pre", {"halves_passes": 1, "z": True}, id="L7001-one-pass-z"),
     ],
 )
 def test_gpu_halves_poisoned(B, L, gates, options, dtype):
