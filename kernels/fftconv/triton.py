@@ -96,8 +96,12 @@ def fused_forward(
 def keeps_z(plan: ConvPlan, dtype: torch.dtype) -> bool:
     """Whether ``core.forward_with_z`` returns a z for the plan on this backend: every plan
     but those of the long path (n > 8192 and folded plans, ``triton_long``), whose kernels
-    keep none; the in-register kernels write it (``fused_forward_z``), the primitives have it."""
+    keep none; the in-register kernels write it (``fused_forward_z``; the two-halves forward
+    too, whose long-path backward is then asked for the other gradients only: ``core.backward``
+    multiplies dy by z), the primitives have it."""
     if dtype == torch.float64 or plan.blocked or _in_register(plan, dtype):
+        return True
+    if _halves(plan, dtype):
         return True
     return not triton_long.supports(plan, dtype)
 
@@ -114,7 +118,9 @@ def fused_forward_z(
     the postgate and the skip term (in u's dtype), for a backward that wants the postgate's
     gradient; or None where the in-register kernel does not run the plan (the long path keeps
     no z: its backward transforms v again)."""
-    if kf.dtype != torch.complex64 or not _in_register(plan, u.dtype):
+    if kf.dtype != torch.complex64:
+        return None
+    if not (_in_register(plan, u.dtype) or _halves(plan, u.dtype)):
         return None
     z = torch.empty_like(u)
     return _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=z), z

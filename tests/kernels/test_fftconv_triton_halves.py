@@ -394,3 +394,20 @@ def test_gpu_halves_public_call(mode, L, dtype):
 
 if __name__ == "__main__":
     _interpreter_main()
+
+
+def test_halves_plans_keep_z():
+    """A plan the two-halves forward runs keeps z (its forward writes it; the long-path
+    backward is then asked for the other gradients only); off, or in fp32, the long path's
+    plan keeps none."""
+    from kernels.fftconv import triton, triton_fwd
+    from kernels.fftconv.plan import make_plan
+
+    plan = make_plan("causal", 8192, 8192)
+    assert plan.fft_size == triton_fwd.HALVES_MAX_FFT
+    with triton_fwd.use_halves(True):
+        assert triton.keeps_z(plan, torch.bfloat16)
+        assert not triton.keeps_z(plan, torch.float32)
+        assert not triton.keeps_z(make_plan("causal", 16384, 16384), torch.bfloat16)
+    with triton_fwd.use_halves(False):
+        assert not triton.keeps_z(plan, torch.bfloat16)
