@@ -1364,36 +1364,37 @@ def launch(
     halves_passes: int | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
-    ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
-    ``[H, n//2 + 1]``, whose bins the kernel then gathers).
+        ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
+        ``[H, n//2 + 1]``, whose bins the kernel then gathers).
 
-    ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
-    channel, one per block, instead of B. ``out``: written in place when given. ``pair``
-    (default: at least 2 sequences per channel): two sequences of a channel per step. ``steps``:
-    steps (sequences or pairs) of one channel per program (default ``steps_for``). ``stages``:
-    software-pipelining depth of that loop (loads of the next step issued during this one; 1:
-    none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no
-    shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
-    ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
-    ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
-    loaded again at the output positions (a second read, from L2, of what the step has just
-    read; no registers held across the products, more shared memory for the pipeline);
-    default ``skip_input_for``.
-    ``z_out``: also written with z, the convolution before the postgate and the skip term (what
-    the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
-    ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
-    plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
-    ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
-    per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
-    kernel holds it by default).
-    ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
-    samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
-    spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
-    half first; two stages; module docstring, "Two halves"). ``halves_passes``: 2 (the
-    default) two launches, the even half's z written to the output and read back by the odd
-    half's launch, which ends with the epilogue; 1 both halves in one program (u read once, but
-    twice the live tiles: it spills; the default where ``out`` shares storage with u or a
-    gate, which the first of two launches would overwrite).
+        ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
+        channel, one per block, instead of B. ``out``: written in place when given (u's dtype, or
+    fp32 for a y kept at the accumulators' precision). ``pair``
+        (default: at least 2 sequences per channel): two sequences of a channel per step. ``steps``:
+        steps (sequences or pairs) of one channel per program (default ``steps_for``). ``stages``:
+        software-pipelining depth of that loop (loads of the next step issued during this one; 1:
+        none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no
+        shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
+        ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
+        ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
+        loaded again at the output positions (a second read, from L2, of what the step has just
+        read; no registers held across the products, more shared memory for the pipeline);
+        default ``skip_input_for``.
+        ``z_out``: also written with z, the convolution before the postgate and the skip term (what
+        the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
+        ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
+        plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
+        ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
+        per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
+        kernel holds it by default).
+        ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
+        samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
+        spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
+        half first; two stages; module docstring, "Two halves"). ``halves_passes``: 2 (the
+        default) two launches, the even half's z written to the output and read back by the odd
+        half's launch, which ends with the epilogue; 1 both halves in one program (u read once, but
+        twice the live tiles: it spills; the default where ``out`` shares storage with u or a
+        gate, which the first of two launches would overwrite).
     """
     B, H, L = u.shape
     halves = n > MAX_FFT if halves is None else bool(halves)
@@ -1461,13 +1462,16 @@ def launch(
     pregate = pregate.contiguous() if pregate is not None else None
     postgate = postgate.contiguous() if postgate is not None else None
     bias = bias.contiguous() if bias is not None else None
-    for name, given in (("out", out), ("z_out", z_out)):
+    for name, given, dtypes in (
+        ("out", out, (u.dtype, torch.float32)),  # fp32: y kept at the accumulators' precision
+        ("z_out", z_out, (u.dtype,)),
+    ):
         if given is not None and (
-            given.shape != u.shape or given.dtype != u.dtype or not given.is_contiguous()
+            given.shape != u.shape or given.dtype not in dtypes or not given.is_contiguous()
         ):
             raise ValueError(
-                f"{name} must be contiguous {u.dtype} of shape {tuple(u.shape)}; got "
-                f"{given.dtype} {tuple(given.shape)}"
+                f"{name} must be contiguous, of dtype in {dtypes} and shape {tuple(u.shape)}; "
+                f"got {given.dtype} {tuple(given.shape)}"
             )
     y = torch.empty_like(u) if out is None else out
     with device_guard(u):

@@ -993,7 +993,8 @@ def long_backward(
     (``fused_backward``'s contract; None for a plan ``supports`` does not cover).
 
     d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
-    on the long (or, for small folded plans, the fused) kernels; d_postgate = dy * z with z
+    on the long (or, for small folded plans, the fused) kernels, or on the two-halves kernel
+    where the forward runs it (``triton_fwd.halves_for``); d_postgate = dy * z with z
     recomputed on the same kernels; d_bias by torch; d_kc by ``filter_grad_long`` where d_u's
     correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
     and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
@@ -1036,6 +1037,18 @@ def long_backward(
             dv = _linear(dlin, kf, plan, L, conj=True, **dict(options)).float()
             if bias is not None:
                 dv = dv + bias.float()[:, None] * dy.float()
+        elif not options and triton_fwd.halves_for(n, L, False, u.dtype):
+            # where the forward runs the two-halves kernel, the correlation does too (the
+            # conjugate spectrum), into an fp32 dv; the skip term's share added here (the
+            # kernel's would be bias * dz)
+            dv = torch.empty(u.shape, device=u.device, dtype=torch.float32)
+            spectrum = triton_fwd.outer_spectrum_layout(kf, n, 2, conj=True, keep_bins=keep)
+            triton_fwd.launch(
+                dy.to(u.dtype), spectrum, postgate, None, None, n, keep_bins=keep, halves=True,
+                out=dv,
+            )  # fmt: skip
+            if bias is not None:
+                dv += bias.float()[:, None] * dy.float()
         else:
             split = make_split(n, options.get("n0"), u.dtype)
             launch = {key: val for key, val in options.items() if key != "n0"}

@@ -146,11 +146,47 @@ def _run_public_case():
     return errs, calls == [True]
 
 
+def _run_public_8k_case():
+    """The public call at L = 8192 (n = 16384) with the two-halves kernel on: its forward
+    keeps z, and the long-path backward runs the correlation on the same kernel (conjugate
+    spectrum, an fp32 dv) and the filter gradient on the long kernels; every gradient against
+    float64 (fp16, B = 3, H = 2)."""
+    from kernels.fftconv import fftconv, triton_fwd
+
+    u, k, pre, post, bias = make_inputs(3, 2, 8192, 8192, torch.float16, True, seed=2)
+    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
+    launch = triton_fwd.launch
+    calls = []
+
+    def counted(*args, **kwargs):
+        out = kwargs.get("out")
+        calls.append((kwargs.get("halves"), None if out is None else str(out.dtype)))
+        return launch(*args, **kwargs)
+
+    triton_fwd.launch = counted
+    try:
+        with triton_fwd.use_halves(True):
+            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
+                        backend="triton")  # fmt: skip
+            dy = torch.randn_like(y)
+            grads = torch.autograd.grad(y, leaves, dy)
+    finally:
+        triton_fwd.launch = launch
+    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
+    ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
+                  bias=bias.double(), backend="torch")  # fmt: skip
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    errs = {"y": rel_err(y, ref)}
+    errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
+    return errs, calls == [(True, None), (True, "torch.float32")]
+
+
 def _interpreter_main() -> None:
     start_interpreter()
     results = {}
     jobs = [(cid, _run_halves_case, args) for cid, args in HALVES_CASES.items()]
     jobs += [("layout", _run_layout_case, ()), ("public", _run_public_case, ())]
+    jobs += [("public-8k", _run_public_8k_case, ())]
     for cid, run, args in jobs:
         errs, ok = run(*args)
         results[cid] = {"errs": errs, "ok": bool(ok)}
@@ -179,6 +215,14 @@ def test_interpreter_halves_public_call(interpreted):
     """One forward launch (the two-halves kernel), gradients right (fp16: the default takes
     fp16/bf16 plans only)."""
     res = interpreted["public"]
+    assert res["ok"], res
+    assert all(err < TOL[torch.float16] for err in res["errs"].values()), res
+
+
+def test_interpreter_halves_public_call_at_8k(interpreted):
+    """L = 8192: the two-halves forward (z kept) and the backward's correlation on the same
+    kernel (fp32 dv), gradients right (fp16)."""
+    res = interpreted["public-8k"]
     assert res["ok"], res
     assert all(err < TOL[torch.float16] for err in res["errs"].values()), res
 
@@ -262,6 +306,8 @@ def test_halves_passes_refused_and_in_place_falls_back(monkeypatch):
     spectrum = torch.zeros(3, 513, dtype=torch.complex64)
     with pytest.raises(ValueError, match="halves_passes must be 1 or 2; got 3"):
         triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True, halves_passes=3)
+    with pytest.raises(ValueError, match=r"out must be contiguous, of dtype in .*float64"):
+        triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True, out=u.double())
     seen = []
     monkeypatch.setattr(triton_fwd, "kernel_of", lambda meta: seen.append(meta["HALF"]) or _Noop())
     triton_fwd.launch(u, spectrum, None, None, None, 1024, halves=True)
