@@ -130,6 +130,7 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -308,6 +309,14 @@ def _add_to_slot(dk_slot_ptr, offs_spec, PLANE: tl.constexpr, q_re, q_im, p_re, 
 
 
 @triton.jit
+def _twist(v, w, rw_re, rw_im, cw_re, cw_im):
+    """``(v + i w) * r * c`` (r a row factor, c a column factor, broadcast), fp32 planes."""
+    re = v * rw_re - w * rw_im
+    im = v * rw_im + w * rw_re
+    return re * cw_re - im * cw_im, re * cw_im + im * cw_re
+
+
+@triton.jit
 def _load_pair(ptr, row_v, row_w, offs, mask_v, mask_w):
     return _load_row(ptr, row_v, offs, mask_v), _load_row(ptr, row_w, offs, mask_w)
 
@@ -362,7 +371,11 @@ def _fftconv_bwd_kernel(
     Z_IN: tl.constexpr,
     BLOCKED: tl.constexpr,
     PRECISION: tl.constexpr,
+    TWIST: tl.constexpr = False,
 ):
+    # TWIST (the filter gradient alone): v and dz twiddled by w_(2n)^t before their transforms
+    # (a row factor, then a column factor), so that S sums the odd bins of their size-2n spectra
+    # (the two-halves forward's odd half; ``filter_grad_halves``).
     # STEPS: the pairs of one block of the loop (a constexpr trip count, software-pipelined
     # STAGES deep; the chunk is a whole number of blocks, the pairs past its end masked out).
     # STORE_Q / LOAD_Q: the split backward's two kernels hand Q over through memory: the first
@@ -376,6 +389,11 @@ def _fftconv_bwd_kernel(
     TRANSFORM_Z: tl.constexpr = NEED_DPOSTGATE and not Z_IN  # z = Inv(P * K) here
     NEED_P: tl.constexpr = NEED_DK or TRANSFORM_Z  # the spectrum of v
     GUARD: tl.constexpr = STAGES > 1  # table loads in the loop kept out of the pipeline
+    if TWIST:
+        tl.static_assert(
+            not (NEED_DV or NEED_DPOSTGATE or NEED_DBIAS or BLOCKED),
+            "a twisted backward computes the filter gradient alone (dense plans)",
+        )
     # BLOCKED: every row cut into NB blocks of S = n/2 samples, one sequence per block (ROWS =
     # N1/2): v the block, dz the window of the block and the next (all N1 rows), dv the block
     S: tl.constexpr = ROWS * N2
@@ -426,6 +444,14 @@ def _fftconv_bwd_kernel(
     else:
         G2 = F2
     TW = _handle(twiddle_ptr, offs_tile, N1 * N2, HOIST)  # [N1, N2]
+    if TWIST:  # w_(2n)^t = w_(2n)^(N2 t1) w_(2n)^t2, t = N2 t1 + t2: row and column factors, fp32
+        ANGLE: tl.constexpr = -6.283185307179586 / (2 * N1 * N2)
+        angle_r = (offs_r * N2).to(tl.float32) * ANGLE
+        angle_c = offs_n2.to(tl.float32) * ANGLE
+        rw_re = tl.cos(angle_r)[:, None]
+        rw_im = tl.sin(angle_r)[:, None]
+        cw_re = tl.cos(angle_c)[None, :]
+        cw_im = tl.sin(angle_c)[None, :]
     K = _handle(kf_ptr, offs_spec, SPEC, HOIST)  # the filter spectrum [N1, K2]
     if BLOCKED:
         offs_f1z = offs_n1[:, None] * N1 + offs_n1[None, :]  # [N1, N1]
@@ -513,6 +539,8 @@ def _fftconv_bwd_kernel(
                 if NEED_DBIAS:
                     dy_v, dy_w = _load_pair(dy_ptr, row_v, row_w, offs_t, mask_v, mask_w)
                     dbias += tl.sum(dy_v * v + dy_w * w, axis=0)
+            if NEED_P and TWIST:
+                v, w = _twist(v, w, rw_re, rw_im, cw_re, cw_im)
             if NEED_P:
                 p_re, p_im = _forward_transform(
                     v.to(op_dtype), w.to(op_dtype), F1_at, TW_at, F2_at, live, HOIST, GUARD,
@@ -557,6 +585,8 @@ def _fftconv_bwd_kernel(
                     )
                     dz_v *= post_v
                     dz_w *= post_w
+                if TWIST:
+                    dz_v, dz_w = _twist(dz_v, dz_w, rw_re, rw_im, cw_re, cw_im)
                 q_re, q_im = _forward_transform(
                     dz_v.to(op_dtype), dz_w.to(op_dtype), F1Z_at, TW_at, F2_at, live, HOIST, GUARD,
                     PRECISION,
@@ -809,6 +839,48 @@ def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:
     return torch.fft.ifft(S, norm="forward").real[:, :m]
 
 
+def filter_grad_halves(
+    dy: Tensor,
+    u: Tensor,
+    kf: Tensor,
+    pregate: Tensor | None,
+    postgate: Tensor | None,
+    n: int,
+    taps: int,
+    **launch_options,
+) -> Tensor:
+    """The filter gradient ``[H, taps]`` fp32 of a dense size-n convolution of sequences of at
+    most n/2 samples (the two-halves forward's plans, ``triton_fwd``), from two launches of
+    the size-n/2 backward: its spectrum's even bins are the size-n/2 cross spectrum of dz and
+    v, its odd bins that of ``dz w_n^t`` and ``v w_n^t`` (``launch(twist=True)``), and for
+    ``s < n/2``
+
+        d_kc[s] = ( ifft(S_even)[s] + w_n^-s ifft(S_odd)[s] ) / 2     (real parts)
+
+    kf: the size-n rfft ``[H, n//2+1]`` (only its even bins' shape is used: the launches lay out
+    a spectrum they do not read). Dense spectra only (no frequency cut-off)."""
+    m = n // 2
+    if u.shape[-1] > m or not 1 <= taps <= m:
+        raise ValueError(
+            f"filter_grad_halves: L and taps must be <= n/2 = {m}; got L={u.shape[-1]}, taps={taps}"
+        )
+    needs = (False, True, False, False, False)
+    kf_even = kf[:, ::2].contiguous()  # [H, m/2 + 1]: the size-m rfft of the folded filter
+    grads = []
+    for twist in (False, True):
+        spectrum = launch(
+            dy, u, kf_even, pregate, postgate, None, m, needs, twist=twist, **launch_options
+        )[1]
+        H, _, N1, N2 = spectrum.shape
+        S = torch.complex(spectrum[:, 0], spectrum[:, 1]).transpose(1, 2).reshape(H, m)
+        g = torch.fft.ifft(S, norm="forward")[:, :taps]
+        if twist:
+            s = torch.arange(taps, device=g.device, dtype=torch.float64)
+            g = g * torch.polar(torch.ones_like(s), (2.0 * math.pi / n) * s).to(g.dtype)
+        grads.append(g.real)
+    return 0.5 * (grads[0] + grads[1])
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few chunks per channel, to exercise the partial sums
@@ -909,6 +981,7 @@ def launch(
     blocked: bool = False,
     keep_bins: int | None = None,
     z: Tensor | None = None,
+    twist: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """The kernel (or the two kernels of a split ``config``): ``(d_u, dk_spectrum, d_pregate,
     d_postgate, d_bias)``, None where ``needs`` (for u, k, pregate, postgate, bias) is False.
@@ -928,9 +1001,16 @@ def launch(
     then takes ``dy * z`` from it, with no transform of v for it (8 of the gated kernel's 32
     products per pair). A blocked plan needs one for d_postgate (z needs the previous block of
     v, which the backward does not transform): without it the blocked forward kernel computes
-    it first.
+    it first. ``twist`` (the filter gradient alone, dense): v and dz twiddled by ``w_(2n)^t``
+    first, so that the spectrum sums the odd bins of their size-2n spectra
+    (``filter_grad_halves``).
     """
     B, H, L = u.shape
+    if twist and (blocked or tuple(needs) != (False, True, False, False, False)):
+        raise ValueError(
+            f"twist: the filter gradient alone of a dense plan; got needs={tuple(needs)}, "
+            f"blocked={blocked}"
+        )
     if keep_bins is not None and keep_bins < 1:
         raise ValueError(f"keep_bins must be None or >= 1; got {keep_bins}")
     if blocked:
@@ -1060,6 +1140,7 @@ def launch(
             Z_IN=z_in,
             BLOCKED=blocked,
             PRECISION=precision or dot_precision(u),
+            TWIST=twist,
             num_warps=kernel_config.num_warps,
         )
 

@@ -126,7 +126,7 @@ import triton
 from torch import Tensor
 
 from ..backends import build_constants, canonical_device, device_guard, sm_count
-from . import core, reference, triton_fwd
+from . import core, reference, triton_bwd, triton_fwd
 from .plan import ConvPlan
 from .triton_long_kernels import (
     cols_fwd2_kernel,
@@ -995,7 +995,9 @@ def long_backward(
     d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
     on the long (or, for small folded plans, the fused) kernels, or on the two-halves kernel
     where the forward runs it (``triton_fwd.halves_for``); d_postgate = dy * z with z
-    recomputed on the same kernels; d_bias by torch; d_kc by ``filter_grad_long`` where d_u's
+    recomputed on the same kernels; d_bias by torch; d_kc, where the forward runs the two-halves
+    kernel and the spectrum is dense, by ``triton_bwd.filter_grad_halves``, else by
+    ``filter_grad_long`` where d_u's
     correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
     and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
     folded plans at n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
@@ -1018,7 +1020,14 @@ def long_backward(
         and u.shape[0] >= 2
         and (n > MAX_INNER or options.get("n0") is not None)
     )
-    dk_torch = need_k and not dk_kernels
+
+    # where the forward runs the two-halves kernel (a dense spectrum), the filter gradient comes
+    # from two launches of the in-register backward on the halves (triton_bwd.filter_grad_halves)
+    halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
+    dk_halves = need_k and halves and keep >= n // 2 + 1
+    if dk_halves:
+        dk_kernels = False
+    dk_torch = need_k and not (dk_kernels or dk_halves)
 
     # dz and v in fp32, each computed once for whichever gradients need it
     dz = v = None
@@ -1037,7 +1046,7 @@ def long_backward(
             dv = _linear(dlin, kf, plan, L, conj=True, **dict(options)).float()
             if bias is not None:
                 dv = dv + bias.float()[:, None] * dy.float()
-        elif not options and triton_fwd.halves_for(n, L, False, u.dtype):
+        elif halves:
             # where the forward runs the two-halves kernel, the correlation does too (the
             # conjugate spectrum), into an fp32 dv; the skip term's share added here (the
             # kernel's would be bias * dz)
@@ -1067,7 +1076,11 @@ def long_backward(
             d_pre = (dv * u.float()).to(pregate.dtype)
         if need_u:
             d_u = (dv * pregate.float() if pregate is not None else dv).to(u.dtype)
-    if need_k and dk_kernels:
+    if dk_halves:
+        d_k = triton_bwd.filter_grad_halves(
+            dy.to(u.dtype), u, kf, pregate, postgate, n, kc.shape[-1]
+        ).to(kc.dtype)
+    elif need_k and dk_kernels:
         split = make_split(n, options.get("n0"), u.dtype)
         launch = {key: val for key, val in options.items() if key not in ("n0", "rows")}
         if plan.fold:  # window^T(dz) is 2L - 1 samples long: gated here, read as it is

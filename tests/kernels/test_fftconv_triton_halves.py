@@ -59,6 +59,30 @@ HALVES_CASES = {
 }
 
 
+# (B, H, L, n, taps, dtype, gated): the filter gradient from the two halves of the in-register
+# backward (``triton_bwd.filter_grad_halves``): odd B, a prime L, fewer taps than L, no gates
+DK_CASES = {
+    "dk-n512-L256-fp32-gated": (3, 2, 256, 512, 256, "fp32", True),
+    "dk-n1024-L509-fp16-taps300": (5, 2, 509, 1024, 300, "fp16", True),
+    "dk-n2048-L1000-fp32-plain-B1": (1, 3, 1000, 2048, 1000, "fp32", False),
+}
+
+
+def _run_dk_case(B, H, L, n, taps, dtype_name, gated):
+    from kernels.fftconv import triton_bwd
+
+    dtype = DTYPES[dtype_name]
+    u, k, pre, post, _ = make_inputs(B, H, L, taps, dtype, gated, seed=L + taps)
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(n)).to(dtype)
+    kf = torch.fft.rfft(k, n=n)
+    got = triton_bwd.filter_grad_halves(dy, u, kf, pre, post, n, taps)
+    v = u.double() * pre.double() if gated else u.double()
+    dz = dy.double() * post.double() if gated else dy.double()
+    cross = (torch.fft.rfft(dz, n=n) * torch.fft.rfft(v, n=n).conj()).sum(dim=0)
+    ref = torch.fft.irfft(cross, n=n)[:, :taps]
+    return {"dk": rel_err(got, ref)}, got.shape == (H, taps)
+
+
 def _run_halves_case(B, H, L, n, dtype_name, gated, options):
     from kernels.fftconv import triton_fwd
 
@@ -148,22 +172,26 @@ def _run_public_case():
 
 def _run_public_8k_case():
     """The public call at L = 8192 (n = 16384) with the two-halves kernel on: its forward
-    keeps z, and the long-path backward runs the correlation on the same kernel (conjugate
-    spectrum, an fp32 dv) and the filter gradient on the long kernels; every gradient against
-    float64 (fp16, B = 3, H = 2)."""
-    from kernels.fftconv import fftconv, triton_fwd
+    keeps z, and the backward runs the correlation on the same kernel (conjugate spectrum, an
+    fp32 dv) and the filter gradient on the in-register backward's two halves (the odd one
+    twisted); every gradient against float64 (fp16, B = 3, H = 2)."""
+    from kernels.fftconv import fftconv, triton_bwd, triton_fwd
 
     u, k, pre, post, bias = make_inputs(3, 2, 8192, 8192, torch.float16, True, seed=2)
     leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
-    launch = triton_fwd.launch
-    calls = []
+    launch, bwd_launch = triton_fwd.launch, triton_bwd.launch
+    calls, bwd_calls = [], []
 
     def counted(*args, **kwargs):
         out = kwargs.get("out")
         calls.append((kwargs.get("halves"), None if out is None else str(out.dtype)))
         return launch(*args, **kwargs)
 
-    triton_fwd.launch = counted
+    def counted_bwd(*args, **kwargs):
+        bwd_calls.append((args[6], kwargs.get("twist")))  # (n, twist)
+        return bwd_launch(*args, **kwargs)
+
+    triton_fwd.launch, triton_bwd.launch = counted, counted_bwd
     try:
         with triton_fwd.use_halves(True):
             y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
@@ -171,14 +199,15 @@ def _run_public_8k_case():
             dy = torch.randn_like(y)
             grads = torch.autograd.grad(y, leaves, dy)
     finally:
-        triton_fwd.launch = launch
+        triton_fwd.launch, triton_bwd.launch = launch, bwd_launch
     ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
     ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
                   bias=bias.double(), backend="torch")  # fmt: skip
     ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
     errs = {"y": rel_err(y, ref)}
     errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
-    return errs, calls == [(True, None), (True, "torch.float32")]
+    ok = calls == [(True, None), (True, "torch.float32")]
+    return errs, ok and bwd_calls == [(8192, False), (8192, True)]
 
 
 def _interpreter_main() -> None:
@@ -187,6 +216,7 @@ def _interpreter_main() -> None:
     jobs = [(cid, _run_halves_case, args) for cid, args in HALVES_CASES.items()]
     jobs += [("layout", _run_layout_case, ()), ("public", _run_public_case, ())]
     jobs += [("public-8k", _run_public_8k_case, ())]
+    jobs += [(cid, _run_dk_case, args) for cid, args in DK_CASES.items()]
     for cid, run, args in jobs:
         errs, ok = run(*args)
         results[cid] = {"errs": errs, "ok": bool(ok)}
@@ -205,6 +235,28 @@ def test_interpreter_halves(interpreted, case):
     res = interpreted[case]
     assert res["ok"], res
     assert all(err < TOL[dtype] for err in res["errs"].values()), res
+
+
+@pytest.mark.parametrize("case", list(DK_CASES))
+def test_interpreter_filter_grad_halves(interpreted, case):
+    """The filter gradient of the size-n problem from the size-n/2 backward on the even bins
+    and, twisted, on the odd bins, against float64."""
+    dtype = DTYPES[DK_CASES[case][5]]
+    res = interpreted[case]
+    assert res["ok"], res
+    assert res["errs"]["dk"] < TOL[dtype], res
+
+
+def test_filter_grad_halves_refuses_what_it_does_not_compute():
+    from kernels.fftconv import triton_bwd
+
+    u = torch.randn(2, 3, 300)
+    kf = torch.zeros(3, 513, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="twist: the filter gradient alone"):
+        triton_bwd.launch(u, u, kf, None, None, None, 1024, (True, True, False, False, False),
+                          twist=True)  # fmt: skip
+    with pytest.raises(ValueError, match="L and taps must be <= n/2 = 512"):
+        triton_bwd.filter_grad_halves(u, u, kf, None, None, 1024, 600)
 
 
 def test_interpreter_halves_layout(interpreted):
@@ -402,6 +454,27 @@ def test_gpu_halves_poisoned(B, L, gates, options, dtype):
     if want_z:
         assert not z_out.isnan().any()
         assert rel_err(z_out, z) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(("B", "L", "taps"), [(7, 8192, 8192), (4, 6001, 3000), (1, 4097, 4097)])
+def test_gpu_filter_grad_halves(B, L, taps, dtype):
+    """n = 16384: the filter gradient from the size-8192 backward's two halves (the odd one
+    twisted) against float64, gated, with the launcher's defaults."""
+    from kernels.fftconv import triton_bwd
+
+    n = 16384
+    u, k, pre, post, _ = make_inputs(B, 5, L, taps, dtype, True, seed=L, device="cuda")
+    dy = torch.randn(B, 5, L, device="cuda").to(dtype)
+    kf = torch.fft.rfft(k, n=n)
+    got = triton_bwd.filter_grad_halves(dy, u, kf, pre, post, n, taps)
+    v = u.double() * pre.double()
+    dz = dy.double() * post.double()
+    cross = (torch.fft.rfft(dz, n=n) * torch.fft.rfft(v, n=n).conj()).sum(dim=0)
+    ref = torch.fft.irfft(cross, n=n)[:, :taps]
+    assert not got.isnan().any()
+    assert rel_err(got, ref) < TOL[dtype]
 
 
 @pytest.mark.gpu
