@@ -847,6 +847,7 @@ def filter_grad_halves(
     postgate: Tensor | None,
     n: int,
     taps: int,
+    keep_bins: int | None = None,
     **launch_options,
 ) -> Tensor:
     """The filter gradient ``[H, taps]`` fp32 of a dense size-n convolution of sequences of at
@@ -858,7 +859,9 @@ def filter_grad_halves(
         d_kc[s] = ( ifft(S_even)[s] + w_n^-s ifft(S_odd)[s] ) / 2     (real parts)
 
     kf: the size-n rfft ``[H, n//2+1]`` (only its even bins' shape is used: the launches lay out
-    a spectrum they do not read). Dense spectra only (no frequency cut-off)."""
+    a spectrum they do not read). ``keep_bins``: the frequency cut-off of a sparse filter,
+    applied to the size-n bins of both halves before the inverse (the launches compute every
+    column: their skip is defined on the size-n/2 spectrum's own symmetry)."""
     m = n // 2
     if u.shape[-1] > m or not 1 <= taps <= m:
         raise ValueError(
@@ -873,6 +876,9 @@ def filter_grad_halves(
         )[1]
         H, _, N1, N2 = spectrum.shape
         S = torch.complex(spectrum[:, 0], spectrum[:, 1]).transpose(1, 2).reshape(H, m)
+        if keep_bins is not None and keep_bins < n // 2 + 1:
+            k = 2 * torch.arange(m, device=S.device) + int(twist)  # the size-n bin of each
+            S = torch.where((k >= keep_bins) & (k <= n - keep_bins), 0, S)
         g = torch.fft.ifft(S, norm="forward")[:, :taps]
         if twist:
             s = torch.arange(taps, device=g.device, dtype=torch.float64)

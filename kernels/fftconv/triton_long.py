@@ -996,7 +996,7 @@ def long_backward(
     on the long (or, for small folded plans, the fused) kernels, or on the two-halves kernel
     where the forward runs it (``triton_fwd.halves_for``); d_postgate = dy * z with z
     recomputed on the same kernels; d_bias by torch; d_kc, where the forward runs the two-halves
-    kernel and the spectrum is dense, by ``triton_bwd.filter_grad_halves``, else by
+    kernel, by ``triton_bwd.filter_grad_halves``, else by
     ``filter_grad_long`` where d_u's
     correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
     and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
@@ -1021,10 +1021,10 @@ def long_backward(
         and (n > MAX_INNER or options.get("n0") is not None)
     )
 
-    # where the forward runs the two-halves kernel (a dense spectrum), the filter gradient comes
-    # from two launches of the in-register backward on the halves (triton_bwd.filter_grad_halves)
+    # where the forward runs the two-halves kernel, the filter gradient comes from two launches
+    # of the in-register backward on the halves (triton_bwd.filter_grad_halves)
     halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
-    dk_halves = need_k and halves and keep >= n // 2 + 1
+    dk_halves = need_k and halves
     if dk_halves:
         dk_kernels = False
     dk_torch = need_k and not (dk_kernels or dk_halves)
@@ -1078,7 +1078,7 @@ def long_backward(
             d_u = (dv * pregate.float() if pregate is not None else dv).to(u.dtype)
     if dk_halves:
         d_k = triton_bwd.filter_grad_halves(
-            dy.to(u.dtype), u, kf, pregate, postgate, n, kc.shape[-1]
+            dy.to(u.dtype), u, kf, pregate, postgate, n, kc.shape[-1], keep
         ).to(kc.dtype)
     elif need_k and dk_kernels:
         split = make_split(n, options.get("n0"), u.dtype)

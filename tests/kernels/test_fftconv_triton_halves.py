@@ -59,26 +59,30 @@ HALVES_CASES = {
 }
 
 
-# (B, H, L, n, taps, dtype, gated): the filter gradient from the two halves of the in-register
-# backward (``triton_bwd.filter_grad_halves``): odd B, a prime L, fewer taps than L, no gates
+# (B, H, L, n, taps, dtype, gated[, keep_bins]): the filter gradient from the two halves of the
+# in-register backward (``triton_bwd.filter_grad_halves``): odd B, a prime L, fewer taps than L,
+# no gates, a frequency cut-off
 DK_CASES = {
     "dk-n512-L256-fp32-gated": (3, 2, 256, 512, 256, "fp32", True),
     "dk-n1024-L509-fp16-taps300": (5, 2, 509, 1024, 300, "fp16", True),
     "dk-n2048-L1000-fp32-plain-B1": (1, 3, 1000, 2048, 1000, "fp32", False),
+    "dk-n2048-L1024-fp16-sparse": (4, 2, 1024, 2048, 1024, "fp16", True, 301),
 }
 
 
-def _run_dk_case(B, H, L, n, taps, dtype_name, gated):
+def _run_dk_case(B, H, L, n, taps, dtype_name, gated, keep=None):
     from kernels.fftconv import triton_bwd
 
     dtype = DTYPES[dtype_name]
     u, k, pre, post, _ = make_inputs(B, H, L, taps, dtype, gated, seed=L + taps)
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(n)).to(dtype)
     kf = torch.fft.rfft(k, n=n)
-    got = triton_bwd.filter_grad_halves(dy, u, kf, pre, post, n, taps)
+    got = triton_bwd.filter_grad_halves(dy, u, kf, pre, post, n, taps, keep)
     v = u.double() * pre.double() if gated else u.double()
     dz = dy.double() * post.double() if gated else dy.double()
     cross = (torch.fft.rfft(dz, n=n) * torch.fft.rfft(v, n=n).conj()).sum(dim=0)
+    if keep is not None:
+        cross[:, keep:] = 0  # the cut-off: the gradient is low-passed as the spectrum is
     ref = torch.fft.irfft(cross, n=n)[:, :taps]
     return {"dk": rel_err(got, ref)}, got.shape == (H, taps)
 
