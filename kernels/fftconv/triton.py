@@ -9,11 +9,11 @@ power-of-two length) with FFT size ``256 <= n <= 8192`` runs in one in-register 
 (``triton_fwd.py``); n > 8192 up to 2^23 (causal L = 4M) and every folded plan (circular, L not
 a power of two) run on the outer Monarch step through HBM around the same kind of fused inner
 kernel (``triton_long.py``); dense plans of n = 16384 whose input fits 8192 samples may instead
-run in one program as two size-8192 convolutions (``triton_fwd``'s two halves: where
-``triton_fwd.HALVES_AT`` or ``use_halves`` says; not the default, slower than the long path as
-measured). What is left (n < 256 without a fold, folded plans below n = 256
-with a frequency cut-off, n > 2^23, fp64) runs on the primitives below, which delegate to
-torch.fft: correct everywhere.
+run as two size-8192 convolutions on the in-register kernels, forward and backward
+(``triton_fwd``'s two halves, ``triton_bwd.filter_grad_halves``: where ``triton_fwd.HALVES_AT``
+or ``use_halves`` says; not the default until timed). What is left (n < 256 without a fold,
+folded plans below n = 256 with a frequency cut-off, n > 2^23, fp64) runs on the primitives
+below, which delegate to torch.fft: correct everywhere.
 
 The backward (``fused_backward``): the same plans (non-fold, ``256 <= n <= 8192``) take one
 fused kernel for all five gradients (``triton_bwd.py``); the long and folded plans go to
@@ -44,8 +44,9 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
         triton_fwd.constants(n, device, dtype)
         if n in triton_fwd.THREE_STAGE_SIZES:  # the three-stage forward's (gated defaults)
             triton_fwd.constants3(n, device, dtype)
-    if n in triton_fwd.HALVES_AT and triton_fwd.supports_halves(n, n // 2, False, dtype):
-        triton_fwd.constants(n // 2, device, dtype)  # the two-halves forward's
+    if triton_fwd.halves_for(n, n // 2, False, dtype):  # the two-halves kernels', at n / 2
+        triton_fwd.constants(n // 2, device, dtype)
+        triton_bwd.prepare(n // 2, device, dtype)
     if triton_bwd.supports(n, False, dtype):
         triton_bwd.prepare(n, device, dtype)
     triton_long.prepare(n, device, dtype)

@@ -534,3 +534,20 @@ def test_halves_plans_keep_z():
         assert not triton.keeps_z(make_plan("causal", 16384, 16384), torch.bfloat16)
     with triton_fwd.use_halves(False):
         assert not triton.keeps_z(plan, torch.bfloat16)
+
+
+def test_prepare_builds_the_halves_tables_where_they_run():
+    """``prepare`` (before a CUDA graph capture, where nothing can be built) builds the size-n/2
+    tables of the two-halves kernels (forward and backward) where they run the plan, and not
+    where the long path does."""
+    from kernels.fftconv import triton, triton_fwd
+
+    device = torch.device("cpu")
+    n = triton_fwd.HALVES_MAX_FFT
+    N1, N2 = triton_fwd.split(n // 2)
+    for on in (False, True):
+        for key in [key for key in triton_fwd._CONSTANTS if key[:2] == (N1, N2)]:
+            del triton_fwd._CONSTANTS[key]
+        with triton_fwd.use_halves(on):
+            triton.prepare(n, device, torch.float16)
+        assert ((N1, N2, device, torch.float16) in triton_fwd._CONSTANTS) == on
