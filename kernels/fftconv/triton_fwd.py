@@ -96,9 +96,10 @@ Design choices:
   even half's E tile and the twiddled input live across the other half; the sm_90 compile
   (bf16, 8 warps, one stage: two ask for 248 KB of shared memory) spills 1.4-1.7 KB; with the
   twiddle as a tile (1.8-1.9 KB) it measured 2.6 ms plain (H100; NOTES, "The two-halves
-  kernel"). The two-launch sm_90 compiles
-  spill 0.36-0.59 KB (even) and 0.8-1.2 KB (odd; one stage with a postgate or bias: two ask for
-  280 KB). fp32 spills 9 KB in one launch and is never the default.
+  kernel"). The two-launch sm_90 compiles spill 0.36-0.59 KB (even) and 0.57-0.95 KB (odd, its
+  column factor folded into the tile's twiddle, which it commutes with; one stage with a
+  postgate or bias: two ask for 280 KB). fp32 spills 9 KB in one launch and is never the
+  default.
 - Sizes: ``MIN_FFT <= n <= MAX_FFT`` (blocked: ``n >= MIN_BLOCKED_FFT``; two halves: ``n/2``
   in that range). Smaller n would need a DFT factor below 16; larger n does not fit one
   program's registers. ``supports`` (``supports_halves``) says which plans run here; the
@@ -890,7 +891,12 @@ def _fftconv_fwd_kernel(
             else:
                 xo_re = v * rw_re[:, None]
                 xo_im = v * rw_im[:, None]
-            xo_re, xo_im = _twiddle(xo_re, xo_im, cw_re[None, :], cw_im[None, :], False)
+            if ODD_ONLY:
+                # the column factor w_n^t2 folded into the tile's twiddle (it commutes with the
+                # first stage and with the last inverse one): fewer spills in this launch
+                two_re, two_im = _twiddle(tw_re, tw_im, cw_re[None, :], cw_im[None, :], False)
+            else:
+                xo_re, xo_im = _twiddle(xo_re, xo_im, cw_re[None, :], cw_im[None, :], False)
             xo_re = xo_re.to(op_dtype)
             xo_im = xo_im.to(op_dtype)
         if not HOLD_FILTER:
@@ -902,12 +908,11 @@ def _fftconv_fwd_kernel(
             # the odd half alone: its z as below, plus the even half's, which the launch before
             # wrote to y (read back by the same positions before they are written again)
             eo_re, eo_im = _spectral_product(
-                xo_re, xo_im, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im,
+                xo_re, xo_im, f1_re, f1_im, two_re, two_im, f2_re, f2_im, g2_re, g2_im,
                 k_re, k_im, True, PRECISION,
             )  # fmt: skip
             r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
             r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
-            r_re, r_im = _twiddle(r_re, r_im, cw_re[None, :], cw_im[None, :], True)
             r_re, r_im = _twiddle(r_re, r_im, rw_re[:, None], rw_im[:, None], True)
             z_v = (r_re + _load_row(y_ptr, row_v, out_v, mask_out_v)) * 0.5
             if PAIR:
