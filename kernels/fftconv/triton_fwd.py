@@ -299,12 +299,7 @@ def kept_columns(n: int, keep_bins: int | None, *, N1: int | None = None) -> tup
     bins ``k1 + N1 k2``: ``low >= cdiv(keep_bins, N1)`` puts the first skipped one at or past
     ``keep_bins``, and ``N2 - high <= (n - keep_bins + 1) // N1`` the last one's at or below
     ``n - keep_bins``): the bins a low-pass at ``keep_bins`` zeroes."""
-    N1, N2 = split(n) if N1 is None else (N1, n // N1)
-    if keep_bins is None or keep_bins >= n // 2 + 1:
-        return N2, 0
-    low = triton.cdiv(keep_bins, N1)  # bins k < keep_bins: columns k // N1
-    high = N2 - (n - keep_bins + 1) // N1  # their mirrors k > n - keep_bins
-    return padded_columns(low, high, N2)
+    return outer_kept_columns(n, 1, keep_bins, M1=N1)
 
 
 def padded_columns(low: int, high: int, N2: int) -> tuple[int, int]:
@@ -349,43 +344,36 @@ LAYOUT_WARPS = 4
 
 
 @contextlib.contextmanager
-def use_layout_kernel(enabled: bool = True) -> Iterator[None]:
+def _overridden(name: str, value) -> Iterator[None]:
+    """Within the block, this module's global ``name`` is ``value`` (the ``use_*`` switches)."""
+    namespace = globals()
+    previous, namespace[name] = namespace[name], value
+    try:
+        yield
+    finally:
+        namespace[name] = previous
+
+
+def use_layout_kernel(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """Within the block, spectrum layouts that do not say otherwise (this module's
     ``spectrum_layout`` and the long path's, forward and backward) run
     ``spectrum_layout_kernel`` (True) or the torch ops (False)."""
-    global _layout_kernel
-    previous, _layout_kernel = _layout_kernel, bool(enabled)
-    try:
-        yield
-    finally:
-        _layout_kernel = previous
+    return _overridden("_layout_kernel", bool(enabled))
 
 
-@contextlib.contextmanager
-def use_filter_layout(layout: str | None) -> Iterator[None]:
+def use_filter_layout(layout: str | None) -> contextlib.AbstractContextManager[None]:
     """Within the block, ``fftconv_fwd`` calls that do not say otherwise take ``layout`` as
     their ``filter_layout`` (None: the per-size default), e.g. the public call in a benchmark."""
-    global _filter_layout
     if layout is not None and layout not in FILTER_LAYOUTS:
         raise ValueError(f"layout must be one of {FILTER_LAYOUTS} or None; got {layout!r}")
-    previous, _filter_layout = _filter_layout, layout
-    try:
-        yield
-    finally:
-        _filter_layout = previous
+    return _overridden("_filter_layout", layout)
 
 
-@contextlib.contextmanager
-def use_halves(enabled: bool | None) -> Iterator[None]:
+def use_halves(enabled: bool | None) -> contextlib.AbstractContextManager[None]:
     """Within the block, dense plans of FFT size ``HALVES_MAX_FFT`` that the two-halves kernel
     can run take it (True) or the long path (False) whatever ``HALVES_AT`` says (None: as it
     says), e.g. the public call in a benchmark."""
-    global _halves
-    previous, _halves = _halves, enabled
-    try:
-        yield
-    finally:
-        _halves = previous
+    return _overridden("_halves", enabled)
 
 
 def layout_kernel_enabled() -> bool:
@@ -453,21 +441,14 @@ def spectrum_layout(
     pass over the spectrum, the permuting one with reads that stride by ``8 N1`` bytes). The
     values are the same, bit for bit. Off CUDA the kernel needs TRITON_INTERPRET=1; without it
     the torch ops run."""
-    N1, N2 = split(n) if N1 is None else (N1, n // N1)
-    H = kf.shape[0]
-    kernel = _layout_kernel if kernel is None else kernel
-    if kernel and kf.shape == (H, n // 2 + 1) and triton_unusable(kf.device.type, __name__) is None:
-        low, high = kept_columns(n, keep_bins, N1=N1)
-        return launch_layout(kf.to(torch.complex64), 1, N1, N2, low, high).view(
-            H, 2, N1, low + high
-        )
-    full = full_spectrum(kf, n)  # [H, n]
-    perm = full.reshape(H, N2, N1).transpose(1, 2)  # [H, N1, N2]
-    spectrum = torch.stack([perm.real, perm.imag], dim=1).float()
-    return select_columns(spectrum, n, keep_bins, N1=N1).contiguous()
+    N1 = split(n)[0] if N1 is None else N1
+    out = outer_spectrum_layout(kf, n, 1, kernel=kernel, keep_bins=keep_bins, M1=N1)
+    return out.view(kf.shape[0], 2, N1, out.shape[-1])  # the one row of n0 = 1
 
 
-def outer_kept_columns(n: int, n0: int, keep_bins: int | None) -> tuple[int, int]:
+def outer_kept_columns(
+    n: int, n0: int, keep_bins: int | None, *, M1: int | None = None
+) -> tuple[int, int]:
     """The columns a2 of the ``[M1, M2]`` tiles of a size-n spectrum cut into ``n0`` rows
     (``M1 x M2 = split(n / n0)``; the long path's rows, the two-halves kernel's halves at
     ``n0 = 2``) that hold the nonzero bins of a spectrum whose rfft bins ``>= keep_bins`` are
@@ -478,8 +459,8 @@ def outer_kept_columns(n: int, n0: int, keep_bins: int | None) -> tuple[int, int
     Row k0 holds bins ``k = k0 + N0 j``, ``j = a1 + M1 a2``. The nonzero ones below the cut,
     ``k <= keep_bins - 1``, have ``j <= (keep_bins - 1) // N0``; their mirrors, ``k >= n -
     keep_bins + 1``, have ``j >= cdiv(n - keep_bins + 2 - N0, N0)`` (the largest k0 reaches
-    lowest)."""
-    M1, M2 = split(n // n0)
+    lowest). ``M1``: the rows' factors ``M1 x n / (n0 M1)`` (default ``split(n / n0)``)."""
+    M1, M2 = split(n // n0) if M1 is None else (M1, n // n0 // M1)
     if keep_bins is None or keep_bins >= n // 2 + 1:
         return M2, 0
     low = ((keep_bins - 1) // n0) // M1 + 1
@@ -495,10 +476,12 @@ def outer_spectrum_layout(
     conj: bool = False,
     kernel: bool | None = None,
     keep_bins: int | None = None,
+    M1: int | None = None,
 ) -> Tensor:
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N0, 2, M1, K2]`` fp32, the spectrum
-    cut into ``n0`` rows (``M1 x M2 = split(n / n0)``): ``[h, k0, 0|1, a1, a2]`` = real|imag of
-    bin ``k0 + N0 (a1 + M1 a2)`` of the full (Hermitian) spectrum, conjugated when ``conj``.
+    cut into ``n0`` rows (``M1 x M2 = split(n / n0)``, or the ``M1`` given): ``[h, k0, 0|1, a1,
+    a2]`` = real|imag of bin ``k0 + N0 (a1 + M1 a2)`` of the full (Hermitian) spectrum,
+    conjugated when ``conj``.
     ``keep_bins``: kf's bins from there on are zero; only the columns a2 that hold the others
     are laid out (``outer_kept_columns``; all M2 = K2 when dense).
 
@@ -507,12 +490,12 @@ def outer_spectrum_layout(
     torch ops (a concatenation and a permuting copy whose reads stride by ``8 N0 M1`` bytes).
     The values are the same, bit for bit. Off CUDA the kernel needs TRITON_INTERPRET=1; without
     it the torch ops run."""
-    M1, M2 = split(n // n0)
+    M1, M2 = split(n // n0) if M1 is None else (M1, n // n0 // M1)
     H = kf.shape[0]
     if kf.shape != (H, n // 2 + 1) or not kf.is_complex():
         raise ValueError(f"kf must be complex of shape (H, {n // 2 + 1}); got {tuple(kf.shape)}")
     kf = kf.to(torch.complex64)
-    low, high = outer_kept_columns(n, n0, keep_bins)
+    low, high = outer_kept_columns(n, n0, keep_bins, M1=M1)
     kernel = _layout_kernel if kernel is None else kernel
     if kernel and triton_unusable(kf.device.type, __name__) is None:
         return launch_layout(kf, n0, M1, M2, low, high, conj)
@@ -527,15 +510,8 @@ def spectrum_layout3(kf: Tensor, n: int, *, kernel: bool | None = None) -> Tenso
     """kf ``[H, n//2+1]`` complex (rfft order) -> ``[H, N1, 2, N2, N3]`` fp32, the three-stage
     kernel's order (``split3``): ``[h, k1, 0|1, k2, k3]`` = real|imag of bin ``k1 + N1 k2 +
     N1 N2 k3`` of the full spectrum (dense filters only). ``kernel``: as ``spectrum_layout``
-    (one pass of ``spectrum_layout_kernel``, with ``N0 = N1``, or the torch ops)."""
-    N1, N2, N3 = split3(n)
-    H = kf.shape[0]
-    kernel = _layout_kernel if kernel is None else kernel
-    if kernel and kf.shape == (H, n // 2 + 1) and triton_unusable(kf.device.type, __name__) is None:
-        return launch_layout(kf.to(torch.complex64), N1, N2, N3, N3, 0)
-    full = full_spectrum(kf, n)  # [H, n]
-    perm = full.reshape(H, N3, N2, N1).permute(0, 3, 2, 1)  # [H, k1, k2, k3]
-    return torch.stack([perm.real, perm.imag], dim=2).float().contiguous()
+    (``outer_spectrum_layout`` with ``N0 = N1``: its rows are ``N2 x N3 = split(n / N1)``)."""
+    return outer_spectrum_layout(kf, n, split3(n)[0], kernel=kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1425,15 +1401,10 @@ def launch(
         skip_input=skip_input, device=u.device, transform=transform, hold_filter=hold_filter,
         halves=halves,
     )  # fmt: skip
-    # the launches: one, or (halves in two passes) the even half's raw z, then the odd half
-    half = 1 if passes == 2 else 2
-    meta, programs = kernel_meta(
-        n, B, H, L, u.dtype, gates=gates, store_z=z_out is not None, half=half, **options
+    metas = launch_metas(
+        n, B, H, L, u.dtype, gates=gates, store_z=z_out is not None, passes=passes, **options
     )
-    launches = [(meta, programs, postgate, bias, z_out)]
-    if passes == 2:
-        first = kernel_meta(n, B, H, L, u.dtype, gates=(gates[0], False, False), half=0, **options)
-        launches.insert(0, (*first, None, None, None))
+    meta = metas[-1][0]
     three = "N3" in meta
     if three:
         N1, N2, N3 = meta["N1"], meta["N2"], meta["N3"]
@@ -1480,7 +1451,11 @@ def launch(
             )
     y = torch.empty_like(u) if out is None else out
     with device_guard(u):
-        for meta, programs, post, skip, z in launches:
+        for meta, programs in metas:
+            # a first pass of two takes no postgate, bias or z (its meta says so)
+            post = postgate if meta["HAS_POSTGATE"] else None
+            skip = bias if meta["HAS_BIAS"] else None
+            z = z_out if meta["STORE_Z"] else None
             kernel_of(meta)[(H * programs,)](
                 u,
                 pregate if pregate is not None else u,
@@ -1496,6 +1471,29 @@ def launch(
                 **meta,
             )
     return y
+
+
+def launch_metas(
+    n: int,
+    B: int,
+    H: int,
+    L: int,
+    dtype: torch.dtype,
+    *,
+    gates: tuple[bool, bool, bool],
+    store_z: bool = False,
+    passes: int = 1,
+    **options,
+) -> list[tuple[dict, int]]:
+    """``(kernel_meta, programs per channel)`` of each launch ``launch`` makes, in order: one,
+    or for the two-halves kernel in two passes (``options["halves"]``, ``passes=2``) the even
+    half's with the pregate alone (its raw z to the output), then the odd half's with every
+    gate, the bias and z. ``options``: ``kernel_meta``'s."""
+    if passes == 1:
+        return [kernel_meta(n, B, H, L, dtype, gates=gates, store_z=store_z, **options)]
+    first = kernel_meta(n, B, H, L, dtype, gates=(gates[0], False, False), half=0, **options)
+    second = kernel_meta(n, B, H, L, dtype, gates=gates, store_z=store_z, half=1, **options)
+    return [first, second]
 
 
 def _shares_storage(out: Tensor | None, *tensors: Tensor | None) -> bool:

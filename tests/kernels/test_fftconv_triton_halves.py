@@ -9,13 +9,14 @@ it is the in-register kernel of a causal L <= 8192, every dtype, and the public 
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 import torch
 
 from .fftconv_reference import make_inputs, rel_err, spectrum_conv64
-from .interpreted import count_calls, run_interpreted, start_interpreter
+from .interpreted import run_interpreted, start_interpreter
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -138,39 +139,67 @@ def _run_layout_case():
     return {}, bool(ok)
 
 
+@contextlib.contextmanager
+def _recorded(module, name: str, record):
+    """``module.<name>`` wrapped within the block so that each call appends ``record(args,
+    kwargs)`` to the list the block gets; the function restored after."""
+    original = getattr(module, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(record(args, kwargs))
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, original)
+
+
+def _public_forward(inputs, bias, **call):
+    """The public call on leaf copies of ``inputs = (u, k, pregate, postgate)`` (``call``:
+    fftconv's other keywords, the backend among them): ``(y, leaves)``."""
+    from kernels.fftconv import fftconv
+
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias, **call)
+    return y, leaves
+
+
+def _errors_against_float64(y, leaves, inputs, bias, **call):
+    """y and its gradients (a random cotangent) against the torch backend's in float64 on the
+    same inputs: their relative errors."""
+    from kernels.fftconv import fftconv
+
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [x.double().clone().requires_grad_() for x in inputs]
+    call["backend"] = "torch"
+    ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
+                  bias=bias.double(), **call)  # fmt: skip
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    errs = {"y": rel_err(y, ref)}
+    errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
+    return errs
+
+
 def _run_public_case():
     """The public call with the two-halves default forced on (``use_halves``) for a plan of
     n = 1024 taken as the kernel's size (fp16): forward through ``launch(halves=True)``, the
     backward on the long path, both against float64."""
-    from kernels.fftconv import fftconv, triton_fwd
+    from kernels.fftconv import triton_fwd
 
     u, k, pre, post, bias = make_inputs(3, 2, 300, 300, torch.float16, True, seed=9)
-    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
     saved = triton_fwd.HALVES_MAX_FFT
     triton_fwd.HALVES_MAX_FFT = 1024  # the plan's n (causal L = 300 -> 1024)
-    launch = triton_fwd.launch
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("halves"))
-        return launch(*args, **kwargs)
-
-    triton_fwd.launch = counted
     try:
-        with triton_fwd.use_halves(True):
-            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
-                        backend="triton")  # fmt: skip
+        with _recorded(triton_fwd, "launch", lambda a, kw: kw.get("halves")) as calls:
+            with triton_fwd.use_halves(True):
+                y, leaves = _public_forward((u, k, pre, post), bias, backend="triton")
     finally:
         triton_fwd.HALVES_MAX_FFT = saved
-        triton_fwd.launch = launch
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, leaves, dy)
-    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
-    ref = fftconv(*ref_leaves[:1], ref_leaves[1], pregate=ref_leaves[2],
-                  postgate=ref_leaves[3], bias=bias.double(), backend="torch")  # fmt: skip
-    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
-    errs = {"y": rel_err(y, ref)}
-    errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
+    errs = _errors_against_float64(y, leaves, (u, k, pre, post), bias, backend="triton")
     return errs, calls == [True]
 
 
@@ -179,39 +208,21 @@ def _run_public_8k_case():
     keeps z, and the backward runs the correlation on the same kernel (conjugate spectrum, an
     fp32 dv) and the filter gradient on the in-register backward's two halves (the odd one
     twisted); every gradient against float64 (fp16, B = 3, H = 2)."""
-    from kernels.fftconv import fftconv, triton_bwd, triton_fwd
+    from kernels.fftconv import triton_bwd, triton_fwd
 
     u, k, pre, post, bias = make_inputs(3, 2, 8192, 8192, torch.float16, True, seed=2)
-    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
-    launch, bwd_launch = triton_fwd.launch, triton_bwd.launch
-    calls, bwd_calls = [], []
 
-    def counted(*args, **kwargs):
+    def forward(args, kwargs):
         out = kwargs.get("out")
-        calls.append((kwargs.get("halves"), None if out is None else str(out.dtype)))
-        return launch(*args, **kwargs)
+        return kwargs.get("halves"), None if out is None else str(out.dtype)
 
-    def counted_bwd(*args, **kwargs):
-        bwd_calls.append((args[6], kwargs.get("twist")))  # (n, twist)
-        return bwd_launch(*args, **kwargs)
-
-    triton_fwd.launch, triton_bwd.launch = counted, counted_bwd
-    try:
-        with triton_fwd.use_halves(True):
-            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
-                        backend="triton")  # fmt: skip
-            dy = torch.randn_like(y)
-            grads = torch.autograd.grad(y, leaves, dy)
-    finally:
-        triton_fwd.launch, triton_bwd.launch = launch, bwd_launch
-    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
-    ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
-                  bias=bias.double(), backend="torch")  # fmt: skip
-    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
-    errs = {"y": rel_err(y, ref)}
-    errs |= {f"d{i}": rel_err(g, r) for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True))}
+    with _recorded(triton_fwd, "launch", forward) as calls:
+        with _recorded(triton_bwd, "launch", lambda a, kw: (a[6], kw.get("twist"))) as bwd_calls:
+            with triton_fwd.use_halves(True):
+                y, leaves = _public_forward((u, k, pre, post), bias, backend="triton")
+                errs = _errors_against_float64(y, leaves, (u, k, pre, post), bias)
     ok = calls == [(True, None), (True, "torch.float32")]
-    return errs, ok and bwd_calls == [(8192, False), (8192, True)]
+    return errs, ok and bwd_calls == [(8192, False), (8192, True)]  # (n, twist)
 
 
 def _interpreter_main() -> None:
@@ -302,20 +313,17 @@ def test_halves_refuses_plans_it_does_not_run():
 
 
 def _halves_launches(gates, passes, **options):
-    """The (meta, gates) of each launch ``launch(halves=True, halves_passes=passes)`` makes at
+    """The metas of each launch ``launch(halves=True, halves_passes=passes)`` makes at
     n = 16384, L = 8192 for the benchmark's shape (H = 1024, B * H * L = 2^27, 132 SMs)."""
     from kernels.fftconv import triton_fwd
 
     n, L, H = 16384, 8192, 1024
     B = 2**27 // (H * L)
     common = dict(precision="tf32", sms=132, halves=True, **options)
-    if passes == 1:
-        return [triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=gates, **common)[0]]
-    first = (gates[0], False, False)
-    return [
-        triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=first, half=0, **common)[0],
-        triton_fwd.kernel_meta(n, B, H, L, torch.bfloat16, gates=gates, half=1, **common)[0],
-    ]
+    metas = triton_fwd.launch_metas(
+        n, B, H, L, torch.bfloat16, gates=gates, passes=passes, **common
+    )
+    return [meta for meta, _ in metas]
 
 
 @pytest.mark.parametrize("passes", [1, 2])
@@ -489,34 +497,18 @@ def test_gpu_filter_grad_halves(B, L, taps, dtype):
 def test_gpu_halves_public_call(mode, L, dtype):
     """The public call with the two-halves forward on (``use_halves``): forward and the long
     path's backward against float64 (B = 3, H = 4)."""
-    from kernels.fftconv import fftconv, triton_fwd
+    from kernels.fftconv import triton_fwd
 
     Lk = L if mode == "causal" else 2 * L - 1
     u, k, pre, post, bias = make_inputs(3, 4, L, Lk, dtype, True, seed=L, device="cuda")
-    leaves = [x.clone().requires_grad_() for x in (u, k, pre, post)]
-    launch = triton_fwd.launch
-    calls = count_calls(triton_fwd, "launch")
-    try:
+    with _recorded(triton_fwd, "launch", lambda a, kw: kw.get("halves")) as calls:
         with triton_fwd.use_halves(True):
-            y = fftconv(leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=bias,
-                        mode=mode, backend="triton")  # fmt: skip
-    finally:
-        triton_fwd.launch = launch
+            y, leaves = _public_forward((u, k, pre, post), bias, mode=mode, backend="triton")
     halves_ran = len(calls) == 1
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, leaves, dy)
-    ref_leaves = [x.double().clone().requires_grad_() for x in (u, k, pre, post)]
-    ref = fftconv(ref_leaves[0], ref_leaves[1], pregate=ref_leaves[2], postgate=ref_leaves[3],
-                  bias=bias.double(), mode=mode, backend="torch")  # fmt: skip
-    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    errs = _errors_against_float64(y, leaves, (u, k, pre, post), bias, mode=mode)
     assert halves_ran
-    assert rel_err(y, ref) < TOL[dtype]
-    for g, r in zip(grads, ref_grads, strict=True):
-        assert rel_err(g, r) < TOL[dtype]
-
-
-if __name__ == "__main__":
-    _interpreter_main()
+    for err in errs.values():
+        assert err < TOL[dtype]
 
 
 def test_halves_plans_keep_z():
@@ -551,3 +543,7 @@ def test_prepare_builds_the_halves_tables_where_they_run():
         with triton_fwd.use_halves(on):
             triton.prepare(n, device, torch.float16)
         assert ((N1, N2, device, torch.float16) in triton_fwd._CONSTANTS) == on
+
+
+if __name__ == "__main__":
+    _interpreter_main()
