@@ -21,8 +21,9 @@ time), then ``triton.testing.do_bench`` medians, inputs built outside the timed 
 - with ``--tile``: ``kernel@tile``, the in-register kernel's size-n/2 circular convolution of
   the same sequences on the full tile (one half's work alone, checked against its own float64
   reference);
-- with ``--backward``, gated rows: the public forward + backward with each forward (the
-  backward is the long path's either way).
+- with ``--backward``: the public forward + backward, two-halves kernels off and on (on, the
+  forward keeps z, the input gradient's correlation runs on the two-halves forward kernel and
+  the filter gradient on ``triton_bwd.filter_grad_halves``; off, all on the long path).
 
 Each time is also given as a multiple of the memory floor (``benchmarks.fftconv.floor_ms``).
 """
@@ -156,7 +157,7 @@ def bench_row(
             except Exception as exc:
                 row[f"graph_error_{name}"] = repr(exc)[:300]
         print(f"L={L} gated={gated} {name}: {row[f'ms_{name}']:.3f} ms, err {err:.1e}", flush=True)
-    if backward and gated:
+    if backward:
         row |= _forward_backward(u, k, pre, post, bias)
     return row
 

@@ -218,13 +218,15 @@ def _run_launcher_case(B, H, L, out_len, n, n0, dtype, gated, max_bytes, rows=No
 
 def _run_forward_case(B, H, L, Lk, mode, dtype, gated, freq_keep, path):
     from kernels import fftconv
-    from kernels.fftconv import core, reference
+    from kernels.fftconv import core, reference, triton_fwd
     from kernels.fftconv.plan import make_plan
 
     dt, mode = DTYPES[dtype], MODES[mode]
     u, k, pre, post, bias = make_inputs(B, H, L, Lk, dt, bool(gated), seed=2)
     gates = {"pregate": pre, "postgate": post, "bias": bias}
-    y = fftconv(u, k, **gates, mode=mode, freq_keep=freq_keep, backend="triton")
+    # the long path's cases: the two-halves kernel (its own file's tests) off where it is default
+    with triton_fwd.use_halves(False if path == "long" else None):
+        y = fftconv(u, k, **gates, mode=mode, freq_keep=freq_keep, backend="triton")
     if freq_keep < 1.0:  # torch.fft in float64 on the same plan (the cut is defined there)
         plan = make_plan(mode, L, Lk, freq_keep)
         kc, _ = _spectrum_for(k.double(), plan)
@@ -309,9 +311,10 @@ def _run_rows_backward_case(B, H, L, Lk, mode, dtype, n0, needs, rows, layout):
 
 def _run_public_rows_case(B, H, L, Lk, mode, dtype, rows):
     """The public forward and backward with the rows variant and the layout kernel."""
-    from kernels.fftconv import triton_long
+    from kernels.fftconv import triton_fwd, triton_long
 
-    with triton_long.use_rows_variant(_rows_arg(rows)), triton_long.use_layout_kernel():
+    rows_variant = triton_long.use_rows_variant(_rows_arg(rows))
+    with rows_variant, triton_long.use_layout_kernel(), triton_fwd.use_halves(False):
         return _run_public_backward_case(B, H, L, Lk, mode, dtype)
 
 
