@@ -209,6 +209,7 @@ def bench_length(
     only: tuple[str, ...] = (),
     sparse: bool = True,
     z_twins: bool = False,
+    parts: bool = False,
     **case_options,
 ) -> dict:
     inputs, dy = make_case(L, gated, **case_options)
@@ -227,7 +228,7 @@ def bench_length(
     row.update(time_public(inputs, dy, ref, needs))
     if row["fused"]:
         kf = torch.fft.rfft(k, n=n)
-        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only, z_twins))
+        row.update(time_fused(inputs, dy, kf, ref, n, needs, with_variants, only, z_twins, parts))
     del ref
     if sparse:
         row.update(time_sparse(inputs, dy, needs))
@@ -358,7 +359,7 @@ def _check_and_time(row: dict, prefix: str, name: str, run, out, ref, L: int, ke
         row[f"{prefix}kernel_error_{name}"] = repr(err)[:300]
         row[f"{prefix}kernel_ms_{name}"] = None
         return None
-    d_k = triton_bwd.dk_from_spectrum(dk_spec, L, keep)
+    d_k = triton_bwd.dk_from_spectrum(dk_spec, L, keep) if dk_spec is not None else None
     errs = row[f"{prefix}kernel_err_{name}"] = _errors((d_u, d_k, d_pre, d_post, d_bias), ref)
     ms = median_ms(run) if all(e < TOL_BF16 for e in errs.values()) else None
     row[f"{prefix}kernel_ms_{name}"] = ms
@@ -401,7 +402,9 @@ def _attempt(run) -> None:
         pass
 
 
-def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=(), z_twins=False) -> dict:
+def time_fused(
+    inputs, dy, kf, ref, n, needs, with_variants, only=(), z_twins=False, parts=False
+) -> dict:
     """``fftconv_bwd`` (the hook's whole work) and the bare kernel per launch variant (those
     named in ``only``, or all), each checked on NaN-poisoned outputs first. Gated, also with
     the forward's z handed over (the public call's route when the postgate wants a gradient:
@@ -474,6 +477,31 @@ def time_fused(inputs, dy, kf, ref, n, needs, with_variants, only=(), z_twins=Fa
         row["kernel_best"], row["kernel_ms_best"] = best, times[best]
     row["dot_flops"] = triton_bwd.dot_flops(B, H_, L, n, needs_z)
     row["flop_floor_ms"] = row["dot_flops"] / matmul_rate() * 1e3
+    if parts:
+        row |= time_parts(inputs, dy, kf, n, needs, z)
+    return row
+
+
+def time_parts(inputs, dy, kf, n, needs, z) -> dict:
+    """Where the default launch's time goes: the bare kernel (with the forward's z where
+    gated, as the public call runs it) asked for every gradient but the filter's (``no-k``: a
+    split's kernel (a) alone, with no Q to store) and for the filter's alone (``k-only``: a
+    split's (a) transforming dz and storing Q, then (b)), each timed (``part_ms_<name>``)
+    after its outputs are checked against torch.fft in fp32 like the variants'."""
+    u, k, pre, post, bias = inputs
+    row = {}
+    outs = tuple(torch.empty_like(u) for _ in range(3))
+    out = (outs[0], outs[1] if pre is not None else None, outs[2] if post is not None else None)
+    for name, want in (("all", needs), ("no-k", (*needs[:1], False, *needs[2:])),
+                       ("k-only", (False, True, False, False, False))):  # fmt: skip
+        ref = reference_grads(inputs, dy, make_plan("causal", u.shape[-1], u.shape[-1]), want)
+
+        def run(want=want):
+            return triton_bwd.launch(dy, u, kf, pre, post, bias, n, want, out=out, z=z)
+
+        row[f"part_ms_{name}"] = _check_and_time(
+            row, "part_", name, run, out, ref, u.shape[-1], n // 2 + 1
+        )
     return row
 
 
@@ -670,6 +698,12 @@ def main(argv: list[str] | None = None) -> None:
         "--no-sparse", action="store_true", help=f"leave out the freq_keep={SPARSE_KEEP} timings"
     )
     parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time the default launch asked for all but the filter gradient and for it "
+        "alone (where a split's time goes)",
+    )
+    parser.add_argument(
         "--static", action="store_true", help="registers and spills of an sm_90 compile, no GPU"
     )
     args = parser.parse_args(argv)
@@ -698,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
         for gated in (False, True):
             row = bench_length(
                 L, gated, not args.no_variants, tuple(args.variants), not args.no_sparse,
-                args.z_twins,
+                args.z_twins, args.parts,
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
