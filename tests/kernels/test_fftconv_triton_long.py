@@ -971,21 +971,25 @@ def test_gpu_forward(B, H, L, mode, dtype, gated):
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_after_prepare():
-    """FFTConv.prepare builds every table, so the long path captures and replays."""
+@pytest.mark.parametrize("halves", [False, True], ids=["long", "halves"])
+def test_gpu_cuda_graph_after_prepare(halves):
+    """FFTConv.prepare builds every table, so the long path (and the two-halves kernels that
+    may take its place at n = 16384) captures and replays."""
     from kernels import FFTConv
+    from kernels.fftconv import triton_fwd
 
     B, H, L = 2, 3, 8192
-    conv = FFTConv(L, backend="triton")
-    conv.prepare(L, "cuda", torch.bfloat16)
-    u, k, pre, post, bias = make_inputs(B, H, L, L, torch.bfloat16, True, device="cuda")
-    spec = conv.filter_spectrum(k)
-    want = conv(u, spec, pre, post, bias)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        got = conv(u, spec, pre, post, bias)
-    u.copy_(torch.randn_like(u))
-    graph.replay()
+    with triton_fwd.use_halves(halves):
+        conv = FFTConv(L, backend="triton")
+        conv.prepare(L, "cuda", torch.bfloat16)
+        u, k, pre, post, bias = make_inputs(B, H, L, L, torch.bfloat16, True, device="cuda")
+        spec = conv.filter_spectrum(k)
+        want = conv(u, spec, pre, post, bias)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = conv(u, spec, pre, post, bias)
+        u.copy_(torch.randn_like(u))
+        graph.replay()
     assert rel_err(got, conv(u, spec, pre, post, bias)) < 1e-6
     assert rel_err(got, want) > 0.1  # the replay saw the new input
 
@@ -1136,12 +1140,13 @@ def test_gpu_sparse_public_forward_backward(B, H, L, mode, freq_keep, dtype):
         B, H, L, _full_filter_len(L, mode), dtype, True, seed=31, device="cuda"
     )
     leaves = [x.clone().requires_grad_() for x in (u, k, pre, post, bias)]
-    y = fftconv(
-        leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
-        mode=mode, freq_keep=freq_keep, backend="triton",
-    )  # fmt: skip
-    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(32)).to("cuda", dtype)
-    y.backward(dy)
+    with triton_fwd.use_halves(False):  # the long path (the two halves: their own file's tests)
+        y = fftconv(
+            leaves[0], leaves[1], pregate=leaves[2], postgate=leaves[3], bias=leaves[4],
+            mode=mode, freq_keep=freq_keep, backend="triton",
+        )  # fmt: skip
+        dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(32)).to("cuda", dtype)
+        y.backward(dy)
     refs = [x.double().requires_grad_() for x in (u, k, pre, post, bias)]
     kc, _ = _spectrum_for(refs[1], plan)
     want = core.forward(refs[0], kc, None, *refs[2:], plan, reference)
@@ -1216,13 +1221,15 @@ def test_gpu_rows_variants_public_backward(B, H, L, dtype, variant):
 
     from kernels import fftconv
     from kernels.fftconv import triton_long
+    from kernels.fftconv.triton_fwd import use_halves
 
     inputs = make_inputs(B, H, L, L, dtype, True, seed=9, device="cuda")
     leaves = [x.clone().requires_grad_() for x in inputs]
     refs = [x.double().requires_grad_() for x in inputs]
     dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(10)).to("cuda", dtype)
     rows = replace(triton_long.rows_config(variant), steps=2)
-    with triton_long.use_rows_variant(rows), triton_long.use_layout_kernel():
+    # the long path, whatever triton_fwd.HALVES_AT says
+    with triton_long.use_rows_variant(rows), triton_long.use_layout_kernel(), use_halves(False):
         u, k, pre, post, bias = leaves
         y = fftconv(u, k, pregate=pre, postgate=post, bias=bias, backend="triton")
         y.backward(dy)
