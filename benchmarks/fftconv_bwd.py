@@ -171,6 +171,16 @@ def variants(n: int) -> dict[str, dict]:
             128, 8, hoist=True, steps=8, stages=2, split="store_q",
             b=C(128, 8, acc_in_memory=True), dbias_in_b=True,
         )  # fmt: skip
+        # kernel (b) pipelined, its accumulator in registers: Q's and v's loads made
+        # asynchronous (20 copies), 232-244 B of spills against the default's 192, 144 KB of
+        # shared memory (sm_90 compile, bf16 gated, z from the forward); or its tables held
+        default = triton_bwd.config_for(n)
+        for name, b in (
+            ("b-s2p2", C(128, 8, steps=2, stages=2)),
+            ("b-s4p2", C(128, 8, steps=4, stages=2)),
+            ("b-hold", C(128, 8, hoist=True)),
+        ):
+            out[f"split-q-a-hold-s8p2-{name}"] = replace(default, b=b)
     return {name: opt if isinstance(opt, dict) else {"config": opt} for name, opt in out.items()}
 
 
@@ -557,6 +567,7 @@ def compile_sm90(
         LOAD_Q=load_q,
         Z_IN=z_in and need_post,
         PRECISION="tf32x3" if dtype == torch.float32 else "tf32",
+        TWIST=False,
     )
     operand = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
     fp32_ptrs = ("bias_ptr", "kf_ptr", "twiddle_ptr", "dk_ptr", "dbias_ptr")

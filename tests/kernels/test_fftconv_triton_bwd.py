@@ -237,6 +237,26 @@ LAUNCHER_CASES = {
     "B5-H2-L2000-n4096-fp16-store-q-a-hold-steps8-b-acc-in-registers": LaunchCase(
         5, 2, 2000, 4096, "fp16", _V5_N4096
     ),
+    # (b) pipelined in blocks of 4 pairs with its accumulator in registers, the bias gradient
+    # in it, (a) in blocks of 2 (n = 8192's variant split-q-a-hold-s8p2-b-s4p2 in small)
+    "B9-H2-L256-n512-fp16-store-q-dbias-in-b-b-steps4-stages2-tail": LaunchCase(
+        9,
+        2,
+        256,
+        512,
+        "fp16",
+        _cfg(
+            32,
+            2,
+            hoist=True,
+            steps=2,
+            stages=2,
+            split="store_q",
+            dbias_in_b=True,
+            b=_cfg(32, 2, steps=4, stages=2),
+        ),
+        3,
+    ),  # fmt: skip
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
         7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
     ),
@@ -528,6 +548,25 @@ def test_interpreter_deterministic(interpreted):
 def _launch_args(n=512, B=3, H=2, L=300, dtype=torch.float32):
     u, k, pre, post, bias = make_inputs(B, H, L, L, dtype, True)
     return [u.clone(), u, torch.fft.rfft(k, n=n), pre, post, bias, n, (True,) * 5]
+
+
+@pytest.mark.parametrize("variant", ["default", "split-q-a-hold-s8p2-b-s4p2"])
+def test_backward_fits_sm90_shared_memory(variant):
+    """n = 8192's default backward and its pipelined kernel (b) variant, gated with z from the
+    forward, compiled for sm_90 as ``benchmarks.fftconv_bwd --static`` compiles them: both
+    kernels of the split build and fit one block's shared memory."""
+    pytest.importorskip("triton")
+    from benchmarks.fftconv import SHARED_PER_BLOCK
+    from benchmarks.fftconv_bwd import static_stats, variants
+    from kernels.fftconv import triton_bwd
+
+    config = variants(8192)[variant].get("config") or triton_bwd.config_for(8192)
+    try:
+        stats = static_stats(8192, config)
+    except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
+        pytest.skip(f"no sm_90 compile on this machine: {err}")
+    for part in ("a", "b"):
+        assert 0 < stats[f"shared_bytes_{part}"] <= SHARED_PER_BLOCK, stats
 
 
 @pytest.mark.parametrize(
