@@ -1155,18 +1155,24 @@ def test_gpu_cuda_graph_capture_forward_backward(L):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("L", [1000, 16384], ids=["L1000", "L16384-long"])
-def test_gpu_compile_reduce_overhead_builds_tables_on_first_use(L, monkeypatch):
+@pytest.mark.parametrize(
+    ("L", "halves"),
+    [(1000, None), (16384, None), (8192, True)],
+    ids=["L1000", "L16384-long", "L8192-halves"],
+)
+def test_gpu_compile_reduce_overhead_builds_tables_on_first_use(L, halves, monkeypatch):
     """torch.compile(mode="reduce-overhead") replays forward and backward as CUDA graphs; its
     warm-up runs route allocations to the graphs' pool and refuse to record while a tensor
     there is alive and not an output. The FFT tables are built on first use and cached: with
     empty caches they are built inside that warm-up, and must land outside the pool. Three
-    steps (warm-up, record, replay), each on fresh inputs, against float64."""
+    steps (warm-up, record, replay), each on fresh inputs, against float64 (``halves``: the
+    two-halves kernels on, forward and backward, at n = 16384)."""
     from kernels import fftconv
     from kernels.fftconv import triton_fwd, triton_long
 
     monkeypatch.setattr(triton_fwd, "_CONSTANTS", {})
     monkeypatch.setattr(triton_long, "_CONSTANTS", {})
+    monkeypatch.setattr(triton_fwd, "_halves", halves)
     torch._dynamo.reset()
 
     def f(u, k, pre, post, bias):
