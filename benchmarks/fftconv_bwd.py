@@ -1,7 +1,7 @@
 """Times the fused backward of ``fftconv`` on a GPU: causal, bf16, B*H*L = 2^27, plain and gated.
 
     python -m benchmarks.fftconv_bwd --out benchmarks/results/<gpu>-<date>-bwd.json
-        [--lengths 256 512 1024 2048 4096] [--no-variants | --variants NAME ...]
+        [--lengths 256 512 1024 2048 4096] [--no-variants | --variants NAME ...] [--parts]
     python -m benchmarks.fftconv_bwd --static --out <file>.json    (no GPU needed)
 
 For each length: correctness first (the triton backend's five gradients, and the bare kernel's
@@ -21,6 +21,9 @@ medians (inputs built outside the timed region) of
   call (forward, forward + backward), the fused backward alone and the bare kernel in its
   default configuration, which then computes only the kept frequency columns
   (``triton_bwd.kept_columns``): the ``sparse_*`` keys, next to the dense ones.
+
+- with ``--parts``, the bare kernel's default launch asked for every gradient, for all but the
+  filter's and for the filter's alone (``part_ms_*``: where a split's time goes).
 
 Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
 2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
