@@ -20,8 +20,7 @@ medians (inputs built outside the timed region) of
   ``--no-sparse`` leaves it out), checked against torch.fft with the same cut-off: the public
   call (forward, forward + backward), the fused backward alone and the bare kernel in its
   default configuration, which then computes only the kept frequency columns
-  (``triton_bwd.kept_columns``): the ``sparse_*`` keys, next to the dense ones.
-
+  (``triton_bwd.kept_columns``): the ``sparse_*`` keys, next to the dense ones;
 - with ``--parts``, the bare kernel's default launch asked for every gradient, for all but the
   filter's and for the filter's alone (``part_ms_*``: where a split's time goes).
 
