@@ -105,16 +105,17 @@ def bench_row(
         row["gated_inputs"] = list(gated_inputs)
     row["floor_fwd_ms"] = floor_ms(L, gated, False, gated_inputs)
     ref = _reference(u, k, pre, post, bias, n)
-    calls = {
-        "torch": lambda: _public(u, k, pre, post, bias, "torch"),
-        "long": lambda: _public(u, k, pre, post, bias),
-    }
 
-    def halves_call():
-        with triton_fwd.use_halves(True):
-            return _public(u, k, pre, post, bias)
+    def public(on: bool):
+        def call():
+            with triton_fwd.use_halves(on):
+                return _public(u, k, pre, post, bias)
 
-    calls["halves"] = halves_call
+        return call
+
+    # the long path and the two halves whatever triton_fwd.HALVES_AT says
+    calls = {"torch": lambda: _public(u, k, pre, post, bias, "torch")}
+    calls["long"], calls["halves"] = public(False), public(True)
     kf = torch.fft.rfft(k, n=n)
     spectrum = triton_fwd.outer_spectrum_layout(kf, n, 2)
     for name in variants:
