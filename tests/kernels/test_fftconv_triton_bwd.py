@@ -257,6 +257,26 @@ LAUNCHER_CASES = {
         ),
         3,
     ),  # fmt: skip
+    # the same at n = 8192 on the variant's own tiles and warps (128 x 64, 8 warps; (a) the
+    # default's: tables held, blocks of 8, the bias gradient in (b))
+    "B5-H1-L4000-n8192-fp16-store-q-dbias-in-b-b-steps4-stages2": LaunchCase(
+        5,
+        1,
+        4000,
+        8192,
+        "fp16",
+        _cfg(
+            128,
+            8,
+            hoist=True,
+            steps=8,
+            stages=2,
+            split="store_q",
+            dbias_in_b=True,
+            b=_cfg(128, 8, steps=4, stages=2),
+        ),
+        3,
+    ),
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
         7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
     ),
