@@ -246,6 +246,10 @@ def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys) -> None:
     for module in (fftconv_halves, fftconv_sparse, host_overhead, spectrum_layout):
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             module.main(["--out", str(tmp_path / "x.json")])
+    from benchmarks import fftconv_bwd
+
+    with pytest.raises(SystemExit, match="needs a CUDA device"):  # its options parsed first
+        fftconv_bwd.main(["--out", str(tmp_path / "x.json"), "--parts", "--no-sparse"])
 
 
 def test_compile_gradients_on_cpu(tmp_path) -> None:
