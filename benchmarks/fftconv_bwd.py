@@ -21,8 +21,8 @@ medians (inputs built outside the timed region) of
   call (forward, forward + backward), the fused backward alone and the bare kernel in its
   default configuration, which then computes only the kept frequency columns
   (``triton_bwd.kept_columns``): the ``sparse_*`` keys, next to the dense ones;
-- with ``--parts``, the bare kernel's default launch asked for every gradient, for all but the
-  filter's and for the filter's alone (``part_ms_*``: where a split's time goes).
+- with ``--parts``, the bare kernel's default launch asked for all gradients but the filter's
+  and for the filter's alone (``part_ms_*``: where a split's time goes).
 
 Reports ms, the ratio forward+backward / forward of the triton backend (the target is at most
 2.5), the speedup over torch, the multiple of the HBM floor (bytes that must move at 2 bytes per
@@ -490,23 +490,21 @@ def time_fused(
     row["dot_flops"] = triton_bwd.dot_flops(B, H_, L, n, needs_z)
     row["flop_floor_ms"] = row["dot_flops"] / matmul_rate() * 1e3
     if parts:
-        row |= time_parts(inputs, dy, kf, n, needs, z)
+        row |= time_parts(inputs, dy, kf, ref, n, needs, z, out)
     return row
 
 
-def time_parts(inputs, dy, kf, n, needs, z) -> dict:
-    """Where the default launch's time goes: the bare kernel (with the forward's z where
-    gated, as the public call runs it) asked for every gradient but the filter's (``no-k``: a
-    split's kernel (a) alone, with no Q to store) and for the filter's alone (``k-only``: a
-    split's (a) transforming dz and storing Q, then (b)), each timed (``part_ms_<name>``)
-    after its outputs are checked against torch.fft in fp32 like the variants'."""
-    u, k, pre, post, bias = inputs
+def time_parts(inputs, dy, kf, ref, n, needs, z, out) -> dict:
+    """Where the default launch's time goes (the whole: ``kernel_ms_default``, ``+z`` gated):
+    the bare kernel (with the forward's z where gated, as the public call runs it) asked for
+    every gradient but the filter's (``no-k``: a split's kernel (a) alone, with no Q to store)
+    and for the filter's alone (``k-only``: a split's (a) transforming dz and storing Q, then
+    (b)), each timed (``part_ms_<name>``) after the gradients it returns are checked against
+    ``ref`` like the variants'."""
+    u, _, pre, post, bias = inputs
     row = {}
-    outs = tuple(torch.empty_like(u) for _ in range(3))
-    out = (outs[0], outs[1] if pre is not None else None, outs[2] if post is not None else None)
-    for name, want in (("all", needs), ("no-k", (*needs[:1], False, *needs[2:])),
+    for name, want in (("no-k", (*needs[:1], False, *needs[2:])),
                        ("k-only", (False, True, False, False, False))):  # fmt: skip
-        ref = reference_grads(inputs, dy, make_plan("causal", u.shape[-1], u.shape[-1]), want)
 
         def run(want=want):
             return triton_bwd.launch(dy, u, kf, pre, post, bias, n, want, out=out, z=z)

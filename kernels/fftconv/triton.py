@@ -60,8 +60,8 @@ def _in_register(plan: ConvPlan, dtype: torch.dtype) -> bool:
 
 def _halves(plan: ConvPlan, dtype: torch.dtype) -> bool:
     """Whether the two-halves forward kernel runs the plan (``triton_fwd.halves_for``: a dense
-    plan of n = 16384 whose input and output fit 8192 samples; its backward stays the long
-    path's)."""
+    plan of n = 16384 whose input and output fit 8192 samples; its backward then runs on the
+    two-halves kernels too, through ``triton_long.long_backward``)."""
     return not plan.blocked and triton_fwd.halves_for(plan.fft_size, plan.seq_len, plan.fold, dtype)
 
 

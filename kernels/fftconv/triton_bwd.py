@@ -149,6 +149,8 @@ from .triton_fwd import (
     _dot,
     _load_complex,
     _load_row,
+    _odd_half_twiddles,
+    _twiddle,
     all_columns,
     dot_precision,
     kept_columns,
@@ -311,9 +313,8 @@ def _add_to_slot(dk_slot_ptr, offs_spec, PLANE: tl.constexpr, q_re, q_im, p_re, 
 @triton.jit
 def _twist(v, w, rw_re, rw_im, cw_re, cw_im):
     """``(v + i w) * r * c`` (r a row factor, c a column factor, broadcast), fp32 planes."""
-    re = v * rw_re - w * rw_im
-    im = v * rw_im + w * rw_re
-    return re * cw_re - im * cw_im, re * cw_im + im * cw_re
+    re, im = _twiddle(v, w, rw_re, rw_im, False)
+    return _twiddle(re, im, cw_re, cw_im, False)
 
 
 @triton.jit
@@ -445,13 +446,9 @@ def _fftconv_bwd_kernel(
         G2 = F2
     TW = _handle(twiddle_ptr, offs_tile, N1 * N2, HOIST)  # [N1, N2]
     if TWIST:  # w_(2n)^t = w_(2n)^(N2 t1) w_(2n)^t2, t = N2 t1 + t2: row and column factors, fp32
-        ANGLE: tl.constexpr = -6.283185307179586 / (2 * N1 * N2)
-        angle_r = (offs_r * N2).to(tl.float32) * ANGLE
-        angle_c = offs_n2.to(tl.float32) * ANGLE
-        rw_re = tl.cos(angle_r)[:, None]
-        rw_im = tl.sin(angle_r)[:, None]
-        cw_re = tl.cos(angle_c)[None, :]
-        cw_im = tl.sin(angle_c)[None, :]
+        rw_re, rw_im, cw_re, cw_im = _odd_half_twiddles(offs_r, offs_n2, N1, N2)
+        rw_re, rw_im = rw_re[:, None], rw_im[:, None]
+        cw_re, cw_im = cw_re[None, :], cw_im[None, :]
     K = _handle(kf_ptr, offs_spec, SPEC, HOIST)  # the filter spectrum [N1, K2]
     if BLOCKED:
         offs_f1z = offs_n1[:, None] * N1 + offs_n1[None, :]  # [N1, N1]
@@ -822,15 +819,21 @@ def _all_columns(spectrum: Tensor, n: int, keep_bins: int | None, N1: int) -> Te
     return all_columns(spectrum, *kept_columns(n, keep_bins, N1=N1), n // N1)
 
 
+def _natural_order(spectrum: Tensor) -> Tensor:
+    """The kernel's ``[H, 2, N1, N2]`` fp32 planes (bin ``k1 + N1 k2`` at ``[k1, k2]``) ->
+    ``[H, N1 N2]`` complex in natural order."""
+    H, _, N1, N2 = spectrum.shape
+    S = torch.complex(spectrum[:, 0], spectrum[:, 1])
+    return S.transpose(1, 2).reshape(H, N1 * N2)
+
+
 def dk_from_spectrum(spectrum: Tensor, m: int, keep_bins: int) -> Tensor:
     """The accumulated ``S = sum Q * conj(P)`` ``[H, 2, N1, N2]`` (kernel order, fp32) -> the
     filter gradient ``[H, m]`` fp32 in circular order: natural order, one complex inverse FFT
     per channel (unnormalised: the two unitary transforms already put the 1/n in S), the real
     part, the frequency cut-off, the first m samples."""
-    H, _, N1, N2 = spectrum.shape
-    n = N1 * N2
-    S = torch.complex(spectrum[:, 0], spectrum[:, 1])  # [H, N1, N2]: bin k1 + N1*k2 at [k1, k2]
-    S = S.transpose(1, 2).reshape(H, n)  # natural order
+    S = _natural_order(spectrum)
+    n = S.shape[-1]
     if keep_bins < n // 2 + 1:
         # the low-pass of a real signal's spectrum: bins keep .. n - keep of the full one (it
         # is symmetric, so it commutes with taking the real part)
@@ -874,8 +877,7 @@ def filter_grad_halves(
         spectrum = launch(
             dy, u, kf_even, pregate, postgate, None, m, needs, twist=twist, **launch_options
         )[1]
-        H, _, N1, N2 = spectrum.shape
-        S = torch.complex(spectrum[:, 0], spectrum[:, 1]).transpose(1, 2).reshape(H, m)
+        S = _natural_order(spectrum)
         if keep_bins is not None and keep_bins < n // 2 + 1:
             k = 2 * torch.arange(m, device=S.device) + int(twist)  # the size-n bin of each
             S = torch.where((k >= keep_bins) & (k <= n - keep_bins), 0, S)

@@ -586,6 +586,27 @@ def _twiddle(a_re, a_im, w_re, w_im, CONJ: tl.constexpr):
 
 
 @triton.jit
+def _odd_half_twiddles(offs_r, offs_n2, N1: tl.constexpr, N2: tl.constexpr):
+    """The two-halves odd half's twiddle ``w_n^t`` (``n = 2 N1 N2``, ``t = N2 t1 + t2``) as a
+    row factor ``w_n^(N2 t1)`` at the rows ``offs_r`` and a column factor ``w_n^t2`` at the
+    columns ``offs_n2``, fp32: ``(row_re, row_im, col_re, col_im)``, 1-D (the backward's
+    ``TWIST`` too)."""
+    ANGLE: tl.constexpr = -6.283185307179586 / (2 * N1 * N2)
+    angle_r = (offs_r * N2).to(tl.float32) * ANGLE
+    angle_c = offs_n2.to(tl.float32) * ANGLE
+    return tl.cos(angle_r), tl.sin(angle_r), tl.cos(angle_c), tl.sin(angle_c)
+
+
+@triton.jit
+def _last_inverse(g1_re, g1_im, e_re, e_im, PRECISION: tl.constexpr):
+    """The last inverse stage on the output rows, complex: ``conj(F_N1)[rows] @ E`` with
+    ``g1`` the table's rows (its real and imaginary planes)."""
+    r_re = tl.dot(g1_re, e_re, acc=_dot(g1_im, e_im, PRECISION), input_precision=PRECISION)
+    r_im = _dot(g1_re, e_im, PRECISION) - _dot(g1_im, e_re, PRECISION)
+    return r_re, r_im
+
+
+@triton.jit
 def _spectral_product(
     xv, xw, f1_re, f1_im, tw_re, tw_im, f2_re, f2_im, g2_re, g2_im, k_re, k_im,
     PAIR: tl.constexpr, PRECISION: tl.constexpr,
@@ -801,13 +822,7 @@ def _fftconv_fwd_kernel(
     if HALVES == 2:
         # the odd half's twiddle w_n^t (n = 2 N1 N2) as w_n^(N2 t1) per row times w_n^t2 per
         # column, fp32
-        ANGLE: tl.constexpr = -6.283185307179586 / (2 * N1 * N2)
-        angle_r = (offs_r * N2).to(tl.float32) * ANGLE
-        angle_c = offs_n2.to(tl.float32) * ANGLE
-        rw_re = tl.cos(angle_r)
-        rw_im = tl.sin(angle_r)
-        cw_re = tl.cos(angle_c)
-        cw_im = tl.sin(angle_c)
+        rw_re, rw_im, cw_re, cw_im = _odd_half_twiddles(offs_r, offs_n2, N1, N2)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + pid_h).to(tl.float32)
     else:
@@ -887,8 +902,7 @@ def _fftconv_fwd_kernel(
                 xo_re, xo_im, f1_re, f1_im, two_re, two_im, f2_re, f2_im, g2_re, g2_im,
                 k_re, k_im, True, PRECISION,
             )  # fmt: skip
-            r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
-            r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
+            r_re, r_im = _last_inverse(g1_re, g1_im, eo_re, eo_im, P)
             r_re, r_im = _twiddle(r_re, r_im, rw_re[:, None], rw_im[:, None], True)
             z_v = (r_re + _load_row(y_ptr, row_v, out_v, mask_out_v)) * 0.5
             if PAIR:
@@ -915,8 +929,7 @@ def _fftconv_fwd_kernel(
                 xo_re, xo_im, f1_re, f1_im, tw_re, tw_im,
                 f2_re, f2_im, g2_re, g2_im, ko_re, ko_im, True, PRECISION,
             )  # fmt: skip
-            r_re = tl.dot(g1_re, eo_re, acc=_dot(g1_im, eo_im, P), input_precision=P)
-            r_im = _dot(g1_re, eo_im, P) - _dot(g1_im, eo_re, P)
+            r_re, r_im = _last_inverse(g1_re, g1_im, eo_re, eo_im, P)
             r_re, r_im = _twiddle(r_re, r_im, cw_re[None, :], cw_im[None, :], True)
             r_re, r_im = _twiddle(r_re, r_im, rw_re[:, None], rw_im[:, None], True)
             zo_v = r_re
@@ -1249,8 +1262,8 @@ def fftconv_fwd(
     a read of the rfft and a write of the layout, which the kernel reads), ``"kernel"`` hands
     the rfft to the kernel, which gathers the bins it needs (no pass, no layout tensor);
     default "kernel" at the sizes of ``FILTER_IN_KERNEL_AT`` for the two-stage transform, else
-    "pass". ``halves``: the
-    two-halves kernel (``launch``; the default past ``MAX_FFT``, where nothing else runs here).
+    "pass". ``halves``: the two-halves kernel (``launch``; the default past ``MAX_FFT``, where
+    nothing else runs here).
     ``launch_options``: those of ``launch``.
     """
     H = u.shape[1]
@@ -1345,37 +1358,37 @@ def launch(
     halves_passes: int | None = None,
 ) -> Tensor:
     """The kernel on a spectrum already in its order (``spectrum_layout``, with the same
-        ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
-        ``[H, n//2 + 1]``, whose bins the kernel then gathers).
+    ``keep_bins``; ``spectrum_layout3`` for three stages), or on the rfft itself (complex64
+    ``[H, n//2 + 1]``, whose bins the kernel then gathers).
 
-        ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
-        channel, one per block, instead of B. ``out``: written in place when given (u's dtype, or
-    fp32 for a y kept at the accumulators' precision). ``pair``
-        (default: at least 2 sequences per channel): two sequences of a channel per step. ``steps``:
-        steps (sequences or pairs) of one channel per program (default ``steps_for``). ``stages``:
-        software-pipelining depth of that loop (loads of the next step issued during this one; 1:
-        none; default for fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no
-        shared memory for a second stage). ``num_warps``, ``precision``: override the defaults.
-        ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
-        ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
-        loaded again at the output positions (a second read, from L2, of what the step has just
-        read; no registers held across the products, more shared memory for the pipeline);
-        default ``skip_input_for``.
-        ``z_out``: also written with z, the convolution before the postgate and the skip term (what
-        the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
-        ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
-        plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
-        ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
-        per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
-        kernel holds it by default).
-        ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
-        samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
-        spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
-        half first; two stages; module docstring, "Two halves"). ``halves_passes``: 2 (the
-        default) two launches, the even half's z written to the output and read back by the odd
-        half's launch, which ends with the epilogue; 1 both halves in one program (u read once, but
-        twice the live tiles: it spills; the default where ``out`` shares storage with u or a
-        gate, which the first of two launches would overwrite).
+    ``blocked``: the blocked plan (``fftconv_fwd``): ``B * cdiv(L, n/2)`` sequences per
+    channel, one per block, instead of B. ``out``: written in place when given (u's dtype, or
+    fp32 for a y kept at the accumulators' precision). ``pair`` (default: at least 2 sequences
+    per channel): two sequences of a channel per step. ``steps``: steps (sequences or pairs)
+    of one channel per program (default ``steps_for``). ``stages``: software-pipelining depth
+    of that loop (loads of the next step issued during this one; 1: none; default for
+    fp16/bf16 3 up to n = 2048, then 2; 1 for fp32, whose tables leave no shared memory for a
+    second stage). ``num_warps``, ``precision``: override the defaults.
+    ``skip_input`` (dense plans with a bias): where the skip term ``bias * v`` takes v from:
+    ``"held"`` the fp32 input tile kept in registers from its load to the output, ``"reload"``
+    loaded again at the output positions (a second read, from L2, of what the step has just
+    read; no registers held across the products, more shared memory for the pipeline);
+    default ``skip_input_for``.
+    ``z_out``: also written with z, the convolution before the postgate and the skip term (what
+    the postgate's gradient multiplies dy by), in u's dtype, shaped and laid out as u.
+    ``transform``: ``"two"`` Monarch stages or ``"three"`` (``_fftconv_fwd3_kernel``: dense
+    plans with a dense spectrum at n in ``THREE_STAGE_SIZES``); default ``transform_for``.
+    ``hold_filter``: the filter spectrum held in registers across a program's steps, or loaded
+    per step (the default of the three-stage kernel at ``LOAD_FILTER_AT``; the two-stage
+    kernel holds it by default).
+    ``halves`` (default: n > MAX_FFT): the size-n convolution of sequences of at most n/2
+    samples as two size-n/2 ones in one program, on the spectrum's even and odd bins (the
+    spectrum laid out by ``outer_spectrum_layout(kf, n, 2)``: ``[H, 2, 2, N1, K2]``, the even
+    half first; two stages; module docstring, "Two halves"). ``halves_passes``: 2 (the
+    default) two launches, the even half's z written to the output and read back by the odd
+    half's launch, which ends with the epilogue; 1 both halves in one program (u read once, but
+    twice the live tiles: it spills; the default where ``out`` shares storage with u or a
+    gate, which the first of two launches would overwrite).
     """
     B, H, L = u.shape
     halves = n > MAX_FFT if halves is None else bool(halves)

@@ -996,8 +996,7 @@ def long_backward(
     on the long (or, for small folded plans, the fused) kernels, or on the two-halves kernel
     where the forward runs it (``triton_fwd.halves_for``); d_postgate = dy * z with z
     recomputed on the same kernels; d_bias by torch; d_kc, where the forward runs the two-halves
-    kernel, by ``triton_bwd.filter_grad_halves``, else by
-    ``filter_grad_long`` where d_u's
+    kernel, by ``triton_bwd.filter_grad_halves``, else by ``filter_grad_long`` where d_u's
     correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
     and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
     folded plans at n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
@@ -1015,18 +1014,16 @@ def long_backward(
     # sequences or more: one sequence rides as a half-empty pair and the kernels do twice its
     # work, which measured slower than torch.fft's real transforms (B = 1, H = 128, L = 1M:
     # forward+backward 51.1 ms against 45.3; benchmarks/NOTES.md, long path v3)
+    # where the forward runs the two-halves kernel, the filter gradient comes from two launches
+    # of the in-register backward on the halves instead (triton_bwd.filter_grad_halves)
+    halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
     dk_kernels = (
         _filter_grad_kernels
+        and not halves
         and u.shape[0] >= 2
         and (n > MAX_INNER or options.get("n0") is not None)
     )
-
-    # where the forward runs the two-halves kernel, the filter gradient comes from two launches
-    # of the in-register backward on the halves (triton_bwd.filter_grad_halves)
-    halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
     dk_halves = need_k and halves
-    if dk_halves:
-        dk_kernels = False
     dk_torch = need_k and not (dk_kernels or dk_halves)
 
     # dz and v in fp32, each computed once for whichever gradients need it

@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from kernels.fftconv.plan import make_plan
+
+# the kernels' relative-error targets (norm of the error over the norm of the float64
+# reference), their dtypes by test id, and those as GPU test parameters
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 
 
 def centred(k: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 from .fftconv_reference import (
+    DTYPES,
+    GPU_DTYPES,
+    TOL,
     conv_fft64,
     conv_numpy,
     conv_torch64,
@@ -24,10 +27,6 @@ from .fftconv_reference import (
     to_numpy,
 )
 from .interpreted import count_calls, run_interpreted, start_interpreter
-
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 # ---------------------------------------------------------------------------------------------
 # CPU: interpreter cases, run in a subprocess
@@ -642,7 +641,6 @@ GPU_SHAPES = [
     pytest.param(3, 111, 4096, id="B3-H111-L4096"),
     pytest.param(1, 3, 4096, id="B1-H3-L4096"),
 ]
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 
 
 def _full_filter_len(L, mode):
@@ -767,8 +765,8 @@ def test_filter_layout_default(n, gates, monkeypatch):
     post = u if gates == "post" else None
     kf = torch.zeros(3, n // 2 + 1, dtype=torch.complex64)
     triton_fwd.fftconv_fwd(u, kf, pre, post, None, n)
-    three = triton_fwd.transform_for(n, u.dtype, gates=(pre is not None, post is not None))
-    gathered = n in triton_fwd.FILTER_IN_KERNEL_AT and three == "two"
+    transform = triton_fwd.transform_for(n, u.dtype, gates=(pre is not None, post is not None))
+    gathered = n in triton_fwd.FILTER_IN_KERNEL_AT and transform == "two"
     assert (seen[-1].dtype == torch.complex64) == gathered
     assert triton_fwd.FILTER_IN_KERNEL_AT == (4096, 8192)
     for layout in triton_fwd.FILTER_LAYOUTS:

@@ -21,11 +21,9 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from .fftconv_reference import conv_fft64, conv_torch64, rel_err
+from .fftconv_reference import DTYPES, GPU_DTYPES, TOL, conv_fft64, conv_torch64, rel_err
 from .interpreted import count_calls, run_interpreted, start_interpreter
 
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
@@ -251,8 +249,6 @@ def test_blocked_dot_flops():
 
 # ---------------------------------------------------------------------------------------------
 # GPU
-
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 
 
 @pytest.mark.gpu

@@ -14,11 +14,8 @@ import json
 import pytest
 import torch
 
-from .fftconv_reference import conv_torch64, make_inputs, rel_err
+from .fftconv_reference import DTYPES, GPU_DTYPES, TOL, conv_torch64, make_inputs, rel_err
 from .interpreted import run_interpreted, start_interpreter
-
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def blocked_forward(B, H, L, taps, n, dtype, gated, seed=0, device="cpu", **options):
@@ -147,7 +144,6 @@ def test_blocked_dot_flops():
 # ---------------------------------------------------------------------------------------------
 # GPU
 
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 GPU_FFT_SIZES = [pytest.param(n, id=f"n{n}") for n in (512, 1024, 2048, 4096, 8192)]
 
 

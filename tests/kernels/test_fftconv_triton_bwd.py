@@ -19,11 +19,9 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from .fftconv_reference import conv_torch64, make_inputs, rel_err
+from .fftconv_reference import DTYPES, GPU_DTYPES, TOL, conv_torch64, make_inputs, rel_err
 from .interpreted import count_calls, run_interpreted, start_interpreter
 
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NAMES = ("u", "k", "pregate", "postgate", "bias")
 
 
@@ -189,6 +187,15 @@ def _config(fields: dict):
     return triton_bwd.Config(**fields)
 
 
+def _b_pipelined(n1, warps, a_steps):
+    """A split whose kernel (b) runs blocks of 4 pairs, 2 stages, its accumulator in registers
+    and the bias gradient in it; (a) with its tables held, ``a_steps`` pairs x 2 stages."""
+    b = _cfg(n1, warps, steps=4, stages=2)
+    return _cfg(
+        n1, warps, hoist=True, steps=a_steps, stages=2, split="store_q", dbias_in_b=True, b=b
+    )
+
+
 _V5_N4096 = _cfg(64, 4, hoist=True, steps=8, stages=2, split="store_q", b=_cfg(64, 4))
 _SPLIT_ACC_IN_MEMORY_PIPELINED = _cfg(32, 2, acc_in_memory=True, steps=4, stages=2, split="store_q")
 LAUNCHER_CASES = {
@@ -238,44 +245,13 @@ LAUNCHER_CASES = {
         5, 2, 2000, 4096, "fp16", _V5_N4096
     ),
     # (b) pipelined in blocks of 4 pairs with its accumulator in registers, the bias gradient
-    # in it, (a) in blocks of 2 (n = 8192's variant split-q-a-hold-s8p2-b-s4p2 in small)
+    # in it, (a) in blocks of 2 (n = 8192's variant split-q-a-hold-s8p2-b-s4p2 in small); and
+    # at n = 8192 on the variant's own tiles and warps ((a) the default's, blocks of 8)
     "B9-H2-L256-n512-fp16-store-q-dbias-in-b-b-steps4-stages2-tail": LaunchCase(
-        9,
-        2,
-        256,
-        512,
-        "fp16",
-        _cfg(
-            32,
-            2,
-            hoist=True,
-            steps=2,
-            stages=2,
-            split="store_q",
-            dbias_in_b=True,
-            b=_cfg(32, 2, steps=4, stages=2),
-        ),
-        3,
-    ),  # fmt: skip
-    # the same at n = 8192 on the variant's own tiles and warps (128 x 64, 8 warps; (a) the
-    # default's: tables held, blocks of 8, the bias gradient in (b))
+        9, 2, 256, 512, "fp16", _b_pipelined(32, 2, a_steps=2), 3
+    ),
     "B5-H1-L4000-n8192-fp16-store-q-dbias-in-b-b-steps4-stages2": LaunchCase(
-        5,
-        1,
-        4000,
-        8192,
-        "fp16",
-        _cfg(
-            128,
-            8,
-            hoist=True,
-            steps=8,
-            stages=2,
-            split="store_q",
-            dbias_in_b=True,
-            b=_cfg(128, 8, steps=4, stages=2),
-        ),
-        3,
+        5, 1, 4000, 8192, "fp16", _b_pipelined(128, 8, a_steps=8), 3
     ),
     "B7-H2-L300-n512-fp32-store-q-b-hoist-steps4-warps4": LaunchCase(
         7, 2, 300, 512, config=_cfg(32, 2, split="store_q", b=_cfg(32, 4, hoist=True, steps=4))
@@ -846,7 +822,6 @@ GPU_SHAPES = [  # (B, H, L); L = 1 and 97 (n < 256) go to the primitives
     pytest.param(3, 111, 1024, id="B3-H111-L1024"),
     pytest.param(5, 111, 4096, id="B5-H111-L4096"),
 ]
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 
 
 @pytest.mark.gpu
@@ -1184,10 +1159,6 @@ def test_gpu_offsets_past_2_31():
     assert rel_err(d_u[tail], ref) < TOL[torch.bfloat16]
 
 
-if __name__ == "__main__":
-    _interpreter_main()
-
-
 def test_sparse_plans_at_n8192_keep_the_filter_gradient_in_memory():
     """At n = 8192 (fp16/bf16) kernel (b) accumulates the filter gradient in registers for a
     dense spectrum, in memory where the sparse columns are skipped (in registers there it came
@@ -1206,3 +1177,7 @@ def test_sparse_plans_at_n8192_keep_the_filter_gradient_in_memory():
             assert sparse.n1 == dense.n1 and sparse.split == dense.split
     for n, dtype in ((4096, torch.bfloat16), (8192, torch.float32), (2048, torch.float16)):
         assert triton_bwd.config_for(n, dtype, keep_bins=n // 16) == triton_bwd.config_for(n, dtype)
+
+
+if __name__ == "__main__":
+    _interpreter_main()

@@ -15,12 +15,8 @@ import json
 import pytest
 import torch
 
-from .fftconv_reference import make_inputs, rel_err, spectrum_conv64
+from .fftconv_reference import DTYPES, GPU_DTYPES, TOL, make_inputs, rel_err, spectrum_conv64
 from .interpreted import run_interpreted, start_interpreter
-
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 
 # (B, H, L, n, dtype, gated, options): odd and prime lengths, B = 1 (one sequence per step),
 # odd B (a half-empty pair), several steps, a sparse spectrum, the filter's bins gathered by the

@@ -18,6 +18,9 @@ import pytest
 import torch
 
 from .fftconv_reference import (
+    DTYPES,
+    GPU_DTYPES,
+    TOL,
     conv_fft64,
     conv_numpy,
     conv_torch64,
@@ -28,8 +31,6 @@ from .fftconv_reference import (
 )
 from .interpreted import run_interpreted, start_interpreter
 
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRADS = ("u", "k", "pregate", "postgate", "bias")
 
 
@@ -923,7 +924,6 @@ def test_fft64_reference_matches_direct():
 # ---------------------------------------------------------------------------------------------
 # GPU: the compiled kernels at their real sizes
 
-GPU_DTYPES = [pytest.param(d, id=name) for name, d in DTYPES.items()]
 # (B, H, L, mode, dtypes): B*H small at the big sizes so the float64 reference fits and runs
 # fast; bf16 everywhere, fp16 and fp32 at a spread of sizes (each size compiles its kernels)
 GPU_FORWARD_SHAPES = [
