@@ -143,6 +143,8 @@ def forward_with_z(
 
 
 def _forward(u, kc, kf, pregate, postgate, bias, plan, backend, want_z):
+    if u.shape[0] == 0:  # an empty batch: nothing to transform (as an empty conv1d batch)
+        return torch.empty_like(u), (torch.empty_like(u) if want_z else None)
     dtype = compute_dtype(u)
     n, keep = plan.fft_size, plan.keep_bins
     kf = filter_spectrum(kc, plan, backend, dtype) if kf is None else _as_compute(kf, dtype)
@@ -184,6 +186,14 @@ def backward(
     ``z``: the forward's convolution before the postgate (``forward_with_z``), when it kept
     one: the postgate's gradient is then ``dy * z``, and nothing transforms v for it."""
     need_u, need_k, need_pre, need_post, need_bias = needs
+    if u.shape[0] == 0:  # an empty batch: sums over it are zero, the rest is empty
+        return (
+            torch.empty_like(u) if need_u else None,
+            torch.zeros_like(kc) if need_k else None,
+            torch.empty_like(pregate) if need_pre else None,
+            torch.empty_like(postgate) if need_post else None,
+            torch.zeros_like(bias) if need_bias else None,
+        )
     dtype = compute_dtype(u)
     n, keep, L = plan.fft_size, plan.keep_bins, plan.seq_len
     kf = filter_spectrum(kc, plan, backend, dtype) if kf is None else _as_compute(kf, dtype)

@@ -83,6 +83,8 @@ def _check_u(u: object) -> Tensor:
     u = _check_tensor("u", u)
     if u.dim() != 3:
         raise ValueError(f"u must have shape (B, H, L); got shape {tuple(u.shape)}")
+    if u.device.type == "meta":
+        raise ValueError("u must be on a device that holds values (cpu or cuda); got meta")
     B, H, L = u.shape
     if L < 1:
         raise ValueError(f"u must have a sequence length L >= 1; got L={L}")

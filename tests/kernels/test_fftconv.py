@@ -479,6 +479,38 @@ def test_torch_compile_inductor_with_spectrum():
 # Bad input: a clear error naming the argument, expected and actual values
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("mode", "Lk", "blocked"),
+    [
+        ("causal", 16, False),
+        ("causal", 4, True),
+        ("circular", 16, False),
+        ("bidirectional", 31, False),
+    ],
+)
+def test_empty_batch(mode, Lk, blocked, backend):
+    """B = 0 (an empty batch, as conv1d takes one): an empty y, empty gradients of the
+    per-sample inputs, and zero gradients of the filter and the bias (sums over no samples),
+    with and without the kept z."""
+    torch.manual_seed(5)
+    for keep_z in (False, True):
+        u, pre, post = (torch.randn(0, 3, 16, requires_grad=True) for _ in range(3))
+        post.requires_grad_(keep_z)
+        k = torch.randn(3, Lk, requires_grad=True)
+        bias = torch.randn(3, requires_grad=True)
+        y = fftconv(
+            u, k, pregate=pre, postgate=post, bias=bias, mode=mode, blocked=blocked,
+            backend=backend,
+        )  # fmt: skip
+        assert y.shape == (0, 3, 16) and y.dtype == u.dtype
+        y.sum().backward()
+        for x in (u, pre) + ((post,) if keep_z else ()):
+            assert x.grad is not None and x.grad.shape == (0, 3, 16)
+        assert k.grad is not None and torch.equal(k.grad, torch.zeros_like(k))
+        assert bias.grad is not None and torch.equal(bias.grad, torch.zeros_like(bias))
+
+
 def _ok():
     return torch.randn(2, 3, 16), torch.randn(3, 8)
 
@@ -516,6 +548,12 @@ def _ok():
             ValueError,
             r"k must be on the same device as u \(cpu\); got meta",
             id="k-device",
+        ),
+        pytest.param(
+            lambda u, k: fftconv(u.to("meta"), k.to("meta")),
+            ValueError,
+            r"u must be on a device that holds values \(cpu or cuda\); got meta",
+            id="u-meta",
         ),
         pytest.param(lambda u, k: fftconv(u[..., :0], k), ValueError, r"L >= 1; got L=0", id="L0"),
         pytest.param(lambda u, k: fftconv(u, k[:, :0]), ValueError, r"at least one tap", id="Lk0"),
