@@ -345,6 +345,8 @@ class CausalLM(nn.Module):
         if not isinstance(idx, Tensor) or idx.ndim != 2:
             shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
             raise ValueError(f"idx must be [batch, seq_len] token ids; got shape {shape}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"idx must be integer token ids (int64 or int32); got {idx.dtype}")
         extra = self.block_args(idx)
         x = self.drop(self.wte(idx))  # [B, L, d]
         residual = None  # the stream: fp32 [B, L, d] from the first block on

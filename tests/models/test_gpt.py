@@ -76,6 +76,8 @@ def test_lm_shapes_and_any_length() -> None:
         assert logits.shape == (2, seq_len, 64) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match=r"idx must be \[batch, seq_len\]"):
         model(torch.randint(0, 61, (2, 3, 4)))
+    with pytest.raises(TypeError, match=r"idx must be integer token ids .*got torch.float32"):
+        model(torch.randint(0, 61, (2, 3)).float())
 
 
 @pytest.mark.parametrize("t", [0, 17, 46])
