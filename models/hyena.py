@@ -52,6 +52,16 @@ def check_seq_len(seq_len: int, l_max: int, filter_len: int | None) -> int:
     return min(seq_len, filter_len)
 
 
+def _decode_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _last(x: Tensor, m: int) -> Tensor:
+    """The last ``m`` positions of ``x`` [..., L], zeros before the first (causal padding)."""
+    kept = x[..., max(x.shape[-1] - m, 0) :]
+    return torch.nn.functional.pad(kept, (m - kept.shape[-1], 0))
+
+
 class PositionalFeatures(nn.Module):
     """Features of the filter position t in [0, l_max): normalized time and sin/cos bands."""
 
@@ -219,7 +229,17 @@ class HyenaOperator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, u: Tensor) -> Tensor:
+    @property
+    def history(self) -> int:
+        """Past positions a long convolution reads: its taps (``filter_len``, else ``l_max``)."""
+        return self.l_max if self.filter_len is None else self.filter_len
+
+    def forward(self, u: Tensor, cache: dict | None = None) -> Tensor:
+        """[B, L, d] -> [B, L, d]. ``cache`` (for ``HyenaLM.generate``): an empty dict makes
+        this call a prefill that also leaves in it what decoding needs (``decode``); a filled one
+        decodes ``u``'s positions one by one after the ones it has seen."""
+        if cache:
+            return self.decode(u, cache)
         L = u.shape[1]
         taps = check_seq_len(L, self.l_max, self.filter_len)
         # in_proj writes each of its order + 1 streams as its own contiguous [B, d, L] tensor
@@ -237,10 +257,21 @@ class HyenaOperator(nn.Module):
         *x, v = (  # order gates x0..x_{order-1} and the value v
             short_conv(z, w, b, input_bias=ib, padding="causal") for z, w, b, ib in filters
         )
+        if cache is not None:
+            self._check_decodable()
+            cd = _decode_dtype(u)
+            biased = (
+                z.to(cd) + ib.to(cd)[:, None]
+                for z, ib in zip(streams, self.in_proj.bias.chunk(n), strict=True)
+            )
+            cache["short"] = _last(torch.cat(list(biased), dim=1), self.short_filter.shape[1] - 1)
+            cache["history"], cache["at"] = [], 0
         k = self.filter(taps).reshape(self.order - 1, self.d_model, taps)  # [order-1, d, taps]
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
         fuse_pregate = not (self.training and self.dropout.p > 0)
         for step, gate in enumerate(reversed(x[1:])):
+            if cache is not None:  # the convolution's input, twice over (see decode)
+                cache["history"].append(_last(v.to(cd) * gate.to(cd), self.history).repeat(1, 1, 2))
             pregate = gate if fuse_pregate else None
             if not fuse_pregate:
                 v = self.dropout(v * gate)
@@ -249,4 +280,50 @@ class HyenaOperator(nn.Module):
                 v = x[0] * self.fftconv(v, k_last, pregate=pregate)
             else:
                 v = self.fftconv(v, k[step], pregate=pregate, bias=skip[step])
+        if cache is not None:
+            taps = self.filter(self.history).to(cd).reshape(self.order - 1, self.d_model, -1)
+            cache["k"] = taps.flip(-1)  # lag history - 1 first: the order of the history
+            cache["skip"] = skip.to(cd)
         return linear_from_channels(v, self.out_proj.weight, self.out_proj.bias)  # [B, L, d]
+
+    def _check_decodable(self) -> None:
+        if self.training and self.dropout.p > 0:
+            raise ValueError("a Hyena cache decodes in eval mode only (the mixer's dropout is on)")
+
+    @torch.no_grad()
+    def decode(self, u: Tensor, cache: dict) -> Tensor:
+        """The operator on ``u`` [B, T, d], positions that follow those the cache has seen
+        (a prefill's, then earlier decodes'), one position at a time: O(d * history) per
+        position for the long convolutions (direct sums over the kept inputs) instead of a
+        whole forward. Exactly the forward's math, in fp32 (fp64 for fp64 input), the result
+        in u's dtype.
+
+        The cache holds the short conv's last ``K - 1`` biased inputs, and per long
+        convolution its last ``history`` gated inputs, stored twice in a buffer of
+        ``2 * history`` (position p of the ring at p and p + history), so that the newest
+        ``history`` inputs, oldest first, are always one contiguous slice; the filters reversed
+        to that order, and the D skips."""
+        self._check_decodable()
+        n, hist, cd = self.order + 1, self.history, _decode_dtype(u)
+        w_in, b_in = self.in_proj.weight.to(cd), self.in_proj.bias.to(cd)
+        w_short, b_short = self.short_filter.to(cd), self.short_filter_bias.to(cd)
+        w_out, b_out = self.out_proj.weight.to(cd), self.out_proj.bias.to(cd)
+        outs = []
+        for t in range(u.shape[1]):
+            z = torch.nn.functional.linear(u[:, t].to(cd), w_in, b_in)  # [B, inner]
+            window = torch.cat([cache["short"], z[..., None]], dim=-1)  # [B, inner, K]
+            cache["short"] = window[..., 1:]
+            *x, v = ((window * w_short).sum(-1) + b_short).chunk(n, dim=-1)  # [B, d] each
+            at = cache["at"]
+            for step, gate in enumerate(reversed(x[1:])):
+                vin = v * gate
+                buf = cache["history"][step]  # [B, d, 2 * hist]
+                buf[..., at] = vin
+                buf[..., at + hist] = vin
+                conv = (buf[..., at + 1 : at + 1 + hist] * cache["k"][step]).sum(-1)
+                v = conv + cache["skip"][step] * vin
+                if step == self.order - 2:
+                    v = x[0] * v
+            cache["at"] = (at + 1) % hist
+            outs.append(torch.nn.functional.linear(v, w_out, b_out))
+        return torch.stack(outs, dim=1).to(u.dtype)

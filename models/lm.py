@@ -277,9 +277,12 @@ class HyenaBlock(nn.Module):
         self.dropout = nn.Dropout(config.resid_dropout)
         self.norm_backend = config.norm_backend
 
-    def forward(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, residual: Tensor | None, cache: dict | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``cache``: the mixer's (``HyenaOperator.forward``), for ``HyenaLM.generate``."""
         h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
-        x = self.dropout(self.mixer(h))
+        x = self.dropout(self.mixer(h) if cache is None else self.mixer(h, cache))
         h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
         return self.dropout(self.mlp(h)), residual
 
@@ -470,15 +473,21 @@ class HyenaLM(CausalLM):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
         """Autoregressive sampling: token ids ``idx`` [B, T] -> [B, T + max_new_tokens].
 
-        Each step runs the full forward on the last ``context_window`` tokens and samples the
-        next token from the last position's logits (only the ``vocab_size`` real tokens, never
-        the padding rows of the embedding). A step therefore costs a whole forward pass,
-        O(n_layer * W log W) for a window of W tokens, and N new tokens cost N of them: fine for
-        sampling a few hundred tokens from a long-convolution model, which has no cheap
-        recurrent state to carry (that would need distilling the filters into a recurrence).
+        Each new token is sampled from the logits of the last position (only the
+        ``vocab_size`` real tokens, never the padding rows of the embedding), computed on the
+        last ``context_window`` tokens. With ``use_cache`` (the default) the prompt runs
+        through the model once (the FFT convolutions) and every later token through one
+        decoding step per layer: the projections and MLP of that position alone and, per long
+        convolution, a direct sum over its last ``filter_len`` (else ``l_max``) inputs, kept
+        in the cache (``HyenaOperator.decode``), O(n_layer * d * W) per token instead of a
+        whole forward over the window W. It is the same math as the forward (in fp32); the
+        one case it cannot reproduce is a sequence past ``l_max`` without ``filter_len``,
+        where the window slides and every layer restarts at its first token: from there each
+        token runs the whole forward again, as with ``use_cache=False``.
 
         Args:
             idx: prompts of equal length, int64 on the model's device.
@@ -491,6 +500,7 @@ class HyenaLM(CausalLM):
                 hold ``pad_token_id``. Generation ends early when every row has stopped.
             pad_token_id: filler after eos (None = eos_token_id).
             generator: torch.Generator on the model's device for reproducible sampling.
+            use_cache: decode from a cache (above); False runs the whole forward per token.
 
         Runs in eval mode under ``torch.no_grad`` and restores the previous mode.
         """
@@ -528,6 +538,8 @@ class HyenaLM(CausalLM):
                 f"generator is on {generator.device} but the model is on {device}; "
                 f"use torch.Generator(device={str(device)!r})"
             )
+        if not isinstance(use_cache, bool):
+            raise TypeError(f"use_cache must be a bool; got {use_cache!r}")
         pad = eos_token_id if pad_token_id is None else pad_token_id
 
         was_training = self.training
@@ -536,9 +548,21 @@ class HyenaLM(CausalLM):
             window = self.context_window
             total = idx.shape[1] + max_new_tokens
             finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)
+            caches = None
             while idx.shape[1] < total:
-                logits = self(idx[:, -window:])[:, -1, :vocab].float()  # [B, vocab]
-                token = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+                # a cache serves while the window has not slid past l_max without filter_len
+                exact = self.config.filter_len is not None or idx.shape[1] <= self.config.l_max
+                if caches is not None and exact:
+                    logits = self._cached_logits(idx[:, -1:], caches)
+                elif use_cache and exact:
+                    caches = [{} for _ in self.blocks]  # the prefill fills them
+                    logits = self._cached_logits(idx[:, -window:], caches)
+                else:
+                    caches = None
+                    logits = self(idx[:, -window:])[:, -1]
+                token = sample_logits(
+                    logits[:, :vocab].float(), temperature, top_k, top_p, generator
+                )
                 if eos_token_id is not None:
                     token = token.masked_fill(finished, pad)
                     finished |= token == eos_token_id
@@ -549,3 +573,12 @@ class HyenaLM(CausalLM):
         finally:
             self.train(was_training)
         return idx
+
+    def _cached_logits(self, idx: Tensor, caches: list[dict]) -> Tensor:
+        """The last position's logits [B, padded_vocab] of ``idx`` run through the blocks
+        with their caches: a prefill where they are empty, decoding steps after that."""
+        x, residual = self.drop(self.wte(idx)), None
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x, residual = block(x, residual, cache)
+        h, _ = add_norm(self.norm_f, x[:, -1:], residual[:, -1:], self.config.norm_backend)
+        return self.lm_head(h)[:, -1]

@@ -334,3 +334,22 @@ def test_halves_benchmark_table(capsys) -> None:
     assert lines["long"][3:6] == ["1.500", "3.00", "4.00x"]
     assert lines["halves"][3:6] == ["3.000", "6.00", "2.00x"]
     assert any("fwd+bwd" in line and "11.000" in line for line in out)
+
+
+def test_generate_benchmark_on_cpu(tmp_path, capsys) -> None:
+    from benchmarks import generate
+
+    out = tmp_path / "generate.json"
+    args = ["--out", str(out), "--model", "hyena-tiny", "--prompt", "20", "--new", "6"]
+    generate.main([*args, "--uncached-new", "4", "--batch", "2", "--device", "cpu"])
+    doc = json.loads(out.read_text())
+    assert doc["same_tokens"] is True and doc["model"] == "hyena-tiny" and doc["batch"] == 2
+    assert doc["cached"]["new_tokens"] == 6 and doc["uncached"]["new_tokens"] == 4
+    for mode in ("cached", "uncached"):
+        r = doc[mode]
+        assert len(r["tokens"]) == 2 and all(len(t) == r["new_tokens"] for t in r["tokens"])
+        assert 0 < r["first_token_s"] < r["seconds"] and r["ms_per_token"] > 0
+    assert [t[:4] for t in doc["cached"]["tokens"]] == doc["uncached"]["tokens"]
+    assert "per-token speedup of the cache" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        generate.main([*args, "--new", "1"])

@@ -123,6 +123,86 @@ def test_partial_conv_window_is_exact() -> None:
     assert torch.equal(out, greedy_reference(model, idx, 4, window=window))
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({}, id="order2"),
+        pytest.param({"order": 3}, id="order3"),
+        pytest.param({"filter_len": 9, "l_max": 32}, id="partial"),
+        pytest.param({"short_filter": 1}, id="short1"),
+        pytest.param({"short_filter": 5, "order": 3, "filter_len": 20}, id="short5-order3"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["fp64", "fp32"]
+)
+def test_cached_decoding_is_the_forward(overrides, dtype, tol) -> None:
+    """Prefill, then positions decoded one at a time and three at once from the cache: the
+    same logits as one forward over the whole sequence (positions past the prefill, which is
+    shorter and longer than the short conv and the partial filter)."""
+    model = tiny_model(initializer_range=0.2, **overrides).to(dtype).eval()
+    length = 40 if model.config.filter_len is None else 60  # partial: past l_max = 32
+    idx = prompts(batch=2, length=length, seed=4)
+    with torch.no_grad():
+        full = model(idx)[..., :VOCAB]  # [B, L, V]: the last position reads all before it
+        for prefill in (2, 13):
+            caches = [{} for _ in model.blocks]
+            got = [model._cached_logits(idx[:, :prefill], caches)]
+            t = prefill
+            while t < length:
+                step = 3 if t % 2 else 1  # several positions through one decode call, too
+                got.append(model._cached_logits(idx[:, t : t + step], caches))
+                t += step
+            steps = [prefill]  # each call's logits are its last position's: steps[i] - 1
+            t = prefill
+            while t < length:
+                steps.append(min(t + (3 if t % 2 else 1), length))
+                t = steps[-1]
+            ref = torch.stack([full[:, e - 1] for e in steps], dim=1)
+            out = torch.stack(got, dim=1)[..., :VOCAB]
+            err = ((out - ref).norm() / ref.norm()).item()
+            assert err < tol, f"prefill {prefill}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "length", "new"),
+    [
+        pytest.param({}, 7, 9, id="within-l_max"),
+        pytest.param({"l_max": 32}, 20, 25, id="past-l_max-recomputes"),
+        pytest.param({"l_max": 32, "filter_len": 6}, 20, 30, id="partial-past-l_max"),
+        pytest.param({"l_max": 32}, 40, 3, id="prompt-past-l_max"),
+    ],
+)
+def test_cache_and_recompute_generate_the_same(overrides, length, new) -> None:
+    """use_cache (default) against a whole forward per token, in fp64 so that no argmax or
+    sampling draw can fall differently: greedy, seeded sampling, and eos stops."""
+    model = tiny_model(initializer_range=0.2, **overrides).double()
+    idx = prompts(batch=3, length=length, seed=2)
+    cached = model.generate(idx, new, temperature=0.0)
+    assert torch.equal(cached, model.generate(idx, new, temperature=0.0, use_cache=False))
+    window = model.context_window
+    assert torch.equal(cached, greedy_reference(model, idx, new, window=window))
+
+    def draw(use_cache: bool) -> torch.Tensor:
+        g = torch.Generator().manual_seed(11)
+        return model.generate(idx, new, top_k=30, top_p=0.9, generator=g, use_cache=use_cache)
+
+    assert torch.equal(draw(True), draw(False))
+    eos = int(cached[0, length + 1])
+    assert torch.equal(
+        model.generate(idx, new, temperature=0.0, eos_token_id=eos),
+        model.generate(idx, new, temperature=0.0, eos_token_id=eos, use_cache=False),
+    )
+
+
+def test_cache_is_for_eval_mode() -> None:
+    model = tiny_model(mixer_dropout=0.1).train()
+    with pytest.raises(ValueError, match="decodes in eval mode only"):
+        model._cached_logits(prompts(), [{} for _ in model.blocks])
+    with pytest.raises(TypeError, match="use_cache must be a bool; got 'yes'"):
+        model.generate(prompts(), 2, use_cache="yes")
+
+
 def test_sample_logits_support_and_frequencies() -> None:
     probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
     logits = probs.log().repeat(20000, 1)
