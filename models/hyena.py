@@ -305,9 +305,11 @@ class HyenaOperator(nn.Module):
         to that order, and the D skips."""
         self._check_decodable()
         n, hist, cd = self.order + 1, self.history, _decode_dtype(u)
-        w_in, b_in = self.in_proj.weight.to(cd), self.in_proj.bias.to(cd)
-        w_short, b_short = self.short_filter.to(cd), self.short_filter_bias.to(cd)
-        w_out, b_out = self.out_proj.weight.to(cd), self.out_proj.bias.to(cd)
+        if cache.get("weights_dtype") != cd:  # the weights in the decoding dtype, once
+            params = (self.in_proj.weight, self.in_proj.bias, self.short_filter)
+            params += (self.short_filter_bias, self.out_proj.weight, self.out_proj.bias)
+            cache["weights"], cache["weights_dtype"] = [p.to(cd) for p in params], cd
+        w_in, b_in, w_short, b_short, w_out, b_out = cache["weights"]
         outs = []
         for t in range(u.shape[1]):
             z = torch.nn.functional.linear(u[:, t].to(cd), w_in, b_in)  # [B, inner]
@@ -320,7 +322,7 @@ class HyenaOperator(nn.Module):
                 buf = cache["history"][step]  # [B, d, 2 * hist]
                 buf[..., at] = vin
                 buf[..., at + hist] = vin
-                conv = (buf[..., at + 1 : at + 1 + hist] * cache["k"][step]).sum(-1)
+                conv = torch.linalg.vecdot(buf[..., at + 1 : at + 1 + hist], cache["k"][step])
                 v = conv + cache["skip"][step] * vin
                 if step == self.order - 2:
                     v = x[0] * v
