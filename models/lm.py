@@ -11,8 +11,10 @@ Design choices:
   logits are trained down like any unused token.
 - ``filter_len`` can be changed when loading (``from_pretrained(dir, filter_len=...)``): it does
   not change any parameter, only how many filter taps are used.
-- ``generate`` samples by recomputing the whole forward for every new token (no recurrent
-  state); its context is cropped to ``context_window`` (see there).
+- ``generate`` runs the prompt through the model once, then decodes each new token from a
+  cache (``HyenaOperator.decode``: the short conv's last inputs and each long convolution's
+  last ``filter_len`` or ``l_max`` gated inputs, summed against the filter directly); its
+  context is cropped to ``context_window`` (see there).
 - Training takes ``loss(idx, targets)``, the head and the cross-entropy fused
   (``models.loss.linear_cross_entropy``): the [B, L, V] logits are never materialized.
   ``forward`` still returns logits for whoever needs them (evaluation, sampling).
