@@ -277,3 +277,24 @@ def test_generate_on_cuda() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model.generate(idx, 6, temperature=0.7, top_p=0.9)
     assert out.shape == (3, 13) and int(out.max()) < VOCAB
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("autocast", "tol"), [(False, 1e-4), (True, 3e-2)], ids=["fp32", "bf16-autocast"]
+)
+def test_cached_decoding_is_the_forward_on_cuda(autocast, tol) -> None:
+    """On the GPU the prefill runs the Triton fftconv and decoding the direct sums: the logits
+    of every decoded position against one forward (fp32: tf32x3 kernels; under bf16 autocast
+    both round their matmuls to bf16, at different places)."""
+    model = tiny_model(fftconv_backend="auto", initializer_range=0.2, l_max=128).cuda().eval()
+    idx = prompts(batch=3, length=100, seed=6).cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        full = model(idx)[..., :VOCAB].float()
+        caches = [{} for _ in model.blocks]
+        got = [model._cached_logits(idx[:, :37], caches)]
+        got += [model._cached_logits(idx[:, t : t + 1], caches) for t in range(37, 100)]
+    out = torch.stack(got, dim=1)[..., :VOCAB].float()
+    ref = full[:, 36:]
+    err = ((out - ref).norm() / ref.norm()).item()
+    assert err < tol, f"rel err {err:.2e}"
