@@ -265,7 +265,7 @@ class HyenaOperator(nn.Module):
                 for z, ib in zip(streams, self.in_proj.bias.chunk(n), strict=True)
             )
             cache["short"] = _last(torch.cat(list(biased), dim=1), self.short_filter.shape[1] - 1)
-            cache["history"], cache["at"] = [], 0
+            cache["history"], cache["at"], cache["seen"] = [], 0, L
         k = self.filter(taps).reshape(self.order - 1, self.d_model, taps)  # [order-1, d, taps]
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
         fuse_pregate = not (self.training and self.dropout.p > 0)
@@ -311,6 +311,11 @@ class HyenaOperator(nn.Module):
             cache["weights"], cache["weights_dtype"] = [p.to(cd) for p in params], cd
         w_in, b_in, w_short, b_short, w_out, b_out = cache["weights"]
         outs = []
+        if self.filter_len is None and cache["seen"] + u.shape[1] > self.l_max:
+            raise ValueError(
+                f"decoding to position {cache['seen'] + u.shape[1]} exceeds l_max={self.l_max}; "
+                "set model.filter_len to run past the training length"
+            )
         for t in range(u.shape[1]):
             z = torch.nn.functional.linear(u[:, t].to(cd), w_in, b_in)  # [B, inner]
             window = torch.cat([cache["short"], z[..., None]], dim=-1)  # [B, inner, K]
@@ -326,6 +331,6 @@ class HyenaOperator(nn.Module):
                 v = conv + cache["skip"][step] * vin
                 if step == self.order - 2:
                     v = x[0] * v
-            cache["at"] = (at + 1) % hist
+            cache["at"], cache["seen"] = (at + 1) % hist, cache["seen"] + 1
             outs.append(torch.nn.functional.linear(v, w_out, b_out))
         return torch.stack(outs, dim=1).to(u.dtype)

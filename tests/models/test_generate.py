@@ -195,10 +195,16 @@ def test_cache_and_recompute_generate_the_same(overrides, length, new) -> None:
     )
 
 
-def test_cache_is_for_eval_mode() -> None:
+def test_cache_is_for_eval_mode_and_stops_at_l_max() -> None:
     model = tiny_model(mixer_dropout=0.1).train()
     with pytest.raises(ValueError, match="decodes in eval mode only"):
         model._cached_logits(prompts(), [{} for _ in model.blocks])
+    model = tiny_model(l_max=32).eval()  # the forward refuses past l_max, and so does decoding
+    caches = [{} for _ in model.blocks]
+    model._cached_logits(prompts(length=30), caches)
+    model._cached_logits(prompts(length=2), caches)  # positions 31 and 32: still within
+    with pytest.raises(ValueError, match="decoding to position 33 exceeds l_max=32"):
+        model._cached_logits(prompts(length=1), caches)
     with pytest.raises(TypeError, match="use_cache must be a bool; got 'yes'"):
         model.generate(prompts(), 2, use_cache="yes")
 
