@@ -133,12 +133,25 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.attn_dropout = config.attn_dropout
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: dict | None = None) -> Tensor:
+        """``cache`` (for ``generate``): the keys and values of the positions before x's
+        (rotated), which x's queries attend to as well; x's own are appended to it."""
         qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.n_head)
         q, k, v = qkv.unbind(0)  # [B, nh, L, hd] each
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        mask, causal = None, True
+        if cache is not None:
+            if "k" in cache:  # queries at positions P.. attend to keys 0..P + their own
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                rows = torch.arange(q.shape[2], device=q.device)[:, None]
+                mask = torch.arange(k.shape[2], device=q.device)[None, :] <= rows + past
+                causal = False
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
+        )
         return self.out_proj(rearrange(y, "b h l e -> b l (h e)"))
 
 
@@ -156,10 +169,16 @@ class GPTBlock(nn.Module):
         self.norm_backend = config.norm_backend
 
     def forward(
-        self, x: Tensor, residual: Tensor | None, cos: Tensor, sin: Tensor
+        self,
+        x: Tensor,
+        residual: Tensor | None,
+        cos: Tensor,
+        sin: Tensor,
+        cache: dict | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """``cache``: the attention's (``CausalSelfAttention.forward``), for ``generate``."""
         h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
-        x = self.dropout(self.attn(h, cos, sin))
+        x = self.dropout(self.attn(h, cos, sin) if cache is None else self.attn(h, cos, sin, cache))
         h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
         return self.dropout(self.mlp(h)), residual
 
@@ -174,9 +193,10 @@ class GPTLM(CausalLM):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config, GPTBlock)
 
-    def block_args(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The rotary cos and sin [L, hd/2] that every block's attention takes."""
+    def block_args(self, idx: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """The rotary cos and sin [L, hd/2] of positions ``start`` .. ``start + L - 1`` that
+        every block's attention takes."""
         angles = rotary_angles(
-            idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device
-        )
+            start + idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device
+        )[start:]
         return angles.cos(), angles.sin()

@@ -337,10 +337,10 @@ class CausalLM(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         init_gpt2(module, self.config.initializer_range, self.config.n_layer, self.MIXER)
 
-    def block_args(self, idx: Tensor) -> tuple[Tensor, ...]:
+    def block_args(self, idx: Tensor, start: int = 0) -> tuple[Tensor, ...]:
         """Extra arguments every block gets after the branch output and the residual stream,
-        computed once per forward from the token ids (the GPT's rotary cos and sin); none by
-        default."""
+        computed once per forward from the token ids, the first at position ``start`` (the
+        GPT's rotary cos and sin); none by default."""
         return ()
 
     def hidden(self, idx: Tensor) -> Tensor:
@@ -432,36 +432,14 @@ class CausalLM(nn.Module):
         load_model(model, str(directory / WEIGHTS_NAME), strict=True, device=str(map_location))
         return model
 
-
-class HyenaLM(CausalLM):
-    """Causal LM with Hyena mixers: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
-
-    MODEL_TYPE = MODEL_TYPE
-    CONFIG = HyenaConfig
-    MIXER = HyenaOperator
-
-    def __init__(self, config: HyenaConfig) -> None:
-        super().__init__(config, HyenaBlock)
-
     # -----------------------------------------------------------------------------------------
     # Sampling
 
     @property
-    def context_window(self) -> int:
-        """Tokens of context that decide the next token, and where ``generate`` crops.
-
-        Without ``filter_len`` the model runs on at most ``l_max`` tokens (a sliding window past
-        that). With a partial convolution every layer looks back a bounded number of positions:
-        ``order - 1`` long convolutions of ``filter_len`` taps after a short conv of
-        ``short_filter`` taps, so the last position depends on exactly the last
-        ``n_layer * ((order - 1) * (filter_len - 1) + short_filter - 1) + 1`` tokens (no
-        positional embeddings), and cropping to them changes nothing.
-        """
-        c = self.config
-        if c.filter_len is None:
-            return c.l_max
-        per_layer = (c.order - 1) * (c.filter_len - 1) + c.short_filter - 1
-        return c.n_layer * per_layer + 1
+    def context_window(self) -> int | None:
+        """Tokens of context that decide the next token, where ``generate`` crops; None: all
+        of them (a subclass with a bounded window says how many)."""
+        return None
 
     @torch.no_grad()
     def generate(
@@ -481,15 +459,17 @@ class HyenaLM(CausalLM):
 
         Each new token is sampled from the logits of the last position (only the
         ``vocab_size`` real tokens, never the padding rows of the embedding), computed on the
-        last ``context_window`` tokens. With ``use_cache`` (the default) the prompt runs
-        through the model once (the FFT convolutions) and every later token through one
-        decoding step per layer: the projections and MLP of that position alone and, per long
-        convolution, a direct sum over its last ``filter_len`` (else ``l_max``) inputs, kept
-        in the cache (``HyenaOperator.decode``), O(n_layer * d * W) per token instead of a
-        whole forward over the window W. It is the same math as the forward (in fp32); the
-        one case it cannot reproduce is a sequence past ``l_max`` without ``filter_len``,
-        where the window slides and every layer restarts at its first token: from there each
-        token runs the whole forward again, as with ``use_cache=False``.
+        last ``context_window`` tokens (all of them where it is None). With ``use_cache`` (the
+        default) the prompt runs through the model once and every later token through one
+        decoding step per block, which computes that position alone from what the blocks kept
+        of the earlier ones: the keys and values of the attention (``GPTLM``); for Hyena
+        (``HyenaLM``) the short conv's last inputs and each long convolution's last
+        ``filter_len`` (else ``l_max``) gated inputs, summed against the filter directly
+        (``HyenaOperator.decode``), O(n_layer * d * W) per token instead of a whole forward
+        over the window W. The same math as the forward; where a cache cannot reproduce it
+        (``_cache_serves``: a Hyena sequence past ``l_max`` without ``filter_len``, whose
+        window slides so that every layer restarts at its first token) each token from there
+        runs the whole forward again, as with ``use_cache=False``.
 
         Args:
             idx: prompts of equal length, int64 on the model's device.
@@ -553,15 +533,16 @@ class HyenaLM(CausalLM):
             caches = None
             while idx.shape[1] < total:
                 # a cache serves while the window has not slid past l_max without filter_len
-                exact = self.config.filter_len is not None or idx.shape[1] <= self.config.l_max
+                exact = self._cache_serves(idx.shape[1])
+                context = idx if window is None else idx[:, -window:]
                 if caches is not None and exact:
                     logits = self._cached_logits(idx[:, -1:], caches)
                 elif use_cache and exact:
-                    caches = [{} for _ in self.blocks]  # the prefill fills them
-                    logits = self._cached_logits(idx[:, -window:], caches)
+                    caches = self._new_cache()  # the prefill fills it
+                    logits = self._cached_logits(context, caches)
                 else:
                     caches = None
-                    logits = self(idx[:, -window:])[:, -1]
+                    logits = self(context)[:, -1]
                 token = sample_logits(
                     logits[:, :vocab].float(), temperature, top_k, top_p, generator
                 )
@@ -576,11 +557,61 @@ class HyenaLM(CausalLM):
             self.train(was_training)
         return idx
 
-    def _cached_logits(self, idx: Tensor, caches: list[dict]) -> Tensor:
-        """The last position's logits [B, padded_vocab] of ``idx`` run through the blocks
-        with their caches: a prefill where they are empty, decoding steps after that."""
+    def _new_cache(self) -> dict:
+        """An empty decoding cache: the positions it has seen and one dict per block, which
+        the block fills on the first call (the prefill) and reads and extends after that."""
+        return {"pos": 0, "layers": [{} for _ in self.blocks]}
+
+    def _cache_serves(self, length: int) -> bool:
+        """Whether decoding from a cache gives the forward's logits for a sequence of
+        ``length`` tokens (always, unless a subclass says otherwise)."""
+        return True
+
+    def _cached_logits(self, idx: Tensor, cache: dict) -> Tensor:
+        """The last position's logits [B, padded_vocab] of ``idx``, the positions after those
+        ``cache`` has seen, run through the blocks with their caches: a prefill where they are
+        empty, decoding steps after that."""
+        extra = self.block_args(idx, start=cache["pos"])
         x, residual = self.drop(self.wte(idx)), None
-        for block, cache in zip(self.blocks, caches, strict=True):
-            x, residual = block(x, residual, cache)
+        for block, layer in zip(self.blocks, cache["layers"], strict=True):
+            x, residual = block(x, residual, *extra, cache=layer)
+        cache["pos"] += idx.shape[1]
         h, _ = add_norm(self.norm_f, x[:, -1:], residual[:, -1:], self.config.norm_backend)
         return self.lm_head(h)[:, -1]
+
+
+class HyenaLM(CausalLM):
+    """Causal LM with Hyena mixers: token ids [B, L] -> logits [B, L, padded_vocab_size]."""
+
+    MODEL_TYPE = MODEL_TYPE
+    CONFIG = HyenaConfig
+    MIXER = HyenaOperator
+
+    def __init__(self, config: HyenaConfig) -> None:
+        super().__init__(config, HyenaBlock)
+
+    # -----------------------------------------------------------------------------------------
+    # Sampling
+
+    @property
+    def context_window(self) -> int:
+        """Tokens of context that decide the next token, and where ``generate`` crops.
+
+        Without ``filter_len`` the model runs on at most ``l_max`` tokens (a sliding window past
+        that). With a partial convolution every layer looks back a bounded number of positions:
+        ``order - 1`` long convolutions of ``filter_len`` taps after a short conv of
+        ``short_filter`` taps, so the last position depends on exactly the last
+        ``n_layer * ((order - 1) * (filter_len - 1) + short_filter - 1) + 1`` tokens (no
+        positional embeddings), and cropping to them changes nothing.
+        """
+        c = self.config
+        if c.filter_len is None:
+            return c.l_max
+        per_layer = (c.order - 1) * (c.filter_len - 1) + c.short_filter - 1
+        return c.n_layer * per_layer + 1
+
+    def _cache_serves(self, length: int) -> bool:
+        """A cache gives the forward's logits with a partial filter at any length, and without
+        one up to ``l_max``; past it the window slides and restarts every layer at its first
+        token, which no cache reproduces."""
+        return self.config.filter_len is not None or length <= self.config.l_max

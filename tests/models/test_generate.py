@@ -146,7 +146,7 @@ def test_cached_decoding_is_the_forward(overrides, dtype, tol) -> None:
     with torch.no_grad():
         full = model(idx)[..., :VOCAB]  # [B, L, V]: the last position reads all before it
         for prefill in (2, 13):
-            caches = [{} for _ in model.blocks]
+            caches = model._new_cache()
             got = [model._cached_logits(idx[:, :prefill], caches)]
             t = prefill
             while t < length:
@@ -198,9 +198,9 @@ def test_cache_and_recompute_generate_the_same(overrides, length, new) -> None:
 def test_cache_is_for_eval_mode_and_stops_at_l_max() -> None:
     model = tiny_model(mixer_dropout=0.1).train()
     with pytest.raises(ValueError, match="decodes in eval mode only"):
-        model._cached_logits(prompts(), [{} for _ in model.blocks])
+        model._cached_logits(prompts(), model._new_cache())
     model = tiny_model(l_max=32).eval()  # the forward refuses past l_max, and so does decoding
-    caches = [{} for _ in model.blocks]
+    caches = model._new_cache()
     model._cached_logits(prompts(length=30), caches)
     model._cached_logits(prompts(length=2), caches)  # positions 31 and 32: still within
     with pytest.raises(ValueError, match="decoding to position 33 exceeds l_max=32"):
@@ -297,7 +297,7 @@ def test_cached_decoding_is_the_forward_on_cuda(autocast, tol) -> None:
     idx = prompts(batch=3, length=100, seed=6).cuda()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         full = model(idx)[..., :VOCAB].float()
-        caches = [{} for _ in model.blocks]
+        caches = model._new_cache()
         got = [model._cached_logits(idx[:, :37], caches)]
         got += [model._cached_logits(idx[:, t : t + 1], caches) for t in range(37, 100)]
     out = torch.stack(got, dim=1)[..., :VOCAB].float()

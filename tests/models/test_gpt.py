@@ -212,3 +212,52 @@ def test_save_pretrained_round_trip(tmp_path) -> None:
 
     generic = from_pretrained(out).eval()
     assert isinstance(generic, GPTLM) and torch.equal(model(idx), generic(idx))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["fp64", "fp32"]
+)
+def test_cached_decoding_is_the_forward(dtype, tol) -> None:
+    """Keys and values kept: a prefill, then positions one and three at a time (the three
+    attend to each other causally, and to all before them), past l_max too (rotary
+    positions): the logits of one forward over the whole sequence."""
+    torch.manual_seed(0)
+    model = GPTLM(tiny_config(initializer_range=0.2)).to(dtype).eval()
+    idx = torch.randint(0, 61, (2, 70))  # l_max = 48
+    with torch.no_grad():
+        full = model(idx)
+        for prefill in (1, 20):
+            cache = model._new_cache()
+            got, ends, t = [model._cached_logits(idx[:, :prefill], cache)], [prefill], prefill
+            while t < idx.shape[1]:
+                step = 3 if t % 2 else 1
+                got.append(model._cached_logits(idx[:, t : t + step], cache))
+                t = min(t + step, idx.shape[1])
+                ends.append(t)
+            assert cache["pos"] == idx.shape[1]
+            ref = torch.stack([full[:, e - 1] for e in ends], dim=1)
+            err = ((torch.stack(got, dim=1) - ref).norm() / ref.norm()).item()
+            assert err < tol, f"prefill {prefill}: rel err {err:.2e}"
+
+
+def test_generate_with_and_without_the_cache() -> None:
+    """fp64, so that no argmax or draw can fall differently: greedy equals the argmax of a
+    whole forward per token, cached or not; seeded sampling too; past l_max as well."""
+    torch.manual_seed(0)
+    model = GPTLM(tiny_config(initializer_range=0.2, embed_dropout=0.1)).double()
+    idx = torch.randint(0, 61, (3, 30))
+    out = model.generate(idx, 25, temperature=0.0)
+    assert model.training and out.shape == (3, 55)  # the mode is restored
+    assert torch.equal(out, model.generate(idx, 25, temperature=0.0, use_cache=False))
+    ref = idx
+    model.eval()
+    with torch.no_grad():
+        for _ in range(25):
+            ref = torch.cat([ref, model(ref)[:, -1, :61].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ref)
+
+    def draw(use_cache: bool) -> torch.Tensor:
+        g = torch.Generator().manual_seed(4)
+        return model.generate(idx, 25, top_p=0.9, generator=g, use_cache=use_cache)
+
+    assert torch.equal(draw(True), draw(False))
