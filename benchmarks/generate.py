@@ -1,5 +1,5 @@
-"""Sampling speed: ``HyenaLM.generate`` with its decoding cache against a whole forward per
-token (``use_cache=False``), on a randomly initialized named model.
+"""Sampling speed: ``generate`` with its decoding cache against a whole forward per token
+(``use_cache=False``), on a randomly initialized named model (``hyena-*`` or ``gpt-s``).
 
     python -m benchmarks.generate --out benchmarks/results/<name>.json
         [--model hyena-s] [--prompt 1024] [--new 32] [--batch 1] [--device cuda|cpu]
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from models.gpt import GPTLM, GPTConfig
 from models.lm import HyenaLM
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,7 +47,8 @@ def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = HyenaLM.from_name(args.model).to(device).eval()
+    net = GPTLM if args.model in GPTConfig.presets else HyenaLM
+    model = net.from_name(args.model).to(device).eval()
     if device.type == "cuda":
         model = model.to(DTYPES[args.dtype])
     vocab = model.config.vocab_size
