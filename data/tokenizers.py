@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,16 @@ class HFTokenizer:
         from transformers import AutoTokenizer
 
         self.name = str(name_or_path)
-        self.hf = AutoTokenizer.from_pretrained(self.name)
+        try:
+            self.hf = AutoTokenizer.from_pretrained(self.name)
+        except OSError as err:  # not a folder, not in the Hub cache, and no network
+            raise OSError(
+                f"data.tokenizer={self.name!r} could not be loaded: it is not a tokenizer folder "
+                "here, and as a Hub name it is neither in the local Hugging Face cache nor "
+                "reachable (no network?). Give a folder with tokenizer.json (a tokenizer's "
+                "save_pretrained), or download it once where the Hub is reachable "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
         backend = getattr(self.hf, "backend_tokenizer", None)
         if backend is None:
             raise TypeError(
@@ -146,4 +156,10 @@ def load_tokenizer(name_or_path: str, eos_token: str | None = None) -> ByteToken
                 f"data.eos_token must be null with the byte tokenizer; got {eos_token!r}"
             )
         return ByteTokenizer()
-    return HFTokenizer(name_or_path, eos_token=eos_token)
+    path = Path(name_or_path).expanduser()
+    if name_or_path.startswith(("/", "./", "../", "~")) and not path.is_dir():
+        raise FileNotFoundError(
+            f"data.tokenizer={name_or_path!r} is a path, and no folder is there "
+            "(a tokenizer folder holds tokenizer.json, as save_pretrained writes it)"
+        )
+    return HFTokenizer(str(path) if path.is_dir() else name_or_path, eos_token=eos_token)

@@ -623,3 +623,30 @@ def test_pile_experiment_full_size_on_gpu(name, corpus, tmp_path, monkeypatch) -
     assert objects["trainer"].global_step == 2 and objects["trainer"].precision == "bf16-mixed"
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
     assert peak < 0.9 * total
+
+
+def test_tokenizer_that_cannot_be_loaded_is_named(tmp_path) -> None:
+    """Offline (HF_HUB_OFFLINE, in a child process: no test touches the network), a Hub name
+    that is not cached and a missing folder fail with errors that name data.tokenizer."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, subprocess_env
+
+    probe = (
+        "from data.tokenizers import load_tokenizer\n"
+        "for name in ('no-such-org/no-such-tokenizer', './no/such/folder'):\n"
+        "    try:\n"
+        "        load_tokenizer(name)\n"
+        "    except OSError as err:\n"
+        "        print(type(err).__name__, '|', err)\n"
+    )
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    hub, folder = out.stdout.strip().splitlines()
+    assert hub.startswith("OSError | data.tokenizer='no-such-org/no-such-tokenizer' could not")
+    assert "neither in the local Hugging Face cache nor reachable" in hub
+    assert folder.startswith("FileNotFoundError | data.tokenizer='./no/such/folder' is a path")
