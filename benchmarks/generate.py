@@ -11,9 +11,10 @@ prefill, and a sample) and of ``--new`` (``--uncached-new`` for the slow mode, a
 each); the difference over the extra tokens is the time per token after the first, which is
 what the two modes are compared on. On CUDA the model runs in ``--dtype`` (bf16 by default)
 and every call ends in a synchronisation. Both modes must produce the same tokens over the
-tokens they share (the script exits 1 otherwise): the cache computes the forward's math, in
-fp32, so a disagreement means a wrong cache or an argmax tie within rounding (printed either
-way).
+tokens they share in fp32 (the script exits 1 otherwise): the cache computes the forward's
+math, in fp32. In bf16 the forward rounds its matmuls where decoding sums in fp32, and a
+randomly initialized model's near-equal logits can then tip a greedy pick either way (on an
+H100, hyena-s: different tokens in bf16, the same in fp32): printed, not an error.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         f"per-token speedup of the cache: {result['speedup_per_token']:.1f}x; "
         f"same tokens: {result['same_tokens']}"
     )
-    if not result["same_tokens"]:
+    # in bf16/fp16 the forward rounds its matmuls where decoding sums in fp32: a greedy pick
+    # between near-equal logits (a random model's) can differ without anything being wrong
+    if not result["same_tokens"] and result["dtype"] == "fp32":
         sys.exit(1)
 
 

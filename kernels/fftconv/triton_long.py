@@ -1017,13 +1017,16 @@ def long_backward(
     # where the forward runs the two-halves kernel, the filter gradient comes from two launches
     # of the in-register backward on the halves instead (triton_bwd.filter_grad_halves)
     halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
+    # the halves' filter gradient has at most n/2 taps (a causal filter's); a bidirectional
+    # filter's wrap-around lags take the long kernels' route, as without the halves
+    halves_k = halves and kc.shape[-1] <= n // 2
     dk_kernels = (
         _filter_grad_kernels
-        and not halves
+        and not halves_k
         and u.shape[0] >= 2
         and (n > MAX_INNER or options.get("n0") is not None)
     )
-    dk_halves = need_k and halves
+    dk_halves = need_k and halves_k
     dk_torch = need_k and not (dk_kernels or dk_halves)
 
     # dz and v in fp32, each computed once for whichever gradients need it

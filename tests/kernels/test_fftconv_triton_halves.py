@@ -221,6 +221,23 @@ def _run_public_8k_case():
     return errs, ok and bwd_calls == [(8192, False), (8192, True)]  # (n, twist)
 
 
+def _run_public_bidirectional_case():
+    """A bidirectional plan at n = 16384 (L = 5000, a centred filter of 9999 taps) with the
+    two-halves kernel on, forward and backward: the correlation on the halves, the filter
+    gradient (its taps reach past n/2: the negative lags) on the long kernels; every gradient
+    against float64 (fp16, B = 3, H = 2)."""
+    from kernels.fftconv import triton_bwd, triton_fwd
+
+    u, k, pre, post, bias = make_inputs(3, 2, 5000, 9999, torch.float16, True, seed=7)
+    with _recorded(triton_fwd, "launch", lambda a, kw: kw.get("halves")) as calls:
+        with _recorded(triton_bwd, "launch", lambda a, kw: a[6]) as bwd_calls:
+            with triton_fwd.use_halves(True):
+                call = {"backend": "triton", "mode": "bidirectional"}
+                y, leaves = _public_forward((u, k, pre, post), bias, **call)
+                errs = _errors_against_float64(y, leaves, (u, k, pre, post), bias, **call)
+    return errs, calls == [True, True] and bwd_calls == []
+
+
 def _run_compile_case():
     """torch.compile(fullgraph=True) around the public call with the two-halves kernel on
     (L = 6000, n = 16384, fp16, gated): one graph whose forward and gradients are the eager
@@ -253,6 +270,7 @@ def _interpreter_main() -> None:
     jobs = [(cid, _run_halves_case, args) for cid, args in HALVES_CASES.items()]
     jobs += [("layout", _run_layout_case, ()), ("public", _run_public_case, ())]
     jobs += [("public-8k", _run_public_8k_case, ()), ("compile", _run_compile_case, ())]
+    jobs += [("public-bidir", _run_public_bidirectional_case, ())]
     jobs += [(cid, _run_dk_case, args) for cid, args in DK_CASES.items()]
     for cid, run, args in jobs:
         errs, ok = run(*args)
@@ -312,6 +330,14 @@ def test_interpreter_halves_public_call_at_8k(interpreted):
     """L = 8192: the two-halves forward (z kept) and the backward's correlation on the same
     kernel (fp32 dv), gradients right (fp16)."""
     res = interpreted["public-8k"]
+    assert res["ok"], res
+    assert all(err < TOL[torch.float16] for err in res["errs"].values()), res
+
+
+def test_interpreter_halves_bidirectional_backward(interpreted):
+    """A bidirectional filter's gradient with the two halves on: its taps pass n/2, so it
+    takes the long kernels' route (it failed in ``filter_grad_halves`` before)."""
+    res = interpreted["public-bidir"]
     assert res["ok"], res
     assert all(err < TOL[torch.float16] for err in res["errs"].values()), res
 

@@ -990,7 +990,8 @@ def test_gpu_cuda_graph_after_prepare(halves):
             got = conv(u, spec, pre, post, bias)
         u.copy_(torch.randn_like(u))
         graph.replay()
-    assert rel_err(got, conv(u, spec, pre, post, bias)) < 1e-6
+        # the eager reference on the same route as the graph, whatever the default
+        assert rel_err(got, conv(u, spec, pre, post, bias)) < 1e-6
     assert rel_err(got, want) > 0.1  # the replay saw the new input
 
 
