@@ -178,7 +178,7 @@ class GPTBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """``cache``: the attention's (``CausalSelfAttention.forward``), for ``generate``."""
         h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
-        x = self.dropout(self.attn(h, cos, sin) if cache is None else self.attn(h, cos, sin, cache))
+        x = self.dropout(self.attn(h, cos, sin, cache))
         h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
         return self.dropout(self.mlp(h)), residual
 

@@ -52,10 +52,6 @@ def check_seq_len(seq_len: int, l_max: int, filter_len: int | None) -> int:
     return min(seq_len, filter_len)
 
 
-def _decode_dtype(u: Tensor) -> torch.dtype:
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
-
-
 def _last(x: Tensor, m: int) -> Tensor:
     """The last ``m`` positions of ``x`` [..., L], zeros before the first (causal padding)."""
     kept = x[..., max(x.shape[-1] - m, 0) :]
@@ -259,19 +255,24 @@ class HyenaOperator(nn.Module):
         )
         if cache is not None:
             self._check_decodable()
-            cd = _decode_dtype(u)
-            biased = (
-                z.to(cd) + ib.to(cd)[:, None]
+            cd = torch.float64 if u.dtype == torch.float64 else torch.float32
+            kept = min(L, self.short_filter.shape[1] - 1)  # the short conv's last inputs
+            biased = [
+                z[..., L - kept :].to(cd) + ib.to(cd)[:, None]
                 for z, ib in zip(streams, self.in_proj.bias.chunk(n), strict=True)
-            )
-            cache["short"] = _last(torch.cat(list(biased), dim=1), self.short_filter.shape[1] - 1)
+            ]
+            cache["short"] = _last(torch.cat(biased, dim=1), self.short_filter.shape[1] - 1)
             cache["history"], cache["at"], cache["seen"] = [], 0, L
+            params = (self.in_proj.weight, self.in_proj.bias, self.short_filter)
+            params += (self.short_filter_bias, self.out_proj.weight, self.out_proj.bias)
+            cache["weights"] = [p.to(cd) for p in params]  # in the decoding dtype, once
         k = self.filter(taps).reshape(self.order - 1, self.d_model, taps)  # [order-1, d, taps]
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
         fuse_pregate = not (self.training and self.dropout.p > 0)
         for step, gate in enumerate(reversed(x[1:])):
             if cache is not None:  # the convolution's input, twice over (see decode)
-                cache["history"].append(_last(v.to(cd) * gate.to(cd), self.history).repeat(1, 1, 2))
+                vin = _last(v, self.history).to(cd) * _last(gate, self.history).to(cd)
+                cache["history"].append(vin.repeat(1, 1, 2))
             pregate = gate if fuse_pregate else None
             if not fuse_pregate:
                 v = self.dropout(v * gate)
@@ -281,8 +282,9 @@ class HyenaOperator(nn.Module):
             else:
                 v = self.fftconv(v, k[step], pregate=pregate, bias=skip[step])
         if cache is not None:
-            taps = self.filter(self.history).to(cd).reshape(self.order - 1, self.d_model, -1)
-            cache["k"] = taps.flip(-1)  # lag history - 1 first: the order of the history
+            if taps != self.history:  # the prompt was shorter than the filter
+                k = self.filter(self.history).reshape(self.order - 1, self.d_model, -1)
+            cache["k"] = k.to(cd).flip(-1)  # lag history - 1 first: the order of the history
             cache["skip"] = skip.to(cd)
         return linear_from_channels(v, self.out_proj.weight, self.out_proj.bias)  # [B, L, d]
 
@@ -304,11 +306,7 @@ class HyenaOperator(nn.Module):
         ``history`` inputs, oldest first, are always one contiguous slice; the filters reversed
         to that order, and the D skips."""
         self._check_decodable()
-        n, hist, cd = self.order + 1, self.history, _decode_dtype(u)
-        if cache.get("weights_dtype") != cd:  # the weights in the decoding dtype, once
-            params = (self.in_proj.weight, self.in_proj.bias, self.short_filter)
-            params += (self.short_filter_bias, self.out_proj.weight, self.out_proj.bias)
-            cache["weights"], cache["weights_dtype"] = [p.to(cd) for p in params], cd
+        n, hist, cd = self.order + 1, self.history, cache["k"].dtype
         w_in, b_in, w_short, b_short, w_out, b_out = cache["weights"]
         outs = []
         if self.filter_len is None and cache["seen"] + u.shape[1] > self.l_max:

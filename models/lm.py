@@ -284,7 +284,7 @@ class HyenaBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """``cache``: the mixer's (``HyenaOperator.forward``), for ``HyenaLM.generate``."""
         h, residual = add_norm(self.norm1, x, residual, self.norm_backend)
-        x = self.dropout(self.mixer(h) if cache is None else self.mixer(h, cache))
+        x = self.dropout(self.mixer(h, cache))
         h, residual = add_norm(self.norm2, x, residual, self.norm_backend)
         return self.dropout(self.mlp(h)), residual
 
@@ -352,13 +352,21 @@ class CausalLM(nn.Module):
             raise ValueError(f"idx must be [batch, seq_len] token ids; got shape {shape}")
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must be integer token ids (int64 or int32); got {idx.dtype}")
-        extra = self.block_args(idx)
-        x = self.drop(self.wte(idx))  # [B, L, d]
-        residual = None  # the stream: fp32 [B, L, d] from the first block on
-        for block in self.blocks:
-            x, residual = block(x, residual, *extra)
+        x, residual = self._blocks(idx)
         h, _ = add_norm(self.norm_f, x, residual, self.config.norm_backend)
         return h
+
+    def _blocks(
+        self, idx: Tensor, start: int = 0, caches: list[dict] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The embedding and every block on token ids [B, L] whose first is at position
+        ``start``, with each block's decoding cache when given: the last branch output and the
+        stream (fp32 [B, L, d]), not yet added and normed."""
+        extra = self.block_args(idx, start=start)
+        x, residual = self.drop(self.wte(idx)), None  # [B, L, d]; the stream from block one on
+        for i, block in enumerate(self.blocks):
+            x, residual = block(x, residual, *extra, cache=None if caches is None else caches[i])
+        return x, residual
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.lm_head(self.hidden(idx))  # [B, L, V]
@@ -570,11 +578,9 @@ class CausalLM(nn.Module):
     def _cached_logits(self, idx: Tensor, cache: dict) -> Tensor:
         """The last position's logits [B, padded_vocab] of ``idx``, the positions after those
         ``cache`` has seen, run through the blocks with their caches: a prefill where they are
-        empty, decoding steps after that."""
-        extra = self.block_args(idx, start=cache["pos"])
-        x, residual = self.drop(self.wte(idx)), None
-        for block, layer in zip(self.blocks, cache["layers"], strict=True):
-            x, residual = block(x, residual, *extra, cache=layer)
+        empty, decoding steps after that. Not through ``hidden``, which a task may have
+        replaced with a compiled (CUDA-graph) trunk that must not write into the caches."""
+        x, residual = self._blocks(idx, cache["pos"], cache["layers"])
         cache["pos"] += idx.shape[1]
         h, _ = add_norm(self.norm_f, x[:, -1:], residual[:, -1:], self.config.norm_backend)
         return self.lm_head(h)[:, -1]
