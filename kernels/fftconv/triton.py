@@ -11,9 +11,9 @@ a power of two) run on the outer Monarch step through HBM around the same kind o
 kernel (``triton_long.py``); dense plans of n = 16384 whose input fits 8192 samples may instead
 run as two size-8192 convolutions on the in-register kernels, forward and backward
 (``triton_fwd``'s two halves, ``triton_bwd.filter_grad_halves``: where ``triton_fwd.HALVES_AT``
-or ``use_halves`` says; not the default until timed). What is left (n < 256 without a fold,
-folded plans below n = 256 with a frequency cut-off, n > 2^23, fp64) runs on the primitives
-below, which delegate to torch.fft: correct everywhere.
+or ``use_halves`` says; by default not for a forward whose postgate keeps no z). What is left
+(n < 256 without a fold, folded plans below n = 256 with a frequency cut-off, n > 2^23, fp64)
+runs on the primitives below, which delegate to torch.fft: correct everywhere.
 
 The backward (``fused_backward``): the same plans (non-fold, ``256 <= n <= 8192``) take one
 fused kernel for all five gradients (``triton_bwd.py``); the long and folded plans go to
@@ -58,11 +58,14 @@ def _in_register(plan: ConvPlan, dtype: torch.dtype) -> bool:
     return triton_fwd.supports(plan.fft_size, plan.fold, dtype)
 
 
-def _halves(plan: ConvPlan, dtype: torch.dtype) -> bool:
+def _halves(plan: ConvPlan, dtype: torch.dtype, postgate_without_z: bool = False) -> bool:
     """Whether the two-halves forward kernel runs the plan (``triton_fwd.halves_for``: a dense
-    plan of n = 16384 whose input and output fit 8192 samples; its backward then runs on the
-    two-halves kernels too, through ``triton_long.long_backward``)."""
-    return not plan.blocked and triton_fwd.halves_for(plan.fft_size, plan.seq_len, plan.fold, dtype)
+    plan of n = 16384 whose input and output fit 8192 samples, by default not for a forward
+    whose postgate keeps no z; its backward then runs on the two-halves kernels too, through
+    ``triton_long.long_backward``, whichever forward ran)."""
+    return not plan.blocked and triton_fwd.halves_for(
+        plan.fft_size, plan.seq_len, plan.fold, dtype, postgate_without_z=postgate_without_z
+    )
 
 
 def _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=None) -> Tensor:
@@ -70,7 +73,7 @@ def _forward_in_register(u, kf, pregate, postgate, bias, plan, z_out=None) -> Te
     return triton_fwd.fftconv_fwd(
         u, kf, pregate, postgate, bias, plan.fft_size,
         keep_bins=keep_bins, blocked=plan.blocked, z_out=z_out,
-        halves=_halves(plan, u.dtype),
+        halves=_halves(plan, u.dtype, postgate is not None and z_out is None),
     )  # fmt: skip
 
 
@@ -87,7 +90,7 @@ def fused_forward(
     n > 8192 and every folded plan (``triton_long``)."""
     if kf.dtype != torch.complex64:
         return None
-    if _in_register(plan, u.dtype) or _halves(plan, u.dtype):
+    if _in_register(plan, u.dtype) or _halves(plan, u.dtype, postgate is not None):
         return _forward_in_register(u, kf, pregate, postgate, bias, plan)
     if plan.blocked:
         return None

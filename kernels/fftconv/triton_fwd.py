@@ -72,10 +72,11 @@ Design choices:
   3.2x at 8192), for two register-tile permutations per direction (layout conversions
   through shared memory) and one more rounding of the intermediate to the operand dtype.
 - Two halves (``halves=True``, constexpr ``HALVES = 2``; the default only at ``HALVES_AT``,
-  none yet): a dense plan of FFT size ``n = 2m`` whose input and output fit m samples (a causal
-  L <= 8192 at n = 16384, which otherwise leaves the in-register kernel for the long path) as
-  two size-m convolutions on the same ``[N1, N2] = split(m)`` tile. With ``w_n = exp(-2 pi i /
-  n)`` and x zero past m, the even bins are ``X[2j] = FFT_m(x)[j]`` and the odd ones ``X[2j+1]
+  none yet, and there not for a forward whose postgate keeps no z: ``halves_for``): a dense
+  plan of FFT size ``n = 2m`` whose input and output fit m samples (a causal L <= 8192 at
+  n = 16384, which otherwise leaves the in-register kernel for the long path) as two size-m
+  convolutions on the same ``[N1, N2] = split(m)`` tile. With ``w_n = exp(-2 pi i / n)`` and
+  x zero past m, the even bins are ``X[2j] = FFT_m(x)[j]`` and the odd ones ``X[2j+1]
   = FFT_m(x w_n^t)[j]``, and for ``t < m``
 
       y[t] = ( IFFT_m(X_even K_even)[t] + w_n^-t IFFT_m(X_odd K_odd)[t] ) / 2
@@ -199,11 +200,22 @@ def supports_halves(n: int, seq_len: int, fold: bool, dtype: torch.dtype) -> boo
     return supports(n // 2, fold, dtype) and n % 2 == 0 and seq_len <= n // 2
 
 
-def halves_for(n: int, seq_len: int, fold: bool, dtype: torch.dtype) -> bool:
+def halves_for(
+    n: int, seq_len: int, fold: bool, dtype: torch.dtype, *, postgate_without_z: bool = False
+) -> bool:
     """Whether a dense plan runs on the two-halves kernel by default: fp16/bf16 at the sizes of
-    ``HALVES_AT``, where it can (``supports_halves``; fp32 spills 9 KB there, sm_90 compile)."""
+    ``HALVES_AT``, where it can (``supports_halves``; fp32 spills 9 KB there, sm_90 compile).
+
+    ``postgate_without_z``: the question is asked for a forward with a postgate that keeps no z
+    (no gradient wanted for it, as at inference). The default sends such a forward to the long
+    path: with both gates and the bias the halves forward measured 21% slower (2.48 against
+    2.05 ms, H100, L = 8K), while a postgate that wants a gradient gains on forward+backward
+    (9.85 against 11.81 ms: the halves forward keeps z). ``use_halves`` overrides this too."""
     half = dtype in (torch.float16, torch.bfloat16)
-    at = n in HALVES_AT if _halves is None else (_halves and n == HALVES_MAX_FFT)
+    if _halves is None:
+        at = n in HALVES_AT and not postgate_without_z
+    else:
+        at = _halves and n == HALVES_MAX_FFT
     return half and at and supports_halves(n, seq_len, fold, dtype)
 
 

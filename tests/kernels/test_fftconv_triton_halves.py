@@ -461,6 +461,52 @@ def test_halves_default_only_where_set():
     assert not triton_fwd.halves_for(n, n // 2, False, torch.float32)
 
 
+def test_halves_default_skips_a_postgate_without_z(monkeypatch):
+    """Where ``HALVES_AT`` makes the two halves the default, a forward whose postgate keeps no
+    z (no gradient for it: inference) takes the long path, and every other forward the halves:
+    no postgate, or one that wants a gradient (its forward keeps z). ``use_halves(True)`` forces
+    them on that forward too. The routes are recorded, not run (no kernel launches here)."""
+    from kernels.fftconv import fftconv, triton, triton_fwd, triton_long
+
+    n = triton_fwd.HALVES_MAX_FFT
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the backend's check; nothing is interpreted
+    monkeypatch.setattr(triton_fwd, "HALVES_AT", (n,))
+    routes = []
+
+    def halves(u, kf, pre, post, bias, plan, z_out=None):
+        # what _forward_in_register hands the kernel as its ``halves``
+        on = triton._halves(plan, u.dtype, post is not None and z_out is None)
+        routes.append("halves" if on else "in-register")
+        return torch.zeros_like(u)
+
+    def long_path(u, *args, **kwargs):
+        routes.append("long")
+        return torch.zeros_like(u)
+
+    monkeypatch.setattr(triton, "_forward_in_register", halves)
+    monkeypatch.setattr(triton_long, "long_forward", long_path)
+    B, H, L = 2, 3, n // 2
+    u = torch.randn(B, H, L, dtype=torch.float16)
+    k = torch.randn(H, L)
+    post = torch.randn(B, H, L, dtype=torch.float16)
+
+    def route(postgate, grad=True, forced=None):
+        routes.clear()
+        with torch.set_grad_enabled(grad), triton_fwd.use_halves(forced):
+            fftconv(u, k, postgate=postgate, backend="triton")
+        return routes
+
+    assert route(None) == ["halves"]
+    assert route(None, grad=False) == ["halves"]
+    assert route(post) == ["long"]  # a postgate that wants no gradient
+    assert route(post.clone().requires_grad_()) == ["halves"]  # keeps z
+    assert route(post.clone().requires_grad_(), grad=False) == ["long"]
+    assert route(post, forced=True) == ["halves"]
+    assert route(post.clone().requires_grad_(), forced=False) == ["long"]
+    assert route(None, forced=False) == ["long"]
+    assert route(None, forced=True) == ["halves"]
+
+
 def test_halves_dot_flops():
     """Two passes of the size-n/2 kernel's products, the first and last stages on the rows
     that hold u and y, the middle ones on the kept columns."""
