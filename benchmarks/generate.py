@@ -1,20 +1,27 @@
-"""Sampling speed: ``generate`` with its decoding cache against a whole forward per token
-(``use_cache=False``), on a randomly initialized named model (``hyena-*`` or ``gpt-s``).
+"""Sampling speed: ``generate`` with its decoding cache, eager and replayed as a CUDA graph,
+against a whole forward per token (``use_cache=False``), on a randomly initialized named model
+(``hyena-*`` or ``gpt-s``).
 
     python -m benchmarks.generate --out benchmarks/results/<name>.json
         [--model hyena-s] [--prompt 1024] [--new 32] [--batch 1] [--device cuda|cpu]
         [--dtype bf16|fp16|fp32] [--uncached-new 8]
 
 Greedy decoding (temperature 0) after a random prompt of ``--prompt`` tokens, after one
-untimed warm-up call of each mode: the time of one new token (the prompt's forward, the
-prefill, and a sample) and of ``--new`` (``--uncached-new`` for the slow mode, a whole forward
-each); the difference over the extra tokens is the time per token after the first, which is
-what the two modes are compared on. On CUDA the model runs in ``--dtype`` (bf16 by default)
-and every call ends in a synchronisation. Both modes must produce the same tokens over the
-tokens they share in fp32 (the script exits 1 otherwise): the cache computes the forward's
-math, in fp32. In bf16 the forward rounds its matmuls where decoding sums in fp32, and a
-randomly initialized model's near-equal logits can then tip a greedy pick either way (on an
-H100, hyena-s: different tokens in bf16, the same in fp32): printed, not an error.
+untimed warm-up call of each mode. Modes: ``graph`` (the cache, each decoding step after the
+first replayed as a CUDA graph: ``generate``'s default on CUDA), ``cached`` (the cache, eager
+steps: ``cuda_graph=False``) and ``uncached`` (a whole forward per token); off CUDA the first
+is left out. Each mode is timed making one new token (the prompt's forward, the prefill, and
+a sample), a quarter of its tokens (at least ``GRAPH_MIN_STEPS + 2``, so that the graph is
+captured there too) and all of them (``--new``, ``--uncached-new`` for the slow mode); the
+time per token is the difference of the last two over the tokens between them, so that the
+prefill and the graph's capture drop out. On CUDA the model runs in ``--dtype`` (bf16 by
+default) and every call ends in a synchronisation. The graph replays the eager step's kernels:
+its tokens must equal the eager cache's, and both modes must produce the same tokens as the
+whole forward over the tokens they share in fp32 (the script exits 1 otherwise): the cache
+computes the forward's math, in fp32. In bf16 the forward rounds its matmuls where decoding
+sums in fp32, and a randomly initialized model's near-equal logits can then tip a greedy pick
+either way (on an H100, hyena-s: different tokens in bf16, the same in fp32): printed, not an
+error.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 import torch
 
 from models.gpt import GPTLM, GPTConfig
-from models.lm import HyenaLM
+from models.lm import GRAPH_MIN_STEPS, HyenaLM
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -54,27 +61,45 @@ def run(args: argparse.Namespace) -> dict:
         model = model.to(DTYPES[args.dtype])
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (args.batch, args.prompt), device=device)
+    modes = {"cached": (True, False, args.new), "uncached": (False, False, args.uncached_new)}
+    if device.type == "cuda":
+        modes = {"graph": (True, True, args.new), **modes}
     rows = {}
-    for use_cache, new in ((True, args.new), (False, min(args.new, args.uncached_new))):
+    for mode, (use_cache, graph, new) in modes.items():
 
-        def call(new, use_cache=use_cache):
-            return model.generate(prompt, new, temperature=0.0, use_cache=use_cache)
+        def call(new, use_cache=use_cache, graph=graph):
+            return model.generate(
+                prompt, new, temperature=0.0, use_cache=use_cache, cuda_graph=graph
+            )
 
-        call(2)  # warm-up
+        short = min(new - 1, max(GRAPH_MIN_STEPS + 2, new // 4))
+        call(short)  # warm-up (the graph's capture included)
         _, first = _timed(lambda call=call: call(1), device)
+        _, before = _timed(lambda call=call, short=short: call(short), device)
         out, seconds = _timed(lambda call=call, new=new: call(new), device)
-        rows["cached" if use_cache else "uncached"] = {
+        rows[mode] = {
             "new_tokens": new,
             "seconds": seconds,
             "first_token_s": first,  # the prompt's forward (the prefill) and one sample
-            "ms_per_token": 1e3 * (seconds - first) / (new - 1),  # every later token
+            "short_new_tokens": short,
+            "short_seconds": before,
+            "ms_per_token": 1e3 * (seconds - before) / (new - short),  # tokens short+1..new
             "tokens": out[:, args.prompt :].tolist(),
         }
-    shared = rows["uncached"]["new_tokens"]
-    same = all(
-        a[:shared] == b
-        for a, b in zip(rows["cached"]["tokens"], rows["uncached"]["tokens"], strict=True)
-    )
+
+    def agree(a: str, b: str) -> bool:
+        shared = min(rows[a]["new_tokens"], rows[b]["new_tokens"])
+        pairs = zip(rows[a]["tokens"], rows[b]["tokens"], strict=True)
+        return all(x[:shared] == y[:shared] for x, y in pairs)
+
+    same = agree("cached", "uncached")
+    extra = {}
+    if "graph" in rows:
+        extra = {
+            "graph_same_tokens": agree("graph", "cached"),
+            "graph_speedup_per_token": rows["cached"]["ms_per_token"]
+            / rows["graph"]["ms_per_token"],
+        }
     return {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -90,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         "prompt": args.prompt,
         "same_tokens": same,
         "speedup_per_token": rows["uncached"]["ms_per_token"] / rows["cached"]["ms_per_token"],
+        **extra,
         **rows,
     }
 
@@ -105,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     args = parser.parse_args(argv)
-    for name, least in (("prompt", 1), ("new", 2), ("uncached_new", 2), ("batch", 1)):
+    # --new: the graph captured in both timed calls (the shorter makes GRAPH_MIN_STEPS + 2)
+    least_new = GRAPH_MIN_STEPS + 3
+    for name, least in (("prompt", 1), ("new", least_new), ("uncached_new", 2), ("batch", 1)):
         if getattr(args, name) < least:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} must be >= {least}; got {getattr(args, name)}")
@@ -116,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: {result['command']}")
     size = f"{result['parameters'] / 1e6:.1f}M"
     print(f"{args.model} ({size}), batch {args.batch}, prompt {args.prompt}")
-    for mode in ("cached", "uncached"):
+    for mode in ("graph", "cached", "uncached"):
+        if mode not in result:
+            continue
         r = result[mode]
         print(
             f"{mode:<9} {r['new_tokens']:>4} tokens  {r['seconds']:8.2f} s  first token "
@@ -127,9 +157,17 @@ def main(argv: list[str] | None = None) -> None:
         f"per-token speedup of the cache: {result['speedup_per_token']:.1f}x; "
         f"same tokens: {result['same_tokens']}"
     )
+    if "graph" in result:
+        print(
+            f"per-token speedup of the graph over eager decoding: "
+            f"{result['graph_speedup_per_token']:.1f}x; same tokens: {result['graph_same_tokens']}"
+        )
     # in bf16/fp16 the forward rounds its matmuls where decoding sums in fp32: a greedy pick
-    # between near-equal logits (a random model's) can differ without anything being wrong
-    if not result["same_tokens"] and result["dtype"] == "fp32":
+    # between near-equal logits (a random model's) can differ without anything being wrong;
+    # the graph replays the eager step's own kernels
+    if result.get("graph_same_tokens") is False or (
+        not result["same_tokens"] and result["dtype"] == "fp32"
+    ):
         sys.exit(1)
 
 

@@ -104,14 +104,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 GPTConfig.presets = PRESETS
 
 
-def rotary_angles(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
-    """Angle t * base^(-2i / head_dim) of position t and feature pair i: [seq_len, head_dim/2],
-    fp32 (positions past 2^24 would lose integers; far beyond any length here)."""
+def rotary_angles(
+    seq_len: int, head_dim: int, base: float, device: torch.device, start: int | Tensor = 0
+) -> Tensor:
+    """Angle t * base^(-2i / head_dim) of position t = start .. start + seq_len - 1 and feature
+    pair i: [seq_len, head_dim/2], fp32 (positions past 2^24 would lose integers; far beyond
+    any length here). ``start`` may be a device scalar (a decoding step's position, which a
+    CUDA graph replays without the host)."""
     with torch.autocast(device.type, enabled=False):
         inv_freq = base ** (
             -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
         )
-        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        t = torch.arange(seq_len, device=device, dtype=torch.float32) + start
         return torch.outer(t, inv_freq)
 
 
@@ -135,20 +139,41 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: dict | None = None) -> Tensor:
         """``cache`` (for ``generate``): the keys and values of the positions before x's
-        (rotated), which x's queries attend to as well; x's own are appended to it."""
+        (rotated), which x's queries attend to as well; x's own are written into it.
+
+        The cache's buffers have room for ``capacity`` positions (``_cache_capacity``, at least
+        the prefill's; more room is made when a decoding call needs it). Decoding writes at the
+        cache's next position ``pos``, a device scalar, and attends over the whole buffer with
+        a mask (keys up to each query's own position), so that the step is the same work each
+        time and ``CausalLM.generate`` can replay it as a CUDA graph."""
         qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.n_head)
         q, k, v = qkv.unbind(0)  # [B, nh, L, hd] each
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.attn_dropout if self.training else 0.0
         mask, causal = None, True
         if cache is not None:
-            if "k" in cache:  # queries at positions P.. attend to keys 0..P + their own
-                past = cache["k"].shape[2]
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-                rows = torch.arange(q.shape[2], device=q.device)[:, None]
-                mask = torch.arange(k.shape[2], device=q.device)[None, :] <= rows + past
+            T = q.shape[2]
+            if "k" in cache:  # queries at positions pos.. attend to keys 0..pos + their own
+                if cache["seen"] + T > cache["k"].shape[2]:  # room for T more (host values)
+                    grow = max(cache["seen"] + T, 2 * cache["k"].shape[2])
+                    for name in ("k", "v"):
+                        buf = cache[name]
+                        cache[name] = buf.new_zeros(*buf.shape[:2], grow, buf.shape[3])
+                        cache[name][:, :, : buf.shape[2]] = buf
+                at = cache["pos"] + torch.arange(T, device=q.device)  # [T]
+                cache["k"].index_copy_(2, at, k.to(cache["k"].dtype))
+                cache["v"].index_copy_(2, at, v.to(cache["v"].dtype))
+                k, v = cache["k"].to(q.dtype), cache["v"].to(q.dtype)
+                mask = torch.arange(k.shape[2], device=q.device)[None, :] <= at[:, None]
                 causal = False
-            cache["k"], cache["v"] = k, v
+                cache["pos"].add_(T)
+            else:  # the prefill: the buffers, the prompt's keys and values at 0 .. T - 1
+                room = max(cache.get("capacity") or 0, T)
+                for name, new in (("k", k), ("v", v)):
+                    cache[name] = new.new_zeros(*new.shape[:2], room, new.shape[3])
+                    cache[name][:, :, :T] = new
+                cache["pos"] = torch.full((), T, dtype=torch.long, device=q.device)
+            cache["seen"] = cache.get("seen", 0) + T
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
         )
@@ -193,10 +218,17 @@ class GPTLM(CausalLM):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config, GPTBlock)
 
-    def block_args(self, idx: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+    def _new_cache(self, capacity: int | None = None) -> dict:
+        """``CausalLM._new_cache``, with ``capacity`` in each block's dict: the attention's
+        key and value buffers are made that long at the prefill."""
+        cache = super()._new_cache(capacity)
+        cache["layers"] = [{"capacity": capacity} for _ in self.blocks]
+        return cache
+
+    def block_args(self, idx: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:
         """The rotary cos and sin [L, hd/2] of positions ``start`` .. ``start + L - 1`` that
-        every block's attention takes."""
+        every block's attention takes (``start`` an int, or a device scalar)."""
         angles = rotary_angles(
-            start + idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device
-        )[start:]
+            idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device, start=start
+        )
         return angles.cos(), angles.sin()

@@ -262,7 +262,11 @@ class HyenaOperator(nn.Module):
                 for z, ib in zip(streams, self.in_proj.bias.chunk(n), strict=True)
             ]
             cache["short"] = _last(torch.cat(biased, dim=1), self.short_filter.shape[1] - 1)
-            cache["history"], cache["at"], cache["seen"] = [], 0, L
+            cache["history"], cache["seen"] = [], L
+            # the next position, on the device (decode's indices come from it, not from the
+            # host, so that a decoding step can be captured in a CUDA graph and replayed)
+            cache["pos"] = torch.full((), L, dtype=torch.long, device=u.device)
+            cache["lags"] = torch.arange(self.history, device=u.device)
             params = (self.in_proj.weight, self.in_proj.bias, self.short_filter)
             params += (self.short_filter_bias, self.out_proj.weight, self.out_proj.bias)
             cache["weights"] = [p.to(cd) for p in params]  # in the decoding dtype, once
@@ -270,9 +274,9 @@ class HyenaOperator(nn.Module):
         skip = self.filter.bias.view(self.order - 1, self.d_model)  # [order-1, d]
         fuse_pregate = not (self.training and self.dropout.p > 0)
         for step, gate in enumerate(reversed(x[1:])):
-            if cache is not None:  # the convolution's input, twice over (see decode)
+            if cache is not None:  # the convolution's last inputs, position p at p % history
                 vin = _last(v, self.history).to(cd) * _last(gate, self.history).to(cd)
-                cache["history"].append(vin.repeat(1, 1, 2))
+                cache["history"].append(vin.roll(L % self.history, dims=-1))
             pregate = gate if fuse_pregate else None
             if not fuse_pregate:
                 v = self.dropout(v * gate)
@@ -284,7 +288,8 @@ class HyenaOperator(nn.Module):
         if cache is not None:
             if taps != self.history:  # the prompt was shorter than the filter
                 k = self.filter(self.history).reshape(self.order - 1, self.d_model, -1)
-            cache["k"] = k.to(cd).flip(-1)  # lag history - 1 first: the order of the history
+            # lags 0 .. history - 1 twice, reversed: decode's window into it (see there)
+            cache["k"] = k.to(cd).repeat(1, 1, 2).flip(-1)
             cache["skip"] = skip.to(cd)
         return linear_from_channels(v, self.out_proj.weight, self.out_proj.bias)  # [B, L, d]
 
@@ -301,10 +306,13 @@ class HyenaOperator(nn.Module):
         in u's dtype.
 
         The cache holds the short conv's last ``K - 1`` biased inputs, and per long
-        convolution its last ``history`` gated inputs, stored twice in a buffer of
-        ``2 * history`` (position p of the ring at p and p + history), so that the newest
-        ``history`` inputs, oldest first, are always one contiguous slice; the filters reversed
-        to that order, and the D skips."""
+        convolution its last ``h = history`` gated inputs in a ring, the input of position p
+        at ``p % h``; the filters as ``F``, lags 0 .. h - 1 twice over, reversed; the D skips;
+        the next position ``pos`` as a device scalar. Position t writes its input at
+        ``a = t % h``, and its output ``sum_lag k[lag] x[t - lag] = sum_p ring[p] k[(a - p) % h]``
+        takes the filter as the window ``F[h - 1 - a : 2h - 1 - a]``. Every index comes from
+        ``pos`` on the device and every update is in place, so that one step is the same work
+        each time (no host value in it): ``CausalLM.generate`` captures it as a CUDA graph."""
         self._check_decodable()
         n, hist, cd = self.order + 1, self.history, cache["k"].dtype
         w_in, b_in, w_short, b_short, w_out, b_out = cache["weights"]
@@ -314,21 +322,23 @@ class HyenaOperator(nn.Module):
                 f"decoding to position {cache['seen'] + u.shape[1]} exceeds l_max={self.l_max}; "
                 "set model.filter_len to run past the training length"
             )
+        pos = cache["pos"]
         for t in range(u.shape[1]):
             z = torch.nn.functional.linear(u[:, t].to(cd), w_in, b_in)  # [B, inner]
             window = torch.cat([cache["short"], z[..., None]], dim=-1)  # [B, inner, K]
-            cache["short"] = window[..., 1:]
+            cache["short"].copy_(window[..., 1:])
             *x, v = ((window * w_short).sum(-1) + b_short).chunk(n, dim=-1)  # [B, d] each
-            at = cache["at"]
+            at = pos.remainder(hist)
+            taps = (hist - 1 - at) + cache["lags"]  # the filter's window, see above
             for step, gate in enumerate(reversed(x[1:])):
                 vin = v * gate
-                buf = cache["history"][step]  # [B, d, 2 * hist]
-                buf[..., at] = vin
-                buf[..., at + hist] = vin
-                conv = torch.linalg.vecdot(buf[..., at + 1 : at + 1 + hist], cache["k"][step])
+                ring = cache["history"][step]  # [B, d, hist]
+                ring.index_copy_(-1, at.view(1), vin[..., None])
+                conv = torch.linalg.vecdot(ring, cache["k"][step].index_select(-1, taps))
                 v = conv + cache["skip"][step] * vin
                 if step == self.order - 2:
                     v = x[0] * v
-            cache["at"], cache["seen"] = (at + 1) % hist, cache["seen"] + 1
+            pos.add_(1)
             outs.append(torch.nn.functional.linear(v, w_out, b_out))
+        cache["seen"] += u.shape[1]
         return torch.stack(outs, dim=1).to(u.dtype)

@@ -462,6 +462,7 @@ class CausalLM(nn.Module):
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        cuda_graph: bool | None = None,
     ) -> Tensor:
         """Autoregressive sampling: token ids ``idx`` [B, T] -> [B, T + max_new_tokens].
 
@@ -491,6 +492,11 @@ class CausalLM(nn.Module):
             pad_token_id: filler after eos (None = eos_token_id).
             generator: torch.Generator on the model's device for reproducible sampling.
             use_cache: decode from a cache (above); False runs the whole forward per token.
+            cuda_graph: with the cache on a CUDA device, run one decoding step eagerly, capture
+                the next as a CUDA graph and replay it for every later token (a step is a few
+                hundred small launches at batch 1, which the replay issues at once; the same
+                math, ``_DecodeGraph``); only where at least ``GRAPH_MIN_STEPS`` steps are left.
+                None (the default): on CUDA devices. True off CUDA is a ValueError.
 
         Runs in eval mode under ``torch.no_grad`` and restores the previous mode.
         """
@@ -530,6 +536,11 @@ class CausalLM(nn.Module):
             )
         if not isinstance(use_cache, bool):
             raise TypeError(f"use_cache must be a bool; got {use_cache!r}")
+        if cuda_graph is not None and not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be None or a bool; got {cuda_graph!r}")
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device; it is on {device}")
+        graph = device.type == "cuda" if cuda_graph is None else cuda_graph
         pad = eos_token_id if pad_token_id is None else pad_token_id
 
         was_training = self.training
@@ -538,18 +549,23 @@ class CausalLM(nn.Module):
             window = self.context_window
             total = idx.shape[1] + max_new_tokens
             finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)
-            caches = None
+            caches = replay = None
             while idx.shape[1] < total:
                 # a cache serves while the window has not slid past l_max without filter_len
                 exact = self._cache_serves(idx.shape[1])
                 context = idx if window is None else idx[:, -window:]
-                if caches is not None and exact:
+                if replay is not None and exact:
+                    logits = replay(idx[:, -1:])
+                elif caches is not None and exact:
                     logits = self._cached_logits(idx[:, -1:], caches)
+                    # the step just run warmed up every kernel: capture the next one
+                    if graph and total - idx.shape[1] - 1 >= GRAPH_MIN_STEPS:
+                        replay = _DecodeGraph(self, caches, idx[:, -1:])
                 elif use_cache and exact:
-                    caches = self._new_cache()  # the prefill fills it
+                    caches = self._new_cache(capacity=total)  # the prefill fills it
                     logits = self._cached_logits(context, caches)
                 else:
-                    caches = None
+                    caches = replay = None
                     logits = self(context)[:, -1]
                 token = sample_logits(
                     logits[:, :vocab].float(), temperature, top_k, top_p, generator
@@ -565,10 +581,20 @@ class CausalLM(nn.Module):
             self.train(was_training)
         return idx
 
-    def _new_cache(self) -> dict:
-        """An empty decoding cache: the positions it has seen and one dict per block, which
-        the block fills on the first call (the prefill) and reads and extends after that."""
-        return {"pos": 0, "layers": [{} for _ in self.blocks]}
+    def _new_cache(self, capacity: int | None = None) -> dict:
+        """An empty decoding cache: the positions it has seen (``pos`` on the host, ``step`` on
+        the device once the prefill ran) and one dict per block, which the block fills on the
+        first call (the prefill) and reads and extends after that. ``capacity``: the length the
+        sequence will reach, for a block that sizes buffers by it (``GPTLM``)."""
+        return {"pos": 0, "step": None, "layers": [{} for _ in self.blocks]}
+
+    @staticmethod
+    def _advance_host(cache: dict, positions: int) -> None:
+        """The host's counts of a cache, moved on by ``positions`` decoded without the host
+        (a CUDA graph's replay): the model's and each block's (``seen``)."""
+        cache["pos"] += positions
+        for layer in cache["layers"]:
+            layer["seen"] += positions
 
     def _cache_serves(self, length: int) -> bool:
         """Whether decoding from a cache gives the forward's logits for a sequence of
@@ -580,10 +606,59 @@ class CausalLM(nn.Module):
         ``cache`` has seen, run through the blocks with their caches: a prefill where they are
         empty, decoding steps after that. Not through ``hidden``, which a task may have
         replaced with a compiled (CUDA-graph) trunk that must not write into the caches."""
-        x, residual = self._blocks(idx, cache["pos"], cache["layers"])
+        start = 0 if cache["step"] is None else cache["step"]  # a decoding step's on the device
+        x, residual = self._blocks(idx, start, cache["layers"])
+        if cache["step"] is None:
+            cache["step"] = torch.full((), idx.shape[1], dtype=torch.long, device=idx.device)
+        else:
+            cache["step"].add_(idx.shape[1])
         cache["pos"] += idx.shape[1]
         h, _ = add_norm(self.norm_f, x[:, -1:], residual[:, -1:], self.config.norm_backend)
         return self.lm_head(h)[:, -1]
+
+
+# decoding steps left at least, for generate to capture one as a CUDA graph (the capture costs
+# about what a few eager steps do)
+GRAPH_MIN_STEPS = 4
+
+
+class _DecodeGraph:
+    """One decoding step of ``model`` (``CausalLM._cached_logits`` on one token per row)
+    captured as a CUDA graph, for ``generate`` to replay: ``replay(token) -> logits``.
+
+    The step's work does not depend on the host: the blocks take every position from the
+    cache's device scalars and update the cache in place (``HyenaOperator.decode``,
+    ``CausalSelfAttention.forward``), so a replay is the eager step. The capture runs the
+    step's Python once without running its kernels; the host counts it moved on are put back,
+    and each replay moves them on by one (``_advance_host``). Built after an eager step (every
+    kernel compiled and warmed up, as capture requires) under the caller's autocast state,
+    without autocast's cast cache (a cast made during capture would live in the graph's
+    memory). The token goes in through a static buffer, the logits come out in one; a
+    replay's logits are valid until the next replay."""
+
+    def __init__(self, model: CausalLM, cache: dict, token: Tensor) -> None:
+        self.model, self.cache = model, cache
+        self.token = token.clone()
+        host = cache["pos"], [layer["seen"] for layer in cache["layers"]]
+        device = token.device.type
+        autocast = torch.autocast(
+            device,
+            dtype=torch.get_autocast_dtype(device),
+            enabled=torch.is_autocast_enabled(device),
+            cache_enabled=False,
+        )
+        self.graph = torch.cuda.CUDAGraph()
+        with autocast, torch.cuda.graph(self.graph):
+            self.logits = model._cached_logits(self.token, cache)
+        cache["pos"] = host[0]
+        for layer, seen in zip(cache["layers"], host[1], strict=True):
+            layer["seen"] = seen
+
+    def __call__(self, token: Tensor) -> Tensor:
+        self.token.copy_(token)
+        self.graph.replay()
+        self.model._advance_host(self.cache, 1)
+        return self.logits
 
 
 class HyenaLM(CausalLM):

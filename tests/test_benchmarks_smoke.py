@@ -340,16 +340,19 @@ def test_generate_benchmark_on_cpu(tmp_path, capsys) -> None:
     from benchmarks import generate
 
     out = tmp_path / "generate.json"
-    args = ["--out", str(out), "--model", "hyena-tiny", "--prompt", "20", "--new", "6"]
+    args = ["--out", str(out), "--model", "hyena-tiny", "--prompt", "20", "--new", "9"]
     generate.main([*args, "--uncached-new", "4", "--batch", "2", "--device", "cpu"])
     doc = json.loads(out.read_text())
     assert doc["same_tokens"] is True and doc["model"] == "hyena-tiny" and doc["batch"] == 2
-    assert doc["cached"]["new_tokens"] == 6 and doc["uncached"]["new_tokens"] == 4
+    assert doc["cached"]["new_tokens"] == 9 and doc["uncached"]["new_tokens"] == 4
+    assert "graph" not in doc and "graph_same_tokens" not in doc  # CUDA only
     for mode in ("cached", "uncached"):
         r = doc[mode]
         assert len(r["tokens"]) == 2 and all(len(t) == r["new_tokens"] for t in r["tokens"])
-        assert 0 < r["first_token_s"] < r["seconds"] and r["ms_per_token"] > 0
+        assert 0 < r["first_token_s"] < r["short_seconds"] < r["seconds"]
+        assert 1 <= r["short_new_tokens"] < r["new_tokens"] and r["ms_per_token"] > 0
+    assert doc["cached"]["short_new_tokens"] == 6  # GRAPH_MIN_STEPS + 2
     assert [t[:4] for t in doc["cached"]["tokens"]] == doc["uncached"]["tokens"]
     assert "per-token speedup of the cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        generate.main([*args, "--new", "1"])
+        generate.main([*args, "--new", "6"])  # below GRAPH_MIN_STEPS + 3

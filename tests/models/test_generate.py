@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.lm import HyenaConfig, HyenaLM, sample_logits
+from models.lm import GRAPH_MIN_STEPS, HyenaConfig, HyenaLM, sample_logits
 
 VOCAB = 61  # padded to 64: the padding rows must never be sampled
 
@@ -244,6 +244,8 @@ def test_sample_logits_support_and_frequencies() -> None:
         pytest.param({"idx": torch.zeros(2, 0, dtype=torch.long)}, ValueError, "idx", id="empty"),
         pytest.param({"idx": torch.zeros(2, 3)}, TypeError, "idx must be int64", id="idx-float"),
         pytest.param({"idx": torch.full((1, 3), VOCAB)}, ValueError, "vocab_size=61", id="ids"),
+        pytest.param({"cuda_graph": "on"}, TypeError, "cuda_graph must be None", id="graph-type"),
+        pytest.param({"cuda_graph": True}, ValueError, "needs the model on a CUDA", id="graph-cpu"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, match) -> None:
@@ -251,6 +253,65 @@ def test_bad_arguments_name_the_argument(kwargs, error, match) -> None:
     args = {"idx": prompts(), "max_new_tokens": 2} | kwargs
     with pytest.raises(error, match=match):
         model.generate(args.pop("idx"), args.pop("max_new_tokens"), **args)
+
+
+def _gpt(**overrides):
+    from models.gpt import GPTLM, GPTConfig
+
+    base = dict(vocab_size=VOCAB, n_layer=2, d_model=24, n_head=3, d_inner=48, l_max=48)
+    torch.manual_seed(0)
+    return GPTLM(GPTConfig(**(base | overrides)))
+
+
+MODELS = {
+    "hyena": lambda: tiny_model(initializer_range=0.2),
+    "hyena-order3-partial": lambda: tiny_model(initializer_range=0.2, order=3, filter_len=9),
+    "gpt": lambda: _gpt(initializer_range=0.2),
+}
+
+
+def _host_values(cache: dict) -> list[dict]:
+    """Every value of the model's cache and of its blocks' that is not on the device."""
+    dicts = [cache, *cache["layers"]]
+    return [{k: v for k, v in d.items() if isinstance(v, (int, float, bool))} for d in dicts]
+
+
+def _put_back(cache: dict, values: list[dict]) -> None:
+    for d, kept in zip([cache, *cache["layers"]], values, strict=True):
+        d.update(kept)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_decoding_step_needs_no_host_state(name) -> None:
+    """What makes a step replayable as a CUDA graph (``_DecodeGraph``): its work depends on the
+    cache's device state alone. Each step here runs with the host's values put back to those of
+    the first decoded step (every value of the caches not on the device: a replay reruns
+    nothing of the Python), then moved on as a replay does (``_advance_host``): the same logits
+    as eager decoding, every position, and the same counts at the end (fp64). Fails if a step
+    takes a position from the host."""
+    model = MODELS[name]().double().eval()
+    idx = prompts(batch=2, length=40, seed=8)
+    prefill = 11
+    with torch.no_grad():
+        runs = []
+        for frozen in (False, True):
+            cache = model._new_cache(capacity=idx.shape[1])
+            model._cached_logits(idx[:, :prefill], cache)
+            first = _host_values(cache)
+            got = []
+            for t in range(prefill, idx.shape[1]):
+                if frozen:
+                    _put_back(cache, first)
+                got.append(model._cached_logits(idx[:, t : t + 1], cache))
+                if frozen:
+                    _put_back(cache, first)
+                    model._advance_host(cache, t - prefill + 1)
+            runs.append(torch.stack(got, dim=1))
+            assert cache["pos"] == idx.shape[1] and int(cache["step"]) == idx.shape[1]
+            assert {layer["seen"] for layer in cache["layers"]} == {idx.shape[1]}
+        full = model(idx)[:, prefill:]
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[0], full, rtol=1e-10, atol=1e-10)
 
 
 def test_zero_new_tokens_returns_the_prompt() -> None:
@@ -304,3 +365,57 @@ def test_cached_decoding_is_the_forward_on_cuda(autocast, tol) -> None:
     ref = full[:, 36:]
     err = ((out - ref).norm() / ref.norm()).item()
     assert err < tol, f"rel err {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_generate_replays_a_cuda_graph(name) -> None:
+    """On the GPU ``generate`` captures a decoding step as a CUDA graph and replays it: the
+    prefill, one eager step and the capture are the only ``_cached_logits`` calls; greedy fp32
+    tokens and every step's logits equal eager decoding's (the same kernels); seeded sampling
+    repeats; under bf16 autocast it runs; a generation too short for a capture runs eagerly."""
+    model = MODELS[name]().cuda().eval()
+    idx = prompts(batch=3, length=21, seed=3).cuda()
+    calls = []
+    original = model._cached_logits
+
+    def counted(tokens, cache):
+        calls.append(tokens.shape[1])
+        return original(tokens, cache)
+
+    model._cached_logits = counted
+    eager = model.generate(idx, 12, temperature=0.0, cuda_graph=False)
+    assert calls == [21] + [1] * 11
+    calls.clear()
+    graphed = model.generate(idx, 12, temperature=0.0)
+    assert calls == [21, 1, 1], calls  # the prefill, the eager step, the capture
+    assert torch.equal(graphed, eager)
+    assert torch.equal(graphed, greedy_reference(model, idx, 12, window=model.context_window or 64))
+    calls.clear()
+    model.generate(idx, 1 + GRAPH_MIN_STEPS, temperature=0.0)
+    assert calls == [21] + [1] * GRAPH_MIN_STEPS  # too few steps left after the eager one
+    del model._cached_logits
+
+    def draw(graph: bool) -> torch.Tensor:
+        g = torch.Generator(device="cuda").manual_seed(7)
+        return model.generate(idx, 12, top_k=20, top_p=0.9, generator=g, cuda_graph=graph)
+
+    assert torch.equal(draw(True), draw(False))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.generate(idx, 12, temperature=0.7, top_p=0.9)
+    assert out.shape == (3, 33) and int(out.max()) < VOCAB
+    # the replayed logits themselves, step by step: a replay and an eager step on two caches
+    from models.lm import _DecodeGraph
+
+    with torch.no_grad():
+        eager_cache, graph_cache = model._new_cache(capacity=40), model._new_cache(capacity=40)
+        for cache in (eager_cache, graph_cache):
+            model._cached_logits(idx, cache)
+            model._cached_logits(idx[:, -1:], cache)
+        replay = _DecodeGraph(model, graph_cache, idx[:, -1:])
+        for t in range(10):
+            token = idx[:, t : t + 1]
+            want = model._cached_logits(token, eager_cache)
+            torch.testing.assert_close(replay(token), want, rtol=0, atol=0)
+        assert graph_cache["pos"] == eager_cache["pos"] == 33
+        assert int(graph_cache["step"]) == 33
