@@ -218,9 +218,10 @@ class GPTLM(CausalLM):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config, GPTBlock)
 
-    def _new_cache(self, capacity: int | None = None) -> dict:
+    def _new_cache(self, capacity: int | None = None, static: bool | None = None) -> dict:
         """``CausalLM._new_cache``, with ``capacity`` in each block's dict: the attention's
-        key and value buffers are made that long at the prefill."""
+        key and value buffers are made that long at the prefill. Every GPT cache is static
+        (its steps take their positions from the device)."""
         cache = super()._new_cache(capacity)
         cache["layers"] = [{"capacity": capacity} for _ in self.blocks]
         return cache

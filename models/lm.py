@@ -581,12 +581,15 @@ class CausalLM(nn.Module):
             self.train(was_training)
         return idx
 
-    def _new_cache(self, capacity: int | None = None) -> dict:
+    def _new_cache(self, capacity: int | None = None, static: bool | None = None) -> dict:
         """An empty decoding cache: the positions it has seen (``pos`` on the host, ``step`` on
         the device once the prefill ran) and one dict per block, which the block fills on the
         first call (the prefill) and reads and extends after that. ``capacity``: the length the
-        sequence will reach, for a block that sizes buffers by it (``GPTLM``)."""
-        return {"pos": 0, "step": None, "layers": [{} for _ in self.blocks]}
+        sequence will reach, for a block that sizes buffers by it (``GPTLM``). ``static``: every
+        decoding step takes its positions from the device, replayable as a CUDA graph (None:
+        on CUDA; ``HyenaOperator.decode``)."""
+        layer = {} if static is None else {"static": static}
+        return {"pos": 0, "step": None, "layers": [dict(layer) for _ in self.blocks]}
 
     @staticmethod
     def _advance_host(cache: dict, positions: int) -> None:
@@ -637,6 +640,8 @@ class _DecodeGraph:
     replay's logits are valid until the next replay."""
 
     def __init__(self, model: CausalLM, cache: dict, token: Tensor) -> None:
+        if not all(layer.get("static", True) for layer in cache["layers"]):
+            raise ValueError("a CUDA graph replays a static decoding cache only (_new_cache)")
         self.model, self.cache = model, cache
         self.token = token.clone()
         host = cache["pos"], [layer["seen"] for layer in cache["layers"]]

@@ -295,7 +295,7 @@ def test_a_decoding_step_needs_no_host_state(name) -> None:
     with torch.no_grad():
         runs = []
         for frozen in (False, True):
-            cache = model._new_cache(capacity=idx.shape[1])
+            cache = model._new_cache(capacity=idx.shape[1], static=True)  # as on CUDA
             model._cached_logits(idx[:, :prefill], cache)
             first = _host_values(cache)
             got = []
