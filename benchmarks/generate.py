@@ -4,7 +4,7 @@ against a whole forward per token (``use_cache=False``), on a randomly initializ
 
     python -m benchmarks.generate --out benchmarks/results/<name>.json
         [--model hyena-s] [--prompt 1024] [--new 32] [--batch 1] [--device cuda|cpu]
-        [--dtype bf16|fp16|fp32] [--uncached-new 8]
+        [--dtype bf16|fp16|fp32] [--uncached-new 8] [--repeats 3]
 
 Greedy decoding (temperature 0) after a random prompt of ``--prompt`` tokens, after one
 untimed warm-up call of each mode. Modes: ``graph`` (the cache, each decoding step after the
@@ -14,8 +14,9 @@ is left out. Each mode is timed making one new token (the prompt's forward, the 
 a sample), a quarter of its tokens (at least ``GRAPH_MIN_STEPS + 2``, so that the graph is
 captured there too) and all of them (``--new``, ``--uncached-new`` for the slow mode); the
 time per token is the difference of the last two over the tokens between them, so that the
-prefill and the graph's capture drop out. On CUDA the model runs in ``--dtype`` (bf16 by
-default) and every call ends in a synchronisation. The graph replays the eager step's kernels:
+prefill and the graph's capture drop out (each call's time the median of ``--repeats``). On
+CUDA the model runs in ``--dtype`` (bf16 by default) and every call ends in a
+synchronisation. The graph replays the eager step's kernels:
 its tokens must equal the eager cache's, and both modes must produce the same tokens as the
 whole forward over the tokens they share in fp32 (the script exits 1 otherwise): the cache
 computes the forward's math, in fp32. In bf16 the forward rounds its matmuls where decoding
@@ -30,6 +31,7 @@ import argparse
 import datetime
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,14 +44,18 @@ from models.lm import GRAPH_MIN_STEPS, HyenaLM
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
+def _timed(fn, device: torch.device, repeats: int) -> tuple[torch.Tensor, float]:
+    """fn's output and the median of ``repeats`` timings of it."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -74,9 +80,10 @@ def run(args: argparse.Namespace) -> dict:
 
         short = min(new - 1, max(GRAPH_MIN_STEPS + 2, new // 4))
         call(short)  # warm-up (the graph's capture included)
-        _, first = _timed(lambda call=call: call(1), device)
-        _, before = _timed(lambda call=call, short=short: call(short), device)
-        out, seconds = _timed(lambda call=call, new=new: call(new), device)
+        r = args.repeats
+        _, first = _timed(lambda call=call: call(1), device, r)
+        _, before = _timed(lambda call=call, short=short: call(short), device, r)
+        out, seconds = _timed(lambda call=call, new=new: call(new), device, r)
         rows[mode] = {
             "new_tokens": new,
             "seconds": seconds,
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": args.dtype if device.type == "cuda" else "fp32",
         "batch": args.batch,
         "prompt": args.prompt,
+        "repeats": args.repeats,
         "same_tokens": same,
         "speedup_per_token": rows["uncached"]["ms_per_token"] / rows["cached"]["ms_per_token"],
         **extra,
@@ -130,10 +138,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per call (median)")
     args = parser.parse_args(argv)
     # --new: the graph captured in both timed calls (the shorter makes GRAPH_MIN_STEPS + 2)
     least_new = GRAPH_MIN_STEPS + 3
-    for name, least in (("prompt", 1), ("new", least_new), ("uncached_new", 2), ("batch", 1)):
+    for name, least in (
+        ("prompt", 1),
+        ("new", least_new),
+        ("uncached_new", 2),
+        ("batch", 1),
+        ("repeats", 1),
+    ):
         if getattr(args, name) < least:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} must be >= {least}; got {getattr(args, name)}")

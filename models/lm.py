@@ -14,7 +14,9 @@ Design choices:
 - ``generate`` runs the prompt through the model once, then decodes each new token from a
   cache (``HyenaOperator.decode``: the short conv's last inputs and each long convolution's
   last ``filter_len`` or ``l_max`` gated inputs, summed against the filter directly); its
-  context is cropped to ``context_window`` (see there).
+  context is cropped to ``context_window`` (see there). On CUDA a decoding step takes every
+  position from the device, so after one eager step the rest replay it as a CUDA graph
+  (``_DecodeGraph``).
 - Training takes ``loss(idx, targets)``, the head and the cross-entropy fused
   (``models.loss.linear_cross_entropy``): the [B, L, V] logits are never materialized.
   ``forward`` still returns logits for whoever needs them (evaluation, sampling).

@@ -349,9 +349,9 @@ def test_generate_benchmark_on_cpu(tmp_path, capsys) -> None:
     for mode in ("cached", "uncached"):
         r = doc[mode]
         assert len(r["tokens"]) == 2 and all(len(t) == r["new_tokens"] for t in r["tokens"])
-        assert 0 < r["first_token_s"] < r["short_seconds"] < r["seconds"]
-        assert 1 <= r["short_new_tokens"] < r["new_tokens"] and r["ms_per_token"] > 0
-    assert doc["cached"]["short_new_tokens"] == 6  # GRAPH_MIN_STEPS + 2
+        assert min(r["first_token_s"], r["short_seconds"], r["seconds"]) > 0
+        assert 1 <= r["short_new_tokens"] < r["new_tokens"]
+    assert doc["cached"]["short_new_tokens"] == 6 and doc["repeats"] == 3  # GRAPH_MIN_STEPS + 2
     assert [t[:4] for t in doc["cached"]["tokens"]] == doc["uncached"]["tokens"]
     assert "per-token speedup of the cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):
