@@ -1426,9 +1426,11 @@ def launch(
         skip_input=skip_input, device=u.device, transform=transform, hold_filter=hold_filter,
         halves=halves,
     )  # fmt: skip
+    wide_out = out is not None and out.dtype == torch.float32 and u.dtype != torch.float32
     metas = launch_metas(
-        n, B, H, L, u.dtype, gates=gates, store_z=z_out is not None, passes=passes, **options
-    )
+        n, B, H, L, u.dtype, gates=gates, store_z=z_out is not None, passes=passes,
+        wide_out=wide_out, **options,
+    )  # fmt: skip
     meta = metas[-1][0]
     three = "N3" in meta
     if three:
@@ -1508,16 +1510,20 @@ def launch_metas(
     gates: tuple[bool, bool, bool],
     store_z: bool = False,
     passes: int = 1,
+    wide_out: bool = False,
     **options,
 ) -> list[tuple[dict, int]]:
     """``(kernel_meta, programs per channel)`` of each launch ``launch`` makes, in order: one,
     or for the two-halves kernel in two passes (``options["halves"]``, ``passes=2``) the even
     half's with the pregate alone (its raw z to the output), then the odd half's with every
-    gate, the bias and z. ``options``: ``kernel_meta``'s."""
+    gate, the bias and z. ``wide_out``: the output is fp32 for a half-precision input (the odd
+    half reads the even half's z back at that width). ``options``: ``kernel_meta``'s."""
     if passes == 1:
         return [kernel_meta(n, B, H, L, dtype, gates=gates, store_z=store_z, **options)]
     first = kernel_meta(n, B, H, L, dtype, gates=(gates[0], False, False), half=0, **options)
-    second = kernel_meta(n, B, H, L, dtype, gates=gates, store_z=store_z, half=1, **options)
+    second = kernel_meta(
+        n, B, H, L, dtype, gates=gates, store_z=store_z, half=1, wide_out=wide_out, **options
+    )
     return [first, second]
 
 
@@ -1553,6 +1559,7 @@ def kernel_meta(
     raw_spectrum: bool = False,
     halves: bool = False,
     half: int = 2,
+    wide_out: bool = False,
 ) -> tuple[dict, int]:
     """What ``launch`` compiles the kernel with for ``[B, H, L]`` inputs of ``dtype`` at FFT
     size n (``gates``: whether there is a pregate, a postgate, a bias), the launcher's defaults
@@ -1563,7 +1570,9 @@ def kernel_meta(
     tells the two kernels' apart, ``kernel_of``). ``raw_spectrum``: the kernel gathers the
     filter's bins from its rfft (``KF_RAW``). ``halves``: the two-halves kernel's
     (``HALVES = 2``: tables, steps and warps those of the tile's size n/2), ``half`` which of
-    its launches (``HALF``: 2 both halves in one, 0 the even half, 1 the odd half after it)."""
+    its launches (``HALF``: 2 both halves in one, 0 the even half, 1 the odd half after it);
+    ``wide_out``: an fp32 output for a half-precision input (the odd half's read of the even
+    half's z is buffered per stage at that width)."""
     if half not in (0, 1, 2):
         raise ValueError(f"half must be 0, 1 or 2; got {half!r}")
     if halves:
@@ -1591,10 +1600,13 @@ def kernel_meta(
     steps = 1 if dtype == torch.float32 and not held_tables_fit else min(steps, per_channel)
     if stages is None:
         stages = default_stages(n, dtype, blocked)
-        if halves and n >= 8192 and (half == 2 or (half == 1 and (gates[1] or gates[2]))):
+        odd_big = gates[1] or gates[2] or (wide_out and gates[0])
+        if halves and n >= 8192 and (half == 2 or (half == 1 and odd_big)):
             # on the 8192-sample tile a second stage asks for more shared memory than an SM
             # has (sm_90 compile, bf16): both halves in one program 248 KB; the odd half's
-            # launch with a postgate or bias 280 KB (with a pregate alone 216, plain 184)
+            # launch with a postgate or bias 280 KB, with a pregate alone 216 (248 with an
+            # fp32 output: the halves' correlation in the backward, the postgate as its
+            # pregate and dv in fp32), plain 184 (216 with an fp32 output)
             stages = 1
         if transform == "two" and hold_filter is False and n >= 8192 and (gates[0] or gates[1]):
             # the filter's per-step copy is buffered per stage too: two stages of a gated pair

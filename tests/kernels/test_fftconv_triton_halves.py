@@ -367,7 +367,7 @@ def test_halves_refuses_plans_it_does_not_run():
         )
 
 
-def _halves_launches(gates, passes, **options):
+def _halves_launches(gates, passes, wide_out=False, **options):
     """The metas of each launch ``launch(halves=True, halves_passes=passes)`` makes at
     n = 16384, L = 8192 for the benchmark's shape (H = 1024, B * H * L = 2^27, 132 SMs)."""
     from kernels.fftconv import triton_fwd
@@ -376,29 +376,41 @@ def _halves_launches(gates, passes, **options):
     B = 2**27 // (H * L)
     common = dict(precision="tf32", sms=132, halves=True, **options)
     metas = triton_fwd.launch_metas(
-        n, B, H, L, torch.bfloat16, gates=gates, passes=passes, **common
+        n, B, H, L, torch.bfloat16, gates=gates, passes=passes, wide_out=wide_out, **common
     )
     return [meta for meta, _ in metas]
 
 
 @pytest.mark.parametrize("passes", [1, 2])
 @pytest.mark.parametrize(
-    "gates", [(False,) * 3, (True, False, False), (True,) * 3], ids=["plain", "pre", "gated"]
+    ("gates", "wide_out"),
+    [
+        ((False,) * 3, False),
+        ((True, False, False), False),
+        ((True,) * 3, False),
+        ((False,) * 3, True),
+        ((True, False, False), True),
+    ],
+    ids=["plain", "pre", "gated", "plain-fp32-out", "pre-fp32-out"],
 )
-def test_halves_defaults_fit_sm90_shared_memory(gates, passes):
+def test_halves_defaults_fit_sm90_shared_memory(gates, wide_out, passes):
     """Every launch of the two-halves kernel at n = 16384 with the launcher's defaults,
-    compiled for sm_90, fits one block's shared memory; and the check sees an overflow (the
-    odd half's launch with both gates on two pipeline stages asks for 280 KB)."""
+    compiled for sm_90, fits one block's shared memory, with an output in the input's dtype or
+    in fp32 (``wide_out``: the backward's correlation writes dv so, the postgate as its
+    pregate); and the check sees an overflow (the odd half's launch on two pipeline stages
+    with both gates asks for 280 KB, with a pregate and an fp32 output 248 KB: the launch that
+    failed at the benchmark's shape while the GPU tests' B = 3 ran one step per program)."""
     pytest.importorskip("triton")
     from benchmarks.common import compile_sm90
     from benchmarks.fftconv import SHARED_PER_BLOCK
     from kernels.fftconv import triton_fwd
 
+    fp32 = ("bias_ptr", "kf_ptr", "twiddle_ptr") + (("y_ptr",) if wide_out else ())
+
     def shared(meta):
         meta = dict(meta)
         warps = meta.pop("num_warps")
         kernel = triton_fwd.kernel_of(meta)
-        fp32 = ("bias_ptr", "kf_ptr", "twiddle_ptr")
         pointers = {
             name: "*fp32" if name in fp32 else "*bf16"
             for name in kernel.arg_names
@@ -406,12 +418,13 @@ def test_halves_defaults_fit_sm90_shared_memory(gates, passes):
         }
         return compile_sm90(kernel, meta, pointers, warps)[1]["shared_bytes"]
 
+    launches = _halves_launches(gates, passes, wide_out=wide_out)
     try:
-        sizes = [shared(meta) for meta in _halves_launches(gates, passes)]
+        sizes = [shared(meta) for meta in launches]
     except (FileNotFoundError, RuntimeError) as err:  # no ptxas / no NVIDIA backend here
         pytest.skip(f"no sm_90 compile on this machine: {err}")
     assert all(0 < size <= SHARED_PER_BLOCK for size in sizes), sizes
-    if passes == 2 and gates == (True,) * 3:
+    if passes == 2 and (gates == (True,) * 3 or (wide_out and gates[0])):
         odd = _halves_launches(gates, passes, stages=2)[1]
         assert shared(odd) > SHARED_PER_BLOCK
 
@@ -610,6 +623,44 @@ def test_gpu_halves_public_call(mode, L, dtype):
     assert halves_ran
     for err in errs.values():
         assert err < TOL[dtype]
+
+
+@pytest.mark.gpu
+def test_gpu_halves_public_call_pipelined():
+    """The public call with every gate and the bias at a shape where the two-halves launches
+    take several pairs per program on a pipelined loop (B = 16, H = 264: the benchmark's steps;
+    the test above, at B = 3, runs one step per program): forward and every gradient against
+    the torch backend in fp32 on the same inputs (bf16). At this shape the backward's
+    correlation (the postgate as its pregate, dv in fp32) once asked for 248 KB of shared
+    memory on two stages and failed to launch."""
+    from kernels.fftconv import triton_fwd
+
+    B, H, L = 16, 264, 8192
+    u, k, pre, post, bias = make_inputs(B, H, L, L, torch.bfloat16, True, seed=5, device="cuda")
+    with _recorded(triton_fwd, "launch_metas", lambda a, kw: kw.get("wide_out")) as calls:
+        with triton_fwd.use_halves(True):
+            y, leaves = _public_forward((u, k, pre, post), bias, backend="triton")
+            dy = torch.randn_like(y)
+            grads = torch.autograd.grad(y, leaves, dy)
+    assert calls == [False, True], calls  # the forward, the backward's correlation
+    metas = triton_fwd.launch_metas(
+        16384, B, H, L, torch.bfloat16, gates=(True, False, False), passes=2, halves=True,
+        wide_out=True, device=u.device,
+    )  # fmt: skip
+    assert metas[1][0]["STEPS"] > 1, metas  # a pipelined loop, as the benchmark's
+    ref_leaves = [x.float().clone().requires_grad_() for x in (u, k, pre, post)]
+    ref = fftconv_public_fp32(ref_leaves, bias)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.float())
+    assert rel_err(y, ref) < TOL[torch.bfloat16]
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert rel_err(got, want) < TOL[torch.bfloat16]
+
+
+def fftconv_public_fp32(leaves, bias):
+    from kernels.fftconv import fftconv
+
+    u, k, pre, post = leaves
+    return fftconv(u, k, pregate=pre, postgate=post, bias=bias.float(), backend="torch")
 
 
 def test_halves_plans_keep_z():
