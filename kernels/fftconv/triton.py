@@ -9,9 +9,10 @@ power-of-two length) with FFT size ``256 <= n <= 8192`` runs in one in-register 
 (``triton_fwd.py``); n > 8192 up to 2^23 (causal L = 4M) and every folded plan (circular, L not
 a power of two) run on the outer Monarch step through HBM around the same kind of fused inner
 kernel (``triton_long.py``); dense plans of n = 16384 whose input fits 8192 samples may instead
-run as two size-8192 convolutions on the in-register kernels, forward and backward
-(``triton_fwd``'s two halves, ``triton_bwd.filter_grad_halves``: where ``triton_fwd.HALVES_AT``
-or ``use_halves`` says; by default not for a forward whose postgate keeps no z). What is left
+run the forward as two size-8192 convolutions on the in-register kernel (``triton_fwd``'s two
+halves: where ``triton_fwd.HALVES_AT`` or ``use_halves`` says; by default not for a forward
+whose postgate keeps no z), and their backward on the long path (on the two halves too,
+``triton_bwd.filter_grad_halves``, only under ``use_halves(True)``). What is left
 (n < 256 without a fold, folded plans below n = 256 with a frequency cut-off, n > 2^23, fp64)
 runs on the primitives below, which delegate to torch.fft: correct everywhere.
 
@@ -46,6 +47,7 @@ def prepare(n: int, device: torch.device, dtype: torch.dtype) -> None:
             triton_fwd.constants3(n, device, dtype)
     if triton_fwd.halves_for(n, n // 2, False, dtype):  # the two-halves kernels', at n / 2
         triton_fwd.constants(n // 2, device, dtype)
+    if triton_fwd.halves_backward_for(n, n // 2, False, dtype):
         triton_bwd.prepare(n // 2, device, dtype)
     if triton_bwd.supports(n, False, dtype):
         triton_bwd.prepare(n, device, dtype)
@@ -61,8 +63,8 @@ def _in_register(plan: ConvPlan, dtype: torch.dtype) -> bool:
 def _halves(plan: ConvPlan, dtype: torch.dtype, postgate_without_z: bool = False) -> bool:
     """Whether the two-halves forward kernel runs the plan (``triton_fwd.halves_for``: a dense
     plan of n = 16384 whose input and output fit 8192 samples, by default not for a forward
-    whose postgate keeps no z; its backward then runs on the two-halves kernels too, through
-    ``triton_long.long_backward``, whichever forward ran)."""
+    whose postgate keeps no z); its backward is ``triton_long.long_backward``'s, on the long
+    kernels unless ``use_halves(True)`` (``triton_fwd.halves_backward_for``)."""
     return not plan.blocked and triton_fwd.halves_for(
         plan.fft_size, plan.seq_len, plan.fold, dtype, postgate_without_z=postgate_without_z
     )

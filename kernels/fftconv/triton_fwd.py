@@ -71,8 +71,9 @@ Design choices:
   ``n (N1 + N2 + N3)`` multiply-adds per plane instead of ``n (N1 + N2)`` (3x fewer at 4096,
   3.2x at 8192), for two register-tile permutations per direction (layout conversions
   through shared memory) and one more rounding of the intermediate to the operand dtype.
-- Two halves (``halves=True``, constexpr ``HALVES = 2``; the default only at ``HALVES_AT``,
-  none yet, and there not for a forward whose postgate keeps no z: ``halves_for``): a dense
+- Two halves (``halves=True``, constexpr ``HALVES = 2``; the forward's default at
+  ``HALVES_AT``, n = 16384, but not for a forward whose postgate keeps no z: ``halves_for``;
+  its backward on the two halves only under ``use_halves(True)``): a dense
   plan of FFT size ``n = 2m`` whose input and output fit m samples (a causal L <= 8192 at
   n = 16384, which otherwise leaves the in-register kernel for the long path) as two size-m
   convolutions on the same ``[N1, N2] = split(m)`` tile. With ``w_n = exp(-2 pi i / n)`` and
@@ -170,9 +171,13 @@ FILTER_IN_KERNEL_AT: tuple[int, ...] = (4096, 8192)
 # the two-halves kernel (``launch``'s ``halves``; module docstring, "Two halves"): a plan of FFT
 # size n whose input and output fit n/2 samples run as two size-n/2 convolutions in one program,
 # on the spectrum's even and odd bins; n = 2 MAX_FFT (causal L <= 8192) has no other fused
-# kernel (the long path's outer step goes through HBM). The FFT sizes it is the default at.
+# kernel (the long path's outer step goes through HBM). The FFT sizes it is the forward's
+# default at (H100, L = 8K, bf16, public forward: plain 1.45 ms against the long path's 1.60,
+# with a pregate 1.60 against 1.70; with both gates and the bias 2.48 against 2.05, which is
+# why a postgate that keeps no z takes the long path: ``halves_for``). The backward stays on
+# the long path (``halves_backward_for``).
 HALVES_MAX_FFT = 2 * MAX_FFT
-HALVES_AT: tuple[int, ...] = ()
+HALVES_AT: tuple[int, ...] = (HALVES_MAX_FFT,)
 _halves: bool | None = None  # use_halves's override of the default
 _filter_layout: str | None = None  # use_filter_layout's override of the default
 
@@ -216,6 +221,19 @@ def halves_for(
         at = n in HALVES_AT and not postgate_without_z
     else:
         at = _halves and n == HALVES_MAX_FFT
+    return half and at and supports_halves(n, seq_len, fold, dtype)
+
+
+def halves_backward_for(n: int, seq_len: int, fold: bool, dtype: torch.dtype) -> bool:
+    """Whether the backward of a dense plan runs on the two-halves kernels (d_u's correlation
+    on the forward's kernel, the filter gradient on the in-register backward's two halves):
+    only where ``use_halves(True)`` says so. By default the long path's backward runs, also
+    behind a two-halves forward (which hands it z where the postgate wants a gradient): on an
+    H100 at L = 8K (plain, bf16, B*H*L = 2^27) forward+backward took 5.81 ms with the halves
+    forward and the long backward, 6.57 with both on the halves (the halves' backward
+    transforms dz four times a pair), 5.97 with both on the long path."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    at = _halves is True and n == HALVES_MAX_FFT
     return half and at and supports_halves(n, seq_len, fold, dtype)
 
 

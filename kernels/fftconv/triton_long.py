@@ -994,9 +994,9 @@ def long_backward(
 
     d_u, d_pregate: the correlation ``dv = irfft(rfft(window^T(dz)) * conj(kf))[:L] + bias dy``
     on the long (or, for small folded plans, the fused) kernels, or on the two-halves kernel
-    where the forward runs it (``triton_fwd.halves_for``); d_postgate = dy * z with z
-    recomputed on the same kernels; d_bias by torch; d_kc, where the forward runs the two-halves
-    kernel, by ``triton_bwd.filter_grad_halves``, else by ``filter_grad_long`` where d_u's
+    where ``triton_fwd.halves_backward_for`` says (``use_halves(True)``); d_postgate = dy * z
+    with z recomputed on the same kernels; d_bias by torch; d_kc, on the two-halves route, by
+    ``triton_bwd.filter_grad_halves``, else by ``filter_grad_long`` where d_u's
     correlation runs on the long kernels (folded plans included: it reads ``window^T(dz)``)
     and B >= 2, unless ``use_filter_grad_kernels(False)``, else by torch.fft in fp32 (B = 1,
     folded plans at n <= 8192 without ``n0``). ``options`` as for ``long_forward``.
@@ -1014,9 +1014,10 @@ def long_backward(
     # sequences or more: one sequence rides as a half-empty pair and the kernels do twice its
     # work, which measured slower than torch.fft's real transforms (B = 1, H = 128, L = 1M:
     # forward+backward 51.1 ms against 45.3; benchmarks/NOTES.md, long path v3)
-    # where the forward runs the two-halves kernel, the filter gradient comes from two launches
+    # on the two-halves route (use_halves(True); by default the long backward runs behind a
+    # two-halves forward too: it measured faster), the filter gradient comes from two launches
     # of the in-register backward on the halves instead (triton_bwd.filter_grad_halves)
-    halves = not options and triton_fwd.halves_for(n, L, plan.fold, u.dtype)
+    halves = not options and triton_fwd.halves_backward_for(n, L, plan.fold, u.dtype)
     # the halves' filter gradient has at most n/2 taps (a causal filter's); a bidirectional
     # filter's wrap-around lags take the long kernels' route, as without the halves
     halves_k = halves and kc.shape[-1] <= n // 2

@@ -520,6 +520,26 @@ def test_halves_default_skips_a_postgate_without_z(monkeypatch):
     assert route(None, forced=True) == ["halves"]
 
 
+def test_halves_backward_only_where_forced(monkeypatch):
+    """The backward of a plan the two-halves forward runs by default stays on the long path
+    (it measured faster there); ``use_halves(True)`` puts it on the two halves, and
+    ``use_halves(False)`` or fp32 never."""
+    from kernels.fftconv import triton_fwd
+
+    n = triton_fwd.HALVES_MAX_FFT
+    monkeypatch.setattr(triton_fwd, "HALVES_AT", (n,))
+    for dtype in (torch.float16, torch.bfloat16):
+        assert triton_fwd.halves_for(n, n // 2, False, dtype)
+        assert not triton_fwd.halves_backward_for(n, n // 2, False, dtype)
+        with triton_fwd.use_halves(True):
+            assert triton_fwd.halves_backward_for(n, n // 2, False, dtype)
+            assert not triton_fwd.halves_backward_for(n, n // 2 + 1, False, dtype)
+        with triton_fwd.use_halves(False):
+            assert not triton_fwd.halves_backward_for(n, n // 2, False, dtype)
+    with triton_fwd.use_halves(True):
+        assert not triton_fwd.halves_backward_for(n, n // 2, False, torch.float32)
+
+
 def test_halves_dot_flops():
     """Two passes of the size-n/2 kernel's products, the first and last stages on the rows
     that hold u and y, the middle ones on the kept columns."""
