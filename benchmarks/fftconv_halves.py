@@ -21,9 +21,13 @@ time), then ``triton.testing.do_bench`` medians, inputs built outside the timed 
 - with ``--tile``: ``kernel@tile``, the in-register kernel's size-n/2 circular convolution of
   the same sequences on the full tile (one half's work alone, checked against its own float64
   reference);
-- with ``--backward``: the public forward + backward, two-halves kernels off and on (on, the
-  forward keeps z, the input gradient's correlation runs on the two-halves forward kernel and
-  the filter gradient on ``triton_bwd.filter_grad_halves``; off, all on the long path).
+- with ``--backward``: the public forward + backward: ``long`` all on the long path;
+  ``halves`` the two-halves forward (keeping z where the postgate wants a gradient) and the
+  default backward, on the long path (``triton_fwd.halves_backward_for``); ``halves-both``
+  the backward under ``use_halves(True)`` too: the input gradient's correlation on the
+  two-halves forward kernel, the filter gradient on ``triton_bwd.filter_grad_halves``.
+  (Session 14's ``halves`` ran its backward outside ``use_halves``, i.e. on the long path:
+  5.81 ms plain at L = 8K on an H100; both on the halves measured 6.57 in session 15.)
 
 Each time is also given as a multiple of the memory floor (``benchmarks.fftconv.floor_ms``).
 """
@@ -168,12 +172,15 @@ def _forward_backward(u, k, pre, post, bias) -> dict:
     grads = [x for x in leaves if x is not None]
     dy = torch.randn_like(u)
     out = {}
-    for name, on in (("long", False), ("halves", True)):
+    # (forward, backward): use_halves's setting around each (None: the default)
+    routes = {"long": (False, False), "halves": (True, None), "halves-both": (True, True)}
+    for name, (forward, backward) in routes.items():
 
-        def step(on=on):
-            with triton_fwd.use_halves(on):
+        def step(forward=forward, backward=backward):
+            with triton_fwd.use_halves(forward):
                 y = _public(*leaves, bias)
-            return torch.autograd.grad(y, grads, dy)
+            with triton_fwd.use_halves(backward):
+                return torch.autograd.grad(y, grads, dy)
 
         out[f"fwdbwd_ms_{name}"] = median_ms(step)
     return out
@@ -195,9 +202,9 @@ def print_table(rows: list[dict]) -> None:
                 f"{r['L']:>6} {gate:<8} {name:<16} {ms:8.3f} {ms / r['floor_fwd_ms']:8.2f} "
                 f"{speed:7.2f}x {r[f'err_{name}']:8.1e}{extra}"
             )
-        for name in ("long", "halves"):
+        for name in ("long", "halves", "halves-both"):
             if f"fwdbwd_ms_{name}" in r:
-                print(f"{r['L']:>6} {gate:<8} fwd+bwd {name:<8} {r[f'fwdbwd_ms_{name}']:8.3f}")
+                print(f"{r['L']:>6} {gate:<8} fwd+bwd {name:<11} {r[f'fwdbwd_ms_{name}']:8.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -325,7 +325,7 @@ def test_halves_benchmark_table(capsys) -> None:
         "L": 8192, "gated": True, "gated_inputs": ["pre"], "floor_fwd_ms": 0.5,
         "ms_torch": 6.0, "err_torch": 1e-7, "ms_long": 1.5, "err_long": 5e-3,
         "graph_ms_long": 1.4, "ms_halves": 3.0, "err_halves": 4e-3, "error_kernel@w16": "x",
-        "fwdbwd_ms_long": 11.0,
+        "fwdbwd_ms_long": 11.0, "fwdbwd_ms_halves-both": 12.5,
     }  # fmt: skip
     fftconv_halves.print_table([row])
     out = capsys.readouterr().out.splitlines()
@@ -334,6 +334,7 @@ def test_halves_benchmark_table(capsys) -> None:
     assert lines["long"][3:6] == ["1.500", "3.00", "4.00x"]
     assert lines["halves"][3:6] == ["3.000", "6.00", "2.00x"]
     assert any("fwd+bwd" in line and "11.000" in line for line in out)
+    assert any("fwd+bwd halves-both" in line and "12.500" in line for line in out)
 
 
 def test_generate_benchmark_on_cpu(tmp_path, capsys) -> None:
