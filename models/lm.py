@@ -564,7 +564,8 @@ class CausalLM(nn.Module):
                     if graph and total - idx.shape[1] - 1 >= GRAPH_MIN_STEPS:
                         replay = _DecodeGraph(self, caches, idx[:, -1:])
                 elif use_cache and exact:
-                    caches = self._new_cache(capacity=total)  # the prefill fills it
+                    # the prefill fills it; static (device-indexed) steps only for the graph
+                    caches = self._new_cache(capacity=total, static=graph)
                     logits = self._cached_logits(context, caches)
                 else:
                     caches = replay = None
