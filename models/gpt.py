@@ -220,10 +220,11 @@ class GPTLM(CausalLM):
 
     def _new_cache(self, capacity: int | None = None, static: bool | None = None) -> dict:
         """``CausalLM._new_cache``, with ``capacity`` in each block's dict: the attention's
-        key and value buffers are made that long at the prefill. Every GPT cache is static
-        (its steps take their positions from the device)."""
-        cache = super()._new_cache(capacity)
-        cache["layers"] = [{"capacity": capacity} for _ in self.blocks]
+        key and value buffers are made that long at the prefill. Every GPT cache decodes as a
+        static one (its steps take their positions from the device), whatever ``static`` says."""
+        cache = super()._new_cache(capacity, static)
+        for layer in cache["layers"]:
+            layer["capacity"] = capacity
         return cache
 
     def block_args(self, idx: Tensor, start: int | Tensor = 0) -> tuple[Tensor, Tensor]:

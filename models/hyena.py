@@ -267,10 +267,11 @@ class HyenaOperator(nn.Module):
             # the next position, on the device: a static cache's decoding takes its indices
             # from it, not from the host, so that a step can be captured in a CUDA graph and
             # replayed (the default on CUDA; elsewhere the window is a view at a host index)
-            cache["pos"] = torch.full((), L, dtype=torch.long, device=u.device)
-            cache["lags"] = torch.arange(self.history, device=u.device)
             if cache.get("static") is None:
                 cache["static"] = u.device.type == "cuda"
+            if cache["static"]:
+                cache["pos"] = torch.full((), L, dtype=torch.long, device=u.device)
+                cache["lags"] = torch.arange(self.history, device=u.device)
             params = (self.in_proj.weight, self.in_proj.bias, self.short_filter)
             params += (self.short_filter_bias, self.out_proj.weight, self.out_proj.bias)
             cache["weights"] = [p.to(cd) for p in params]  # in the decoding dtype, once
@@ -312,9 +313,10 @@ class HyenaOperator(nn.Module):
         The cache holds the short conv's last ``K - 1`` biased inputs, and per long
         convolution its last ``h = history`` gated inputs in a ring, the input of position p
         at ``p % h``; the filters as ``F``, lags 0 .. h - 1 twice over, reversed; the D skips;
-        the next position ``pos`` as a device scalar. Position t writes its input at
-        ``a = t % h``, and its output ``sum_lag k[lag] x[t - lag] = sum_p ring[p] k[(a - p) % h]``
-        takes the filter as the window ``F[h - 1 - a : 2h - 1 - a]``. In a ``static`` cache (the
+        in a static cache the next position ``pos`` as a device scalar. Position t writes its
+        input at ``a = t % h``, and its output
+        ``sum_lag k[lag] x[t - lag] = sum_p ring[p] k[(a - p) % h]`` takes the filter as the
+        window ``F[h - 1 - a : 2h - 1 - a]``. In a ``static`` cache (the
         default on CUDA) every index comes from ``pos`` on the device (the window gathered) and
         every update is in place, so that one step is the same work each time, with no host
         value in it: ``CausalLM.generate`` captures it as a CUDA graph. Otherwise a comes from
@@ -329,14 +331,14 @@ class HyenaOperator(nn.Module):
                 f"decoding to position {cache['seen'] + u.shape[1]} exceeds l_max={self.l_max}; "
                 "set model.filter_len to run past the training length"
             )
-        pos, static = cache["pos"], cache["static"]
+        static = cache["static"]
         for t in range(u.shape[1]):
             z = torch.nn.functional.linear(u[:, t].to(cd), w_in, b_in)  # [B, inner]
             window = torch.cat([cache["short"], z[..., None]], dim=-1)  # [B, inner, K]
             cache["short"].copy_(window[..., 1:])
             *x, v = ((window * w_short).sum(-1) + b_short).chunk(n, dim=-1)  # [B, d] each
             if static:
-                at = pos.remainder(hist)
+                at = cache["pos"].remainder(hist)
                 taps = (hist - 1 - at) + cache["lags"]  # the filter's window, see above
             else:
                 at = (cache["seen"] + t) % hist
@@ -352,7 +354,8 @@ class HyenaOperator(nn.Module):
                 v = torch.linalg.vecdot(ring, k) + cache["skip"][step] * vin
                 if step == self.order - 2:
                     v = x[0] * v
-            pos.add_(1)
+            if static:
+                cache["pos"].add_(1)
             outs.append(torch.nn.functional.linear(v, w_out, b_out))
         cache["seen"] += u.shape[1]
         return torch.stack(outs, dim=1).to(u.dtype)

@@ -635,10 +635,10 @@ class _DecodeGraph:
     The step's work does not depend on the host: the blocks take every position from the
     cache's device scalars and update the cache in place (``HyenaOperator.decode``,
     ``CausalSelfAttention.forward``), so a replay is the eager step. The capture runs the
-    step's Python once without running its kernels; the host counts it moved on are put back,
-    and each replay moves them on by one (``_advance_host``). Built after an eager step (every
-    kernel compiled and warmed up, as capture requires) under the caller's autocast state,
-    without autocast's cast cache (a cast made during capture would live in the graph's
+    step's Python once without running its kernels; the host counts it moved on by one are
+    moved back, and each replay moves them on by one (``_advance_host``). Built after an eager
+    step (every kernel compiled and warmed up, as capture requires) under the caller's autocast
+    state, without autocast's cast cache (a cast made during capture would live in the graph's
     memory). The token goes in through a static buffer, the logits come out in one; a
     replay's logits are valid until the next replay."""
 
@@ -647,7 +647,6 @@ class _DecodeGraph:
             raise ValueError("a CUDA graph replays a static decoding cache only (_new_cache)")
         self.model, self.cache = model, cache
         self.token = token.clone()
-        host = cache["pos"], [layer["seen"] for layer in cache["layers"]]
         device = token.device.type
         autocast = torch.autocast(
             device,
@@ -658,9 +657,7 @@ class _DecodeGraph:
         self.graph = torch.cuda.CUDAGraph()
         with autocast, torch.cuda.graph(self.graph):
             self.logits = model._cached_logits(self.token, cache)
-        cache["pos"] = host[0]
-        for layer, seen in zip(cache["layers"], host[1], strict=True):
-            layer["seen"] = seen
+        model._advance_host(cache, -1)  # the capture's Python counted a step no kernel ran
 
     def __call__(self, token: Tensor) -> Tensor:
         self.token.copy_(token)
